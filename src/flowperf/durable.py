@@ -1,0 +1,64 @@
+"""File writes that survive a crash at any instant.
+
+Two primitives cover every output flowperf writes: whole files replaced atomically (a reader sees the old
+file or the new one, never half of one) and append-only logs whose every line is on disk before the call
+returns (a crash loses at most the line being written, which readers detect as a torn tail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` via a temp file in the same directory, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def append_durably(handle: IO[str], text: str) -> None:
+    """Append `text` (one or more whole lines) to an open file and force it to disk."""
+    handle.write(text)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def read_complete_lines(path: Path) -> list[str]:
+    """Lines of an append-only log, without a torn last line left by a crash mid-write."""
+    try:
+        data = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = data.split("\n")
+    # Every complete line ends with "\n", so the last element is "" unless the tail was torn.
+    return [line for line in lines[:-1] if line]

@@ -1,0 +1,30 @@
+"""Summary statistics over samples: pure functions of arrays, shared by run summaries and the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | None]:
+    """Count, mean, std, p50/p90/p95/p99 and max of `samples` (None for each statistic when empty).
+
+    Percentiles use numpy's default linear interpolation so figures match what users compute themselves.
+    """
+    values = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None} | {
+            f"p{p}": None for p in PERCENTILES
+        }
+    quantiles = np.percentile(values, PERCENTILES)
+    return {
+        "count": int(values.size),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    } | {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles, strict=True)}
