@@ -1,37 +1,342 @@
 """The `bench` command line: parse flags, build a config, call the modules, print.
 
-Thin by design: every decision lives in the module that owns it. User mistakes surface as UserError and
-end here as one line on stderr with exit code 2.
+Thin by design: every decision lives in the module that owns it. User mistakes surface as UserError (or
+a flag that does not parse) and end here as one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
 
+from flowperf.benchmark import RunHooks, run_benchmark
+from flowperf.config import load_run_config
+from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
+from flowperf.flows import resolve_flow
+from flowperf.flows.cache import expand_with_cache
+from flowperf.runner import WorkflowOutcome
+from flowperf.timing import TimingLog
+
+EXIT_USER_ERROR = 2
+EXIT_ENGINE_FAILED = 1
 
 app = typer.Typer(
     name="bench",
-    help="Benchmark multi-step LLM workflows on vLLM, and simulate a GPU cluster serving them.",
+    help=(
+        "Benchmark multi-step LLM workflows on vLLM.\n\n"
+        "Start with `bench doctor` to see what the harness finds on this machine, then `bench run` "
+        "(25 workflows of the default flow on the embedded tiny model). Results go to runs/<run_id>/."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
-err_console = Console(stderr=True)
+out_console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", message))
+
+
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message))
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _csv_ints(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {value}: expected comma-separated whole numbers, e.g. 1,2,4,8") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise UserError(f"{flag} {value}: expected positive whole numbers")
+    return numbers
+
+
+FlowOption = Annotated[
+    str | None, typer.Option("--flow", help="Flow name in --flows-dir, or a path to a flow template YAML.")
+]
+FlowsDirOption = Annotated[
+    Path | None, typer.Option("--flows-dir", help="Where flow templates live. [default: flows]")
+]
+NumFlowsOption = Annotated[
+    int | None, typer.Option("--num-flows", "-n", min=1, help="How many workflows to run. [default: 25]")
+]
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="TOML settings file (e.g. configs/default.toml); flags override it."
+        ),
+    ] = None,
+    flow: FlowOption = None,
+    num_flows: NumFlowsOption = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens", min=1, help="Output tokens per step for every step (overrides the template)."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", min=1, help="Workflows in flight at once; 1 runs them one after another."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Local model directory. Default: the embedded tiny model, built on first use."
+        ),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="CUDA graphs on GPU (on by default); --no-cuda-graphs runs eagerly for A/B.",
+        ),
+    ] = None,
+    cuda_graph_sizes: Annotated[
+        str | None,
+        typer.Option("--cuda-graph-sizes", help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8,16."),
+    ] = None,
+    eager: Annotated[
+        bool | None,
+        typer.Option(
+            "--eager/--compiled",
+            help="Force eager execution or torch.compile. Default: eager on CPU, compiled on GPU.",
+        ),
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", min=16, help="Context length. [default: 2048]")
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option("--block-size", min=1, help="KV-cache block size. [default: 32 on CPU]")
+    ] = None,
+    kv_cache_gib: Annotated[
+        float | None, typer.Option("--kv-cache-gib", min=0.01, help="KV-cache memory in GiB. [default: 1]")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for sampling and the engine. [default: 0]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Root directory for run directories. [default: runs]")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Name of the run directory. Default: time-flow-random.")
+    ] = None,
+    save_text: Annotated[
+        bool,
+        typer.Option("--save-text", help="Also store each step's prompt and output text in steps.jsonl."),
+    ] = False,
+    flows_dir: FlowsDirOption = None,
+    fixtures_dir: Annotated[
+        Path | None,
+        typer.Option("--fixtures-dir", help="Corpus for the tiny model's tokenizer. [default: fixtures]"),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
+    ] = True,
+) -> None:
+    """Run workflows on one engine, started once, and write results to runs/<run_id>/.
+
+    Prints [TIMING] lines as it goes (also kept in timing.log); the run directory holds config.json,
+    steps.jsonl, workflows.csv, summary.json and engine.log. Exit code 0 when every workflow succeeded,
+    3 when some failed, 2 for a usage error, 1 when the engine could not start.
+    """
+    overrides: dict[str, Any] = {
+        "flow": flow,
+        "flows_dir": flows_dir,
+        "fixtures_dir": fixtures_dir,
+        "num_flows": num_flows,
+        "max_tokens": max_tokens,
+        "concurrency": concurrency,
+        "seed": seed,
+        "engine": {
+            "model": model,
+            "cuda_graphs": cuda_graphs,
+            "cudagraph_capture_sizes": _csv_ints(cuda_graph_sizes, "--cuda-graph-sizes"),
+            "enforce_eager": eager,
+            "max_model_len": max_model_len,
+            "block_size": block_size,
+            "kv_cache_gib": kv_cache_gib,
+        },
+        "output": {"out_dir": out, "run_id": run_id, "save_text": save_text or None},
+    }
+    settings = load_run_config(config, overrides)
+    bar = Progress(
+        TextColumn("[bold]workflows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not progress,
+        transient=False,
+    )
+    task_id = bar.add_task("workflows", total=None, failed=0, visible=False)
+    failed = 0
+
+    def on_start(total: int) -> None:
+        bar.reset(task_id, total=total, visible=True)
+        bar.start()
+
+    def on_done(outcome: WorkflowOutcome) -> None:
+        nonlocal failed
+        failed += 0 if outcome.ok else 1
+        bar.update(task_id, advance=1, failed=failed)
+
+    hooks = RunHooks(echo=_echo, warn=_warn, on_start=on_start, on_workflow_done=on_done)
+    try:
+        result = asyncio.run(run_benchmark(settings, hooks))
+    except EngineError as error:
+        bar.stop()
+        _error(str(error))
+        raise typer.Exit(EXIT_ENGINE_FAILED) from None
+    finally:
+        bar.stop()
+    _print_run_table(result.summary)
+    err_console.print(f"results: {result.run_dir}")
+    raise typer.Exit(result.exit_code)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_run_table(summary: dict[str, Any]) -> None:
+    table = Table(title="per step (ms)", title_justify="left")
+    for column in ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "cache hit"):
+        table.add_column(column, justify="right" if column != "step" else "left")
+    hits = {row["step_id"]: row["hit_ratio"] for row in summary["prefix_cache"]}
+    for step_id, block in summary["latency_by_step"].items():
+        hit = hits.get(step_id)
+        table.add_row(
+            step_id,
+            _fmt(block["step_ms"]["p50"]),
+            _fmt(block["step_ms"]["p95"]),
+            _fmt(block["step_ms"]["p99"]),
+            _fmt(block["ttft_ms"]["p50"]),
+            _fmt(block["ttft_ms"]["p95"]),
+            "-" if hit is None else f"{hit:.0%}",
+        )
+    err_console.print(table)
+    counts, throughput = summary["counts"], summary["throughput"]
+    err_console.print(
+        f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
+        f"{counts['workflows_failed']} failed; {_fmt(throughput['output_tokens_per_s'])} output tokens/s"
+    )
+
+
+@app.command()
+def expand(
+    flow: FlowOption = None,
+    num_flows: NumFlowsOption = None,
+    flows_dir: FlowsDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Ignore the cache and expand again.")] = False,
+) -> None:
+    """Expand a flow template over its fixtures (cached by content hash) without running anything."""
+    settings = load_run_config(None, {"flow": flow, "num_flows": num_flows, "flows_dir": flows_dir})
+    template_path = resolve_flow(settings.flow, settings.flows_dir)
+    started = time.perf_counter()
+    expansion = expand_with_cache(template_path, settings.num_flows, force=force, warn=_warn)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    TimingLog(_echo).emit(
+        "flow_expansion_ms", elapsed_ms, source=expansion.source, flows=len(expansion.flows)
+    )
+    flows = expansion.flows
+    err_console.print(
+        f"{flows.name}: {len(flows)} flows x {len(flows.steps)} steps "
+        f"({', '.join(s.id for s in flows.steps)}) over {len(flows.records)} fixture records"
+    )
+
+
+@model_app.command("build-tiny")
+def build_tiny(
+    fixtures_dir: Annotated[Path, typer.Option("--fixtures-dir", help="Corpus for the tokenizer.")] = Path(
+        "fixtures"
+    ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if an identical build exists.")
+    ] = False,
+) -> None:
+    """Build the embedded tiny Llama model (random weights, BPE tokenizer trained on the fixtures).
+
+    Deterministic: the same fixtures give the same bytes. Stored under $FLOWPERF_HOME (default: the
+    user cache dir) and reused until the fixtures or the builder change.
+    """
+    from flowperf.engines.tiny import build_tiny_model
+
+    model = build_tiny_model(fixtures_dir, force=force)
+    TimingLog(_echo).emit("model_build_ms", model.build_ms, model="tiny", built=model.built)
+    out_console.print(str(model.path))
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Show what the harness sees: Python, engine and torch versions, device, memory, GPUs, models."""
+    from flowperf.doctor import collect_findings
+
+    findings = collect_findings()
+    if as_json:
+        out_console.print_json(json.dumps(findings, default=str))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in findings.items():
+        table.add_row(key, str(value))
+    out_console.print(table)
 
 
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clear line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        exit_code = app(standalone_mode=False)
     except UserError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except typer.Abort:
+        _error(str(error))
+        sys.exit(EXIT_USER_ERROR)
+    except click.exceptions.NoArgsIsHelpError as shown:
+        shown.show()
+        sys.exit(0)
+    except click.UsageError as error:
+        _error(error.format_message())
+        sys.exit(EXIT_USER_ERROR)
+    except click.exceptions.Abort:
         sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

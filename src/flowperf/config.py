@@ -1,0 +1,97 @@
+"""Run settings: one validated RunConfig built from a TOML file and command-line flags.
+
+Precedence is flags > config file > defaults, merged once here so no other module ever looks at flags or
+files. The fingerprint covers everything that changes what a run measures (not where it is written), so
+a resumed run can prove it continues the same experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flowperf.errors import UserError
+from flowperf.validation import describe_validation_error, load_toml_mapping
+
+GIB = 1024**3
+
+
+class EngineConfig(BaseModel):
+    """Which engine to drive and how to start it. `None` means: the right default for this device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["vllm"] = "vllm"
+    model: str | None = Field(default=None, description="model directory; None builds the tiny model")
+    dtype: str = "auto"
+    max_model_len: int = Field(default=2048, ge=16)
+    block_size: int | None = Field(default=None, ge=1, description="KV block size; CPU default 32")
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    enforce_eager: bool | None = Field(default=None, description="None: eager on CPU, compiled on GPU")
+    cuda_graphs: bool = True
+    cudagraph_capture_sizes: list[int] | None = None
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    extra_engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputConfig(BaseModel):
+    """Where results go; not part of the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path = Path("runs")
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    save_text: bool = False
+    summary_every: int = Field(default=10, ge=1)
+
+
+class RunConfig(BaseModel):
+    """Everything `bench run` needs, validated once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str = "summarize_critique_refine"
+    flows_dir: Path = Path("flows")
+    fixtures_dir: Path = Field(default=Path("fixtures"), description="corpus for the tiny model")
+    num_flows: int = Field(default=25, ge=1, le=10_000_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    concurrency: int = Field(default=1, ge=1, le=4096)
+    seed: int = 0
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that shape the measurement (output location excluded)."""
+        shaping = self.model_dump(mode="json", exclude={"output"})
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            existing = merged.get(key)
+            merged[key] = _deep_merge(existing if isinstance(existing, dict) else {}, value)
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def load_run_config(config_path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Defaults, then the TOML file at `config_path` (if any), then flags given in `overrides`.
+
+    `overrides` mirrors RunConfig's shape; None values mean "flag not given".
+    """
+    from_file = load_toml_mapping(config_path) if config_path is not None else {}
+    try:
+        return RunConfig.model_validate(_deep_merge(from_file, overrides))
+    except ValidationError as error:
+        source = str(config_path) if config_path is not None else "settings"
+        raise UserError(f"{source}: {describe_validation_error(error)}") from None

@@ -1,0 +1,1 @@
+"""Inference engines behind one protocol, so the runner never knows which one it drives."""

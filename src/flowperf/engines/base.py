@@ -1,0 +1,96 @@
+"""The engine protocol and the measurement of one LLM call (a step).
+
+Every engine streams internally and returns a StepResult measured the same way, so the runner, the store
+and the statistics never know which engine produced it. Harness times are `perf_counter` milliseconds
+from submission; the engine's own timings, when it reports them, are kept separately in its own clock
+domain and never subtracted from harness times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What to generate: fixed lengths by default (ignore_eos) so runs are comparable."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    ignore_eos: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class StepResult:
+    """One streamed generation, timed by the harness from submission to the last token."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    cached_prompt_tokens: int | None
+    ttft_ms: float | None
+    e2e_ms: float
+    itl_ms: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    engine_queue_ms: float | None = None
+    engine_ttft_ms: float | None = None
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """Mean time per output token after the first."""
+        if self.ttft_ms is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the harness knows about the engine it measured; recorded in config.json and the summary."""
+
+    engine: str
+    engine_version: str
+    model: str
+    device: str
+    cuda_graph_mode: str
+    cuda_graph_note: str
+    init_count: int
+    reused: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "model": self.model,
+            "device": self.device,
+            "cuda_graph_mode": self.cuda_graph_mode,
+            "cuda_graph_note": self.cuda_graph_note,
+            "init_count": self.init_count,
+            "reused": self.reused,
+            "details": self.details,
+        }
+
+
+class EngineError(RuntimeError):
+    """A generation that failed inside the engine or on the way to it; fails one step, not the run."""
+
+
+class Engine(Protocol):
+    """Start once, generate many times (concurrently), describe itself, shut down once."""
+
+    async def start(self) -> None:
+        """Load the model so that the first measured request pays no start-up cost."""
+
+    async def generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
+        """Stream one completion and measure it."""
+
+    async def reset_prefix_cache(self) -> bool:
+        """Empty the engine's prefix cache; False when the engine cannot."""
+
+    def info(self) -> EngineInfo:
+        """Describe the engine as it is actually running."""
+
+    async def shutdown(self) -> None:
+        """Release the engine and any processes it started."""

@@ -1,0 +1,58 @@
+"""Turning a stream of token events into a StepResult, the same way for every engine."""
+
+from __future__ import annotations
+
+import time
+
+from flowperf.engines.base import StepResult
+
+
+class StreamTimer:
+    """Records when token events arrive, relative to the submission of one request.
+
+    An event may carry several tokens when the client falls behind the engine; as in vLLM's own
+    benchmarks, the first event with a token gives TTFT and each later event one inter-token gap.
+    """
+
+    def __init__(self) -> None:
+        self.submitted = time.perf_counter()
+        self._first: float | None = None
+        self._last: float | None = None
+        self.gaps_ms: list[float] = []
+        self.output_tokens = 0
+
+    def tokens_arrived(self, count: int) -> None:
+        if count <= 0:
+            return
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = now
+        else:
+            assert self._last is not None
+            self.gaps_ms.append((now - self._last) * 1000.0)
+        self._last = now
+        self.output_tokens += count
+
+    def result(
+        self,
+        *,
+        text: str,
+        prompt_tokens: int,
+        cached_prompt_tokens: int | None,
+        finish_reason: str | None,
+        engine_queue_ms: float | None = None,
+        engine_ttft_ms: float | None = None,
+    ) -> StepResult:
+        finished = time.perf_counter()
+        return StepResult(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            output_tokens=self.output_tokens,
+            cached_prompt_tokens=cached_prompt_tokens,
+            ttft_ms=None if self._first is None else (self._first - self.submitted) * 1000.0,
+            e2e_ms=(finished - self.submitted) * 1000.0,
+            itl_ms=self.gaps_ms,
+            finish_reason=finish_reason,
+            engine_queue_ms=engine_queue_ms,
+            engine_ttft_ms=engine_ttft_ms,
+        )

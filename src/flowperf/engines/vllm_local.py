@@ -1,0 +1,222 @@
+"""The in-process vLLM engine (AsyncLLM): created once per process, before the workflow loop.
+
+vLLM cannot reliably free an engine and create another in the same process (leaks, OOMs upstream), so
+the engine is process-global: asking again for the same settings returns the same engine, asking for a
+different model is an error. `init_count` proves the engine was built exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flowperf.config import GIB, EngineConfig
+from flowperf.engines.base import EngineError, EngineInfo, GenerationParams, StepResult
+from flowperf.engines.capture import output_redirected_to
+from flowperf.engines.streaming import StreamTimer
+from flowperf.errors import UserError
+
+CPU_DEFAULT_BLOCK_SIZE = 32  # the CPU backend's default (128) hides prefix-cache hits on short prompts
+
+_active: VllmLocalEngine | None = None
+_init_count = 0
+
+
+def get_vllm_engine(settings: EngineConfig, model_path: Path, log_path: Path | None) -> VllmLocalEngine:
+    """The process-wide engine for these settings, created (not started) on first request."""
+    global _active
+    if _active is not None:
+        if _active.settings != settings or _active.model_path != model_path:
+            raise UserError(
+                f"an engine for {_active.model_path} is already running in this process; vLLM cannot "
+                f"start a second one ({model_path}) reliably: run it in a new process"
+            )
+        return _active
+    _active = VllmLocalEngine(settings, model_path, log_path)
+    return _active
+
+
+def cuda_graph_settings(settings: EngineConfig, on_gpu: bool) -> tuple[dict[str, Any], str]:
+    """Engine arguments for CUDA graphs, and a note saying what the user should expect.
+
+    CUDA graphs exist only on GPU; there they are on by default (vLLM's FULL_AND_PIECEWISE), and
+    `--no-cuda-graphs` runs the model eagerly so the two can be compared.
+    """
+    if not on_gpu:
+        eager = True if settings.enforce_eager is None else settings.enforce_eager
+        return {"enforce_eager": eager}, "the CPU backend has no CUDA graphs"
+    if not settings.cuda_graphs:
+        return {"enforce_eager": True}, "disabled by --no-cuda-graphs (eager execution)"
+    if settings.enforce_eager:
+        return {"enforce_eager": True}, "disabled by enforce_eager"
+    compilation: dict[str, Any] = {"cudagraph_mode": "FULL_AND_PIECEWISE"}
+    if settings.cudagraph_capture_sizes:
+        compilation["cudagraph_capture_sizes"] = sorted(set(settings.cudagraph_capture_sizes))
+    return {"enforce_eager": False, "compilation_config": compilation}, "enabled"
+
+
+def engine_arguments(settings: EngineConfig, model_path: Path, on_gpu: bool) -> tuple[dict[str, Any], str]:
+    """AsyncEngineArgs keyword arguments for `settings` on this device, and the CUDA-graph note."""
+    graph_args, graph_note = cuda_graph_settings(settings, on_gpu)
+    block_size = settings.block_size or (None if on_gpu else CPU_DEFAULT_BLOCK_SIZE)
+    arguments: dict[str, Any] = {
+        "model": str(model_path),
+        "dtype": settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "seed": settings.seed,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "disable_log_stats": False,
+        **graph_args,
+    }
+    if block_size is not None:
+        arguments["block_size"] = block_size
+    if settings.max_num_seqs is not None:
+        arguments["max_num_seqs"] = settings.max_num_seqs
+    if on_gpu:
+        if settings.gpu_memory_utilization is not None:
+            arguments["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        else:
+            arguments["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    else:
+        arguments["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    arguments |= settings.extra_engine_args
+    return arguments, graph_note
+
+
+class VllmLocalEngine:
+    """AsyncLLM in this process (its engine core runs in a child process vLLM manages)."""
+
+    def __init__(self, settings: EngineConfig, model_path: Path, log_path: Path | None) -> None:
+        self.settings = settings
+        self.model_path = model_path
+        self.log_path = log_path
+        self._llm: Any = None
+        self._shut_down = False
+        self._graph_note = ""
+        self._device = "unknown"
+        self._version = "unknown"
+        self.init_ms: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._llm is not None
+
+    async def start(self) -> None:
+        global _init_count
+        if self._llm is not None:
+            return
+        if self._shut_down:
+            raise EngineError("this process's engine was shut down; vLLM cannot start another one here")
+        started = time.perf_counter()
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        with output_redirected_to(self.log_path):
+            import vllm
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            on_gpu = current_platform.is_cuda_alike()
+            arguments, self._graph_note = engine_arguments(self.settings, self.model_path, on_gpu)
+            try:
+                self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+            except Exception as error:
+                where = f" (engine log: {self.log_path})" if self.log_path else ""
+                raise EngineError(f"the vLLM engine failed to start: {error}{where}") from error
+        _init_count += 1
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+        self._version = vllm.__version__
+        self._device = current_platform.device_type
+        self.init_ms = (time.perf_counter() - started) * 1000.0
+
+    async def generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
+        from vllm import SamplingParams
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._llm
+        if llm is None:
+            raise EngineError("the engine was not started")
+        sampling = SamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            ignore_eos=params.ignore_eos,
+            seed=params.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        timer = StreamTimer()
+        try:
+            (engine_input,) = await llm.renderer.render_cmpl_async(
+                [parse_model_prompt(llm.model_config, prompt)]
+            )
+            pieces: list[str] = []
+            final = None
+            async for output in llm.generate(
+                engine_input, sampling, request_id=f"{request_id}-{uuid.uuid4().hex[:8]}"
+            ):
+                completion = output.outputs[0]
+                timer.tokens_arrived(len(completion.token_ids))
+                pieces.append(completion.text)
+                final = output
+        except Exception as error:
+            raise EngineError(f"{type(error).__name__}: {error}") from error
+        if final is None:
+            raise EngineError("the engine returned no output")
+        metrics = final.metrics
+        queue_ms = ttft_ms = None
+        if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
+            queue_ms = (metrics.scheduled_ts - metrics.queued_ts) * 1000.0
+        if metrics is not None and metrics.first_token_latency:
+            ttft_ms = metrics.first_token_latency * 1000.0
+        return timer.result(
+            text="".join(pieces),
+            prompt_tokens=len(engine_input["prompt_token_ids"]),
+            cached_prompt_tokens=final.num_cached_tokens,
+            finish_reason=final.outputs[0].finish_reason,
+            engine_queue_ms=queue_ms,
+            engine_ttft_ms=ttft_ms,
+        )
+
+    async def reset_prefix_cache(self) -> bool:
+        if self._llm is None:
+            return False
+        return bool(await self._llm.reset_prefix_cache())
+
+    def info(self) -> EngineInfo:
+        details: dict[str, Any] = {}
+        mode = "none"
+        if self._llm is not None:
+            config = self._llm.vllm_config
+            mode = str(config.compilation_config.cudagraph_mode.name).lower()
+            details = {
+                "block_size": config.cache_config.block_size,
+                "num_kv_blocks": config.cache_config.num_gpu_blocks,
+                "max_model_len": config.model_config.max_model_len,
+                "dtype": str(config.model_config.dtype).removeprefix("torch."),
+                "enforce_eager": config.model_config.enforce_eager,
+                "prefix_caching": config.cache_config.enable_prefix_caching,
+                "cudagraph_capture_sizes": list(config.compilation_config.cudagraph_capture_sizes or []),
+                "max_num_seqs": config.scheduler_config.max_num_seqs,
+            }
+        return EngineInfo(
+            engine="vllm",
+            engine_version=self._version,
+            model=str(self.model_path),
+            device=self._device,
+            cuda_graph_mode=mode,
+            cuda_graph_note=self._graph_note,
+            init_count=_init_count,
+            details=details,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the engine core; drop the reference now so no finalizer runs at interpreter exit."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            self._shut_down = True
+            with output_redirected_to(self.log_path):
+                llm.shutdown()
+            del llm

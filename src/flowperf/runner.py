@@ -1,0 +1,204 @@
+"""The executor: runs expanded workflows through one engine and records every step as it finishes.
+
+Steps of a workflow run strictly in order, each prompt rendered with the real outputs of the steps
+before it. Up to `concurrency` workflows are in flight at once (1 = sequential). A failing step fails
+its workflow, with the error recorded, and the run goes on: one bad request never costs the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flowperf.engines.base import Engine, GenerationParams, StepResult
+from flowperf.flows.expand import ExpandedFlow, ExpandedFlowSet, StepSpec
+from flowperf.store import RunStore
+from flowperf.timing import TimingLog
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to execute: identical for every workflow of a run."""
+
+    run_id: str
+    concurrency: int = 1
+    max_tokens: int | None = None
+    seed: int = 0
+    save_text: bool = False
+
+
+@dataclass(frozen=True)
+class WorkflowOutcome:
+    """What a finished workflow reports to whoever shows progress."""
+
+    flow: ExpandedFlow
+    ok: bool
+    workflow_ms: float
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """The measured window of this execution and what finished in it."""
+
+    window_ms: float
+    workflows: int
+    failed: int
+
+
+def generation_params(
+    step: StepSpec, settings: RunSettings, flow: ExpandedFlow, position: int
+) -> GenerationParams:
+    """Fixed-length generation per the template, with a per-request seed that is stable across runs."""
+    return GenerationParams(
+        max_tokens=settings.max_tokens or step.max_tokens,
+        temperature=step.temperature,
+        ignore_eos=step.ignore_eos,
+        seed=(settings.seed * 1_000_003 + flow.index * 97 + position) % (2**31),
+    )
+
+
+class Runner:
+    """Drives workflows through an engine and writes their results to a RunStore."""
+
+    def __init__(
+        self,
+        flows: ExpandedFlowSet,
+        engine: Engine,
+        store: RunStore,
+        timing: TimingLog,
+        settings: RunSettings,
+        on_workflow_done: Callable[[WorkflowOutcome], None] = lambda outcome: None,
+    ) -> None:
+        self.flows = flows
+        self.engine = engine
+        self.store = store
+        self.timing = timing
+        self.settings = settings
+        self.on_workflow_done = on_workflow_done
+        self._window_start = 0.0
+        self._inflight = 0
+
+    def _offset_ms(self, moment: float) -> float:
+        return (moment - self._window_start) * 1000.0
+
+    async def run(self, workflows: Iterable[ExpandedFlow]) -> RunTotals:
+        """Run `workflows` with up to `concurrency` in flight; returns when all have finished."""
+        pending = iter(workflows)
+        finished = failed = 0
+        self._window_start = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal finished, failed
+            for flow in pending:
+                outcome = await self._run_workflow(flow)
+                finished += 1
+                failed += 0 if outcome.ok else 1
+                self.on_workflow_done(outcome)
+
+        await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
+        return RunTotals(window_ms=self._offset_ms(time.perf_counter()), workflows=finished, failed=failed)
+
+    async def _run_workflow(self, flow: ExpandedFlow) -> WorkflowOutcome:
+        outputs: dict[str, str] = {}
+        totals = {"prompt_tokens": 0, "output_tokens": 0, "cached_prompt_tokens": 0, "step_ms_sum": 0.0}
+        error: BaseException | None = None
+        steps_ok = 0
+        started = time.perf_counter()
+        for position, step in enumerate(self.flows.steps):
+            record, result, error = await self._run_step(flow, step, position, outputs)
+            self.store.append_step(record)
+            totals["step_ms_sum"] += record["step_ms"]
+            if result is None:
+                break
+            steps_ok += 1
+            outputs[step.id] = result.text
+            totals["prompt_tokens"] += result.prompt_tokens
+            totals["output_tokens"] += result.output_tokens
+            totals["cached_prompt_tokens"] += result.cached_prompt_tokens or 0
+        ended = time.perf_counter()
+        workflow_ms = (ended - started) * 1000.0
+        status = "ok" if error is None else "failed"
+        self.store.append_workflow(
+            {
+                "flow_index": flow.index,
+                "flow_id": flow.flow_id,
+                "status": status,
+                "workflow_ms": round(workflow_ms, 3),
+                "step_ms_sum": round(totals["step_ms_sum"], 3),
+                "steps": len(self.flows.steps),
+                "steps_ok": steps_ok,
+                "prompt_tokens": totals["prompt_tokens"],
+                "output_tokens": totals["output_tokens"],
+                "cached_prompt_tokens": totals["cached_prompt_tokens"],
+                "start_offset_ms": round(self._offset_ms(started), 3),
+                "end_offset_ms": round(self._offset_ms(ended), 3),
+                "error_type": type(error).__name__ if error else "",
+                "error_message": str(error) if error else "",
+            }
+        )
+        self.timing.emit(f"workflow_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status)
+        return WorkflowOutcome(
+            flow=flow, ok=error is None, workflow_ms=workflow_ms, output_tokens=int(totals["output_tokens"])
+        )
+
+    async def _run_step(
+        self, flow: ExpandedFlow, step: StepSpec, position: int, outputs: dict[str, str]
+    ) -> tuple[dict[str, Any], StepResult | None, Exception | None]:
+        """Run one step; never raises for a failure of the step itself, it records it."""
+        params = generation_params(step, self.settings, flow, position)
+        record: dict[str, Any] = {
+            "flow_index": flow.index,
+            "flow_id": flow.flow_id,
+            "step_index": position,
+            "step_id": step.id,
+            "max_tokens": params.max_tokens,
+        }
+        started = time.perf_counter()
+        self._inflight += 1
+        record["inflight_at_start"] = self._inflight
+        result: StepResult | None = None
+        error: Exception | None = None
+        prompt = ""
+        try:
+            prompt = self.flows.render(flow, step, outputs)
+            result = await self.engine.generate(
+                prompt, params, f"{self.settings.run_id}-{flow.flow_id}-{step.id}"
+            )
+        except Exception as failure:
+            error = failure
+        finally:
+            self._inflight -= 1
+        record["start_offset_ms"] = round(self._offset_ms(started), 3)
+        if result is None:
+            record |= {
+                "status": "failed",
+                "step_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                "error_type": type(error).__name__,
+                "error_message": str(error),
+            }
+        else:
+            record |= {
+                "status": "ok",
+                "step_ms": round(result.e2e_ms, 3),
+                "ttft_ms": _rounded(result.ttft_ms),
+                "tpot_ms": _rounded(result.tpot_ms),
+                "itl_ms": [round(gap, 3) for gap in result.itl_ms],
+                "prompt_tokens": result.prompt_tokens,
+                "output_tokens": result.output_tokens,
+                "cached_prompt_tokens": result.cached_prompt_tokens,
+                "finish_reason": result.finish_reason,
+                "engine_queue_ms": _rounded(result.engine_queue_ms),
+                "engine_ttft_ms": _rounded(result.engine_ttft_ms),
+            }
+        if self.settings.save_text:
+            record["prompt_text"] = prompt
+            record["output_text"] = result.text if result else ""
+        return record, result, error
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,74 @@
+"""[TIMING] lines: one fact each, `key=value` pairs, on stdout and appended to the run's timing.log.
+
+The format is a contract (DESIGN.md): CI jobs and people grep these lines, so values never contain
+spaces, floats have one decimal, booleans are lowercase.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from flowperf.durable import append_durably
+
+PREFIX = "[TIMING]"
+_PAIR = re.compile(r"(\S+?)=(\S*)")
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return re.sub(r"\s+", "_", str(value))
+
+
+def timing_line(key: str, value: float, **fields: object) -> str:
+    pairs = [f"{key}={format_value(value)}"] + [f"{k}={format_value(v)}" for k, v in fields.items()]
+    return f"{PREFIX} {' '.join(pairs)}"
+
+
+def parse_timing_line(line: str) -> dict[str, str]:
+    """The key=value pairs of a [TIMING] line; raises ValueError for anything else."""
+    if not line.startswith(PREFIX + " "):
+        raise ValueError(f"not a timing line: {line!r}")
+    body = line[len(PREFIX) + 1 :].strip()
+    pairs = dict(_PAIR.findall(body))
+    if not pairs or " ".join(f"{k}={v}" for k, v in pairs.items()) != body:
+        raise ValueError(f"malformed timing line: {line!r}")
+    return pairs
+
+
+class TimingLog:
+    """Emits timing lines to `echo` at once and to timing.log once the run directory exists.
+
+    Lines emitted before a run directory is chosen (flow expansion, model build) are kept and written
+    when `attach` is called, so timing.log holds every line of the run.
+    """
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self._echo = echo
+        self._pending: list[str] = []
+        self._file: IO[str] | None = None
+
+    def attach(self, path: Path) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        if self._pending:
+            append_durably(self._file, "".join(line + "\n" for line in self._pending))
+            self._pending.clear()
+
+    def emit(self, key: str, value: float, **fields: object) -> str:
+        line = timing_line(key, value, **fields)
+        self._echo(line)
+        if self._file is None:
+            self._pending.append(line)
+        else:
+            append_durably(self._file, line + "\n")
+        return line
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
