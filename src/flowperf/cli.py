@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -26,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.exceptions import TyperException
 
 from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import load_run_config
@@ -46,13 +46,21 @@ app = typer.Typer(
         "Start with `bench doctor` to see what the harness finds on this machine, then `bench run` "
         "(25 workflows of the default flow on the embedded tiny model). Results go to runs/<run_id>/."
     ),
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+model_app = typer.Typer(help="Build and inspect models.")
 app.add_typer(model_app, name="model")
+
+
+@app.callback(invoke_without_command=True)
+@model_app.callback(invoke_without_command=True)
+def _show_help_without_command(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        out_console.print(ctx.get_help())
+        raise typer.Exit(0)
+
 
 out_console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -331,12 +339,10 @@ def main() -> None:
     except UserError as error:
         _error(str(error))
         sys.exit(EXIT_USER_ERROR)
-    except click.exceptions.NoArgsIsHelpError as shown:
-        shown.show()
-        sys.exit(0)
-    except click.UsageError as error:
+    except TyperException as error:
+        # a flag or argument that does not parse (exit code 2), or another command-line failure
         _error(error.format_message())
-        sys.exit(EXIT_USER_ERROR)
-    except click.exceptions.Abort:
+        sys.exit(error.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)

@@ -89,6 +89,7 @@ class Runner:
         """Run `workflows` with up to `concurrency` in flight; returns when all have finished."""
         pending = iter(workflows)
         finished = failed = 0
+        self.flows.prepare()
         self._window_start = time.perf_counter()
 
         async def worker() -> None:

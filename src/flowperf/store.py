@@ -12,9 +12,9 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from flowperf.durable import append_durably, atomic_write_text, read_complete_lines
+from flowperf.durable import DurableLog, atomic_write_text, read_complete_lines
 from flowperf.errors import UserError
 
 CONFIG = "config.json"
@@ -52,7 +52,7 @@ class RunStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self._handles: dict[str, IO[str]] = {}
+        self._logs: dict[str, DurableLog] = {}
 
     @classmethod
     def create(cls, out_dir: Path, run_id: str) -> RunStore:
@@ -74,11 +74,11 @@ class RunStore:
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def _handle(self, name: str) -> IO[str]:
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = self._handles[name] = open(self.path(name), "a", encoding="utf-8", newline="")  # noqa: SIM115
-        return handle
+    def _log(self, name: str) -> DurableLog:
+        log = self._logs.get(name)
+        if log is None:
+            log = self._logs[name] = DurableLog(self.path(name))
+        return log
 
     def write_json(self, name: str, document: dict[str, Any]) -> None:
         atomic_write_text(self.path(name), json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
@@ -87,19 +87,19 @@ class RunStore:
         line = json.dumps(
             {k: _one_line(v) for k, v in record.items()}, ensure_ascii=False, separators=(",", ":")
         )
-        append_durably(self._handle(STEPS), line + "\n")
+        self._log(STEPS).append(line + "\n")
 
     def append_metric(self, record: dict[str, Any]) -> None:
-        append_durably(self._handle(METRICS), json.dumps(record, separators=(",", ":")) + "\n")
+        self._log(METRICS).append(json.dumps(record, separators=(",", ":")) + "\n")
 
     def append_workflow(self, row: dict[str, Any]) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n")
-        handle = self._handle(WORKFLOWS)
-        if handle.tell() == 0:
+        log = self._log(WORKFLOWS)
+        if log.is_empty():
             writer.writeheader()
         writer.writerow({column: _one_line(row.get(column, "")) for column in WORKFLOW_COLUMNS})
-        append_durably(handle, buffer.getvalue())
+        log.append(buffer.getvalue())
 
     def read_steps(self) -> list[dict[str, Any]]:
         records = []
@@ -118,6 +118,6 @@ class RunStore:
         return [row for row in rows if None not in row and all(v is not None for v in row.values())]
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
-from flowperf.durable import append_durably
+from flowperf.durable import DurableLog
 
 PREFIX = "[TIMING]"
 _PAIR = re.compile(r"(\S+?)=(\S*)")
@@ -51,24 +50,24 @@ class TimingLog:
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
         self._pending: list[str] = []
-        self._file: IO[str] | None = None
+        self._log: DurableLog | None = None
 
     def attach(self, path: Path) -> None:
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self._log = DurableLog(path)
         if self._pending:
-            append_durably(self._file, "".join(line + "\n" for line in self._pending))
+            self._log.append("".join(line + "\n" for line in self._pending))
             self._pending.clear()
 
     def emit(self, key: str, value: float, **fields: object) -> str:
         line = timing_line(key, value, **fields)
         self._echo(line)
-        if self._file is None:
+        if self._log is None:
             self._pending.append(line)
         else:
-            append_durably(self._file, line + "\n")
+            self._log.append(line + "\n")
         return line
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
