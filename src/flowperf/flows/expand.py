@@ -22,7 +22,7 @@ from flowperf.flows.fixtures import FixtureFile
 from flowperf.flows.schema import FlowTemplate
 from flowperf.flows.templating import ENVIRONMENT
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,16 @@ class _StoredExpansion(BaseModel):
     steps: list[_StoredStep]
     records: list[dict[str, JsonValue]]
     static_prompts: list[dict[str, str]]
-    flows: list[tuple[str, int]]
+    flow_ids: list[str]
+    record_indices: list[int]
 
 
 class ExpandedFlowSet:
-    """The N flows of one run, sharing steps and records; renders each step's prompt on demand."""
+    """The N flows of one run, sharing steps and records; renders each step's prompt on demand.
+
+    Flows are kept as two parallel lists (ids, record indices) and materialized on access, so loading
+    100,000 cached flows costs one JSON parse rather than 100,000 object constructions.
+    """
 
     def __init__(
         self,
@@ -104,7 +109,8 @@ class ExpandedFlowSet:
         steps: tuple[StepSpec, ...],
         records: tuple[dict[str, Any], ...],
         static_prompts: tuple[dict[str, str], ...],
-        flows: tuple[ExpandedFlow, ...],
+        flow_ids: list[str],
+        record_indices: list[int],
     ) -> None:
         self.name = name
         self.template_sha256 = template_sha256
@@ -112,14 +118,21 @@ class ExpandedFlowSet:
         self.steps = steps
         self.records = records
         self.static_prompts = static_prompts
-        self.flows = flows
+        self._flow_ids = flow_ids
+        self._record_indices = record_indices
         self._render = PromptRenderer()
 
     def __len__(self) -> int:
-        return len(self.flows)
+        return len(self._flow_ids)
+
+    def __getitem__(self, index: int) -> ExpandedFlow:
+        return ExpandedFlow(
+            index=index, flow_id=self._flow_ids[index], record_index=self._record_indices[index]
+        )
 
     def __iter__(self) -> Iterator[ExpandedFlow]:
-        return iter(self.flows)
+        for index in range(len(self._flow_ids)):
+            yield self[index]
 
     def prepare(self) -> None:
         """Compile the templates of steps rendered at run time (a few ms, kept out of measurements)."""
@@ -139,7 +152,7 @@ class ExpandedFlowSet:
             "name": self.name,
             "template_sha256": self.template_sha256,
             "fixture_sha256": self.fixture_sha256,
-            "num_flows": len(self.flows),
+            "num_flows": len(self),
             "steps": [
                 {
                     "id": s.id,
@@ -153,7 +166,8 @@ class ExpandedFlowSet:
             ],
             "records": list(self.records),
             "static_prompts": list(self.static_prompts),
-            "flows": [[f.flow_id, f.record_index] for f in self.flows],
+            "flow_ids": self._flow_ids,
+            "record_indices": self._record_indices,
         }
         return json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -163,9 +177,12 @@ class ExpandedFlowSet:
         stored = _StoredExpansion.model_validate_json(text)
         if stored.format_version != FORMAT_VERSION:
             raise ValueError(f"format version {stored.format_version}, expected {FORMAT_VERSION}")
-        if len(stored.flows) != stored.num_flows or len(stored.static_prompts) != len(stored.records):
+        counts = {len(stored.flow_ids), len(stored.record_indices), stored.num_flows}
+        if len(counts) != 1 or len(stored.static_prompts) != len(stored.records):
             raise ValueError("inconsistent expansion: counts do not match")
-        if any(not 0 <= index < len(stored.records) for _, index in stored.flows):
+        if stored.record_indices and not 0 <= min(stored.record_indices) <= max(stored.record_indices) < len(
+            stored.records
+        ):
             raise ValueError("inconsistent expansion: a flow points outside the records")
         return cls(
             name=stored.name,
@@ -176,10 +193,8 @@ class ExpandedFlowSet:
             ),
             records=tuple(stored.records),
             static_prompts=tuple(stored.static_prompts),
-            flows=tuple(
-                ExpandedFlow(index=i, flow_id=flow_id, record_index=record_index)
-                for i, (flow_id, record_index) in enumerate(stored.flows)
-            ),
+            flow_ids=stored.flow_ids,
+            record_indices=stored.record_indices,
         )
 
 
@@ -226,8 +241,6 @@ def expand(
         steps=steps,
         records=records,
         static_prompts=tuple(static_prompts),
-        flows=tuple(
-            ExpandedFlow(index=i, flow_id=f"{template.name}-{i:06d}", record_index=i % len(records))
-            for i in range(num_flows)
-        ),
+        flow_ids=[f"{template.name}-{i:06d}" for i in range(num_flows)],
+        record_indices=[i % len(records) for i in range(num_flows)],
     )
