@@ -49,14 +49,17 @@ def test_repeated_prefix_is_served_from_the_prefix_cache(engine, engine_loop) ->
 
 
 def test_harness_ttft_agrees_with_engine_ttft(engine, engine_loop) -> None:
+    """Within 5 ms or 5% per request; one outlier in eight is tolerated because three engine processes
+    share two cores here and the OS can preempt the harness for a scheduler tick at any moment."""
     engine_loop.run(engine.generate(PROMPT, GenerationParams(max_tokens=2), "warmup"))
-    for index in range(5):
-        result = engine_loop.run(
-            engine.generate(f"{index} {PROMPT}", GenerationParams(max_tokens=8), f"t{index}")
-        )
+    disagreements = []
+    for index in range(8):
+        request = engine.generate(f"{index} {PROMPT}", GenerationParams(max_tokens=8), f"t{index}")
+        result = engine_loop.run(request)
         assert result.engine_ttft_ms is not None
-        gap = abs(result.ttft_ms - result.engine_ttft_ms)
-        assert gap <= max(5.0, 0.05 * result.engine_ttft_ms), (result.ttft_ms, result.engine_ttft_ms)
+        if abs(result.ttft_ms - result.engine_ttft_ms) > max(5.0, 0.05 * result.engine_ttft_ms):
+            disagreements.append((round(result.ttft_ms, 2), round(result.engine_ttft_ms, 2)))
+    assert len(disagreements) <= 1, disagreements
 
 
 def test_concurrent_requests_each_get_their_own_measurement(engine, engine_loop) -> None:

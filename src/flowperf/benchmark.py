@@ -1,7 +1,8 @@
-"""One `bench run`, end to end: config → flows → engine → runner → store → summary.
+"""One `bench run` (or `--resume`), end to end: config → flows → engine → runner → store → summary.
 
 Everything that can be wrong with the user's input is checked before the run directory is created and
-before an engine starts; from then on every result is on disk the moment it exists.
+before an engine starts; from then on every result is on disk the moment it exists, and whatever ends
+the run (completion, failure, Ctrl-C) the engine is shut down and summary.json says how it ended.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import flowperf
-from flowperf.config import RunConfig
-from flowperf.engines.base import EngineInfo
+from flowperf.config import RunConfig, differences
+from flowperf.engines.base import Engine, EngineInfo
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import Expansion, expand_with_cache
-from flowperf.runner import Runner, RunSettings, WorkflowOutcome
+from flowperf.flows.expand import ExpandedFlow
+from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
+from flowperf.runner import Runner, RunSettings, RunTotals, WorkflowOutcome
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore
 from flowperf.summary import build_summary
 from flowperf.timing import TimingLog
@@ -40,7 +43,7 @@ class RunHooks:
 
     echo: Callable[[str], None] = print
     warn: Callable[[str], None] = print
-    on_start: Callable[[int], None] = lambda total: None
+    on_start: Callable[[int, int], None] = lambda total, already_done: None
     on_workflow_done: Callable[[WorkflowOutcome], None] = lambda outcome: None
 
 
@@ -119,8 +122,75 @@ def config_document(
     }
 
 
-async def run_benchmark(config: RunConfig, hooks: RunHooks, *, shutdown_engine: bool = True) -> RunResult:
-    """Run the benchmark `config` describes and return where its results are."""
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run directory ready for this session: new, or reopened to resume."""
+
+    store: RunStore
+    run_id: str
+    session: int
+    todo: list[ExpandedFlow]
+
+
+def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, hooks: RunHooks) -> OpenedRun:
+    """Create the run directory, or reopen `resume_from` after proving it is the same experiment."""
+    flows = expansion.flows
+    if resume_from is None:
+        run_id = config.output.run_id or new_run_id(flows.name)
+        return OpenedRun(RunStore.create(config.output.out_dir, run_id), run_id, 0, list(flows))
+    store = RunStore.reopen(resume_from)
+    previous = store.read_json(CONFIG)
+    if previous.get("config_sha256") != config.fingerprint():
+        changed = differences(
+            RunConfig.model_validate(previous.get("config", {})).shaping_settings(), config.shaping_settings()
+        )
+        raise UserError(f"--resume {resume_from}: settings differ from the run's: {'; '.join(changed)}")
+    recorded = previous.get("flow", {})
+    if (recorded.get("template_sha256"), recorded.get("fixture_sha256")) != (
+        flows.template_sha256,
+        flows.fixture_sha256,
+    ):
+        raise UserError(
+            f"--resume {resume_from}: the flow template or its fixtures changed since the run started; "
+            "start a new run instead"
+        )
+    completed = store.completed_flow_indices()
+    dropped = store.drop_unfinished_steps(completed)
+    todo = [flow for flow in flows if flow.index not in completed]
+    hooks.echo(
+        f"resuming {resume_from}: {len(completed)} of {len(flows)} workflows done, {len(todo)} to run"
+        + (f" ({dropped} step(s) of unfinished workflows discarded)" if dropped else "")
+    )
+    return OpenedRun(store, str(previous.get("run_id", store.run_dir.name)), store.next_session(), todo)
+
+
+def run_status(totals: RunTotals | None, interrupted: bool) -> str:
+    if interrupted:
+        return "interrupted"
+    if totals is not None and totals.stopped:
+        return "stopped_on_failure"
+    return "complete"
+
+
+def exit_code_for(summary: dict[str, Any]) -> int:
+    if summary["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if summary["counts"]["workflows_failed"] else EXIT_OK
+
+
+async def run_benchmark(
+    config: RunConfig,
+    hooks: RunHooks,
+    *,
+    resume_from: Path | None = None,
+    interrupts: InterruptController | None = None,
+    engine: Engine | None = None,
+    shutdown_engine: bool = True,
+) -> RunResult:
+    """Run (or resume) the benchmark `config` describes and return where its results are.
+
+    `engine` replaces the engine `config` would create (library use, fault injection in tests).
+    """
     timing = TimingLog(hooks.echo)
     template_path = resolve_flow(config.flow, config.flows_dir)
     started = time.perf_counter()
@@ -128,77 +198,85 @@ async def run_benchmark(config: RunConfig, hooks: RunHooks, *, shutdown_engine: 
     expansion_ms = (time.perf_counter() - started) * 1000.0
     timing.emit("flow_expansion_ms", expansion_ms, source=expansion.source, flows=len(expansion.flows))
     model = resolve_model(config, timing)
-
-    run_id = config.output.run_id or new_run_id(expansion.flows.name)
-    store = RunStore.create(config.output.out_dir, run_id)
+    opened = open_run(config, expansion, resume_from, hooks)
+    store = opened.store
     timing.attach(store.path(TIMING_LOG))
-    store.write_json(CONFIG, config_document(config, expansion, model, run_id, engine=None))
-    engine = get_vllm_engine(config.engine, model.path, store.path(ENGINE_LOG))
+    if resume_from is None:
+        store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=None))
+
+    if engine is None:
+        engine = get_vllm_engine(config.engine, model.path, store.path(ENGINE_LOG))
+    summary_args: dict[str, Any] = {
+        "planned_workflows": len(expansion.flows),
+        "timings": {"flow_expansion_ms": expansion_ms, "expansion_source": expansion.source},
+        "engine": None,
+        "run": {
+            "run_id": opened.run_id,
+            "flow": expansion.flows.name,
+            "concurrency": config.concurrency,
+            "config_sha256": config.fingerprint(),
+        },
+    }
+    totals: RunTotals | None = None
+    interrupted = False
     try:
+        if interrupts is not None:
+            interrupts.on_request(None)
         reused = engine.started
         started = time.perf_counter()
         await engine.start()
         init_ms = (time.perf_counter() - started) * 1000.0
         timing.emit("engine_init_ms", init_ms, engine="vllm", reused=reused)
         info = engine.info()
-        store.write_json(CONFIG, config_document(config, expansion, model, run_id, engine=info))
+        summary_args["timings"]["engine_init_ms"] = init_ms
+        summary_args["engine"] = info.as_dict()
+        if resume_from is None:
+            store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=info))
 
         settings = RunSettings(
-            run_id=run_id,
+            run_id=opened.run_id,
             concurrency=config.concurrency,
             max_tokens=config.max_tokens,
             seed=config.seed,
             save_text=config.output.save_text,
+            step_timeout_s=config.step_timeout_s,
+            fail_fast=config.fail_fast,
+            grace_s=config.grace_s,
+            session=opened.session,
         )
-        timings = {
-            "flow_expansion_ms": expansion_ms,
-            "expansion_source": expansion.source,
-            "engine_init_ms": init_ms,
-        }
-        summary_args = {
-            "planned_workflows": len(expansion.flows),
-            "timings": timings,
-            "engine": info.as_dict(),
-            "run": {
-                "run_id": run_id,
-                "flow": expansion.flows.name,
-                "concurrency": config.concurrency,
-                "config_sha256": config.fingerprint(),
-            },
-        }
         done = 0
-        window_start = time.perf_counter()
 
         def workflow_done(outcome: WorkflowOutcome) -> None:
             nonlocal done
             done += 1
             hooks.on_workflow_done(outcome)
             if done % config.output.summary_every == 0:
-                window_ms = (time.perf_counter() - window_start) * 1000.0
-                store.write_json(
-                    SUMMARY, build_summary(store, status="running", window_ms=window_ms, **summary_args)
-                )
+                store.write_json(SUMMARY, build_summary(store, status="running", **summary_args))
 
         runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done)
-        hooks.on_start(len(expansion.flows))
-        totals = await runner.run(expansion.flows)
-        summary = build_summary(store, status="complete", window_ms=totals.window_ms, **summary_args)
-        average = summary["latency"]["workflow_ms"]["mean"] or 0.0
-        timing.emit(
-            "benchmark_total_ms",
-            totals.window_ms,
-            avg_workflow_ms=float(average),
-            workflows=totals.workflows,
-            failed=totals.failed,
-        )
-        store.write_json(SUMMARY, summary)
+        if interrupts is not None:
+            interrupts.on_request(runner.request_stop)
+        hooks.on_start(len(expansion.flows), len(expansion.flows) - len(opened.todo))
+        totals = await runner.run(opened.todo)
+        interrupted = interrupts is not None and interrupts.requested
+    except RunInterrupted:
+        interrupted = True
     finally:
-        if shutdown_engine:
-            await engine.shutdown()
-        store.close()
-        timing.close()
-    return RunResult(
-        run_dir=store.run_dir,
-        summary=summary,
-        exit_code=EXIT_SOME_FAILED if totals.failed else EXIT_OK,
+        if interrupts is not None:
+            interrupts.on_request(None)
+        try:
+            if shutdown_engine:
+                await engine.shutdown()
+        finally:
+            store.close()
+    summary = build_summary(store, status=run_status(totals, interrupted), **summary_args)
+    store.write_json(SUMMARY, summary)
+    timing.emit(
+        "benchmark_total_ms",
+        summary["timing"]["measured_window_ms"],
+        avg_workflow_ms=float(summary["latency"]["workflow_ms"]["mean"] or 0.0),
+        workflows=summary["counts"]["workflows_done"],
+        failed=summary["counts"]["workflows_failed"],
     )
+    timing.close()
+    return RunResult(run_dir=store.run_dir, summary=summary, exit_code=exit_code_for(summary))

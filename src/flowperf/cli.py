@@ -27,13 +27,15 @@ from rich.table import Table
 from rich.text import Text
 from typer.exceptions import TyperException
 
-from flowperf.benchmark import RunHooks, run_benchmark
+from flowperf.benchmark import RunHooks, RunResult, run_benchmark
 from flowperf.config import load_run_config
 from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
+from flowperf.interrupts import InterruptController
 from flowperf.runner import WorkflowOutcome
+from flowperf.store import CONFIG, RunStore
 from flowperf.timing import TimingLog
 
 EXIT_USER_ERROR = 2
@@ -174,6 +176,27 @@ def run(
         Path | None,
         typer.Option("--fixtures-dir", help="Corpus for the tiny model's tokenizer. [default: fixtures]"),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
+            "run. Uses the run's own settings; flags given must not change them.",
+        ),
+    ] = None,
+    step_timeout_s: Annotated[
+        float | None,
+        typer.Option("--step-timeout-s", min=0.001, help="Fail a step that takes longer than this."),
+    ] = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first failed workflow.")
+    ] = False,
+    grace_s: Annotated[
+        float | None,
+        typer.Option(
+            "--grace-s", min=0, help="On Ctrl-C, how long in-flight steps may finish. [default: 30]"
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
     ] = True,
@@ -181,8 +204,11 @@ def run(
     """Run workflows on one engine, started once, and write results to runs/<run_id>/.
 
     Prints [TIMING] lines as it goes (also kept in timing.log); the run directory holds config.json,
-    steps.jsonl, workflows.csv, summary.json and engine.log. Exit code 0 when every workflow succeeded,
-    3 when some failed, 2 for a usage error, 1 when the engine could not start.
+    steps.jsonl, workflows.csv, summary.json and engine.log, all written as results arrive. Ctrl-C stops
+    gracefully (a second Ctrl-C at once); `--resume RUN_DIR` continues where a run stopped.
+
+    Exit codes: 0 every workflow succeeded, 3 some failed, 2 usage error, 130 interrupted,
+    1 the engine could not start.
     """
     overrides: dict[str, Any] = {
         "flow": flow,
@@ -192,6 +218,9 @@ def run(
         "max_tokens": max_tokens,
         "concurrency": concurrency,
         "seed": seed,
+        "step_timeout_s": step_timeout_s,
+        "fail_fast": fail_fast or None,
+        "grace_s": grace_s,
         "engine": {
             "model": model,
             "cuda_graphs": cuda_graphs,
@@ -203,7 +232,12 @@ def run(
         },
         "output": {"out_dir": out, "run_id": run_id, "save_text": save_text or None},
     }
-    settings = load_run_config(config, overrides)
+    base = None
+    if resume is not None:
+        if config is not None:
+            raise UserError("--resume uses the run's own config.json; --config cannot be combined with it")
+        base = RunStore.reopen(resume).read_json(CONFIG).get("config")
+    settings = load_run_config(config, overrides, base=base)
     bar = Progress(
         TextColumn("[bold]workflows"),
         BarColumn(),
@@ -218,8 +252,8 @@ def run(
     task_id = bar.add_task("workflows", total=None, failed=0, visible=False)
     failed = 0
 
-    def on_start(total: int) -> None:
-        bar.reset(task_id, total=total, visible=True)
+    def on_start(total: int, already_done: int) -> None:
+        bar.reset(task_id, total=total, completed=already_done, visible=True)
         bar.start()
 
     def on_done(outcome: WorkflowOutcome) -> None:
@@ -228,14 +262,25 @@ def run(
         bar.update(task_id, advance=1, failed=failed)
 
     hooks = RunHooks(echo=_echo, warn=_warn, on_start=on_start, on_workflow_done=on_done)
+    interrupts = InterruptController()
+
+    async def run_with_interrupts() -> RunResult:
+        interrupts.install(asyncio.get_running_loop())
+        try:
+            return await run_benchmark(settings, hooks, resume_from=resume, interrupts=interrupts)
+        finally:
+            interrupts.uninstall()
+
     try:
-        result = asyncio.run(run_benchmark(settings, hooks))
+        result = asyncio.run(run_with_interrupts())
     except EngineError as error:
         bar.stop()
         _error(str(error))
         raise typer.Exit(EXIT_ENGINE_FAILED) from None
     finally:
         bar.stop()
+    if result.summary["status"] == "interrupted":
+        _warn(f"interrupted; continue with: bench run --resume {result.run_dir}")
     _print_run_table(result.summary)
     err_console.print(f"results: {result.run_dir}")
     raise typer.Exit(result.exit_code)

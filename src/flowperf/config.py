@@ -52,6 +52,9 @@ class OutputConfig(BaseModel):
     summary_every: int = Field(default=10, ge=1)
 
 
+NOT_FINGERPRINTED = {"output", "grace_s"}
+
+
 class RunConfig(BaseModel):
     """Everything `bench run` needs, validated once."""
 
@@ -64,13 +67,31 @@ class RunConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
     concurrency: int = Field(default=1, ge=1, le=4096)
     seed: int = 0
+    step_timeout_s: float | None = Field(default=None, gt=0, description="fail a step that takes longer")
+    fail_fast: bool = False
+    grace_s: float = Field(default=30.0, ge=0, description="how long in-flight steps may finish on Ctrl-C")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    def shaping_settings(self) -> dict[str, Any]:
+        """The settings that shape what a run measures (not where results go or how it stops)."""
+        return self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+
     def fingerprint(self) -> str:
-        """sha256 of the settings that shape the measurement (output location excluded)."""
-        shaping = self.model_dump(mode="json", exclude={"output"})
-        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+        """sha256 of the shaping settings: equal fingerprints measure the same experiment."""
+        return hashlib.sha256(json.dumps(self.shaping_settings(), sort_keys=True).encode()).hexdigest()
+
+
+def differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`field (old -> new)` for every leaf that differs between two settings documents."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key} ({old!r} -> {new!r})")
+    return changed
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -84,14 +105,20 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def load_run_config(config_path: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Defaults, then the TOML file at `config_path` (if any), then flags given in `overrides`.
+def load_run_config(
+    config_path: Path | None, overrides: dict[str, Any], base: dict[str, Any] | None = None
+) -> RunConfig:
+    """Defaults (or `base`, a resumed run's settings), then the TOML file, then the flags in `overrides`.
 
     `overrides` mirrors RunConfig's shape; None values mean "flag not given".
     """
     from_file = load_toml_mapping(config_path) if config_path is not None else {}
     try:
-        return RunConfig.model_validate(_deep_merge(from_file, overrides))
+        return RunConfig.model_validate(_deep_merge(_deep_merge(base or {}, from_file), overrides))
     except ValidationError as error:
-        source = str(config_path) if config_path is not None else "settings"
+        source = (
+            str(config_path)
+            if config_path is not None
+            else "settings (flags or the resumed run's config.json)"
+        )
         raise UserError(f"{source}: {describe_validation_error(error)}") from None

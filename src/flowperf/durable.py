@@ -81,10 +81,6 @@ class DurableLog:
             self._file.flush()
         self._pending.set()
 
-    def is_empty(self) -> bool:
-        with self._lock:
-            return self._file.tell() == 0
-
     def _sync_forever(self) -> None:
         while not self._stop.is_set():
             self._pending.wait()

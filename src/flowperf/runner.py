@@ -1,8 +1,12 @@
 """The executor: runs expanded workflows through one engine and records every step as it finishes.
 
 Steps of a workflow run strictly in order, each prompt rendered with the real outputs of the steps
-before it. Up to `concurrency` workflows are in flight at once (1 = sequential). A failing step fails
-its workflow, with the error recorded, and the run goes on: one bad request never costs the others.
+before it. Up to `concurrency` workflows are in flight at once (1 = sequential). A failing step (engine
+error, HTTP error, timeout) fails its workflow, with the error recorded, and the run goes on: one bad
+request never costs the others, unless `fail_fast` asks otherwise.
+
+A stop request (Ctrl-C) starts no new workflow and gives in-flight steps `grace_s` to finish before they
+are cancelled; a cancelled workflow writes no row, so a resumed run runs it again from its first step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class RunSettings:
     max_tokens: int | None = None
     seed: int = 0
     save_text: bool = False
+    step_timeout_s: float | None = None
+    fail_fast: bool = False
+    grace_s: float = 30.0
+    session: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,11 @@ class RunTotals:
     window_ms: float
     workflows: int
     failed: int
+    stopped: bool
+
+
+class StepTimeout(Exception):
+    """A step took longer than --step-timeout-s."""
 
 
 def generation_params(
@@ -81,6 +94,19 @@ class Runner:
         self.on_workflow_done = on_workflow_done
         self._window_start = 0.0
         self._inflight = 0
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+
+    def request_stop(self) -> None:
+        """Start no new workflow; cancel what is still running after the grace period."""
+        if self._stopping:
+            return
+        self._stopping = True
+        asyncio.get_running_loop().call_later(self.settings.grace_s, self._cancel_workers)
+
+    def _cancel_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
 
     def _offset_ms(self, moment: float) -> float:
         return (moment - self._window_start) * 1000.0
@@ -95,13 +121,26 @@ class Runner:
         async def worker() -> None:
             nonlocal finished, failed
             for flow in pending:
+                if self._stopping:
+                    return
                 outcome = await self._run_workflow(flow)
                 finished += 1
                 failed += 0 if outcome.ok else 1
                 self.on_workflow_done(outcome)
+                if not outcome.ok and self.settings.fail_fast:
+                    self.request_stop()
 
-        await asyncio.gather(*(worker() for _ in range(self.settings.concurrency)))
-        return RunTotals(window_ms=self._offset_ms(time.perf_counter()), workflows=finished, failed=failed)
+        self._workers = [asyncio.create_task(worker()) for _ in range(self.settings.concurrency)]
+        outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+        return RunTotals(
+            window_ms=self._offset_ms(time.perf_counter()),
+            workflows=finished,
+            failed=failed,
+            stopped=self._stopping,
+        )
 
     async def _run_workflow(self, flow: ExpandedFlow) -> WorkflowOutcome:
         outputs: dict[str, str] = {}
@@ -127,6 +166,7 @@ class Runner:
             {
                 "flow_index": flow.index,
                 "flow_id": flow.flow_id,
+                "session": self.settings.session,
                 "status": status,
                 "workflow_ms": round(workflow_ms, 3),
                 "step_ms_sum": round(totals["step_ms_sum"], 3),
@@ -154,6 +194,7 @@ class Runner:
         record: dict[str, Any] = {
             "flow_index": flow.index,
             "flow_id": flow.flow_id,
+            "session": self.settings.session,
             "step_index": position,
             "step_id": step.id,
             "max_tokens": params.max_tokens,
@@ -166,9 +207,12 @@ class Runner:
         prompt = ""
         try:
             prompt = self.flows.render(flow, step, outputs)
-            result = await self.engine.generate(
-                prompt, params, f"{self.settings.run_id}-{flow.flow_id}-{step.id}"
-            )
+            request = self.engine.generate(prompt, params, f"{self.settings.run_id}-{flow.flow_id}-{step.id}")
+            timeout = self.settings.step_timeout_s
+            try:
+                result = await asyncio.wait_for(request, timeout) if timeout else await request
+            except TimeoutError:
+                raise StepTimeout(f"step took longer than --step-timeout-s {timeout:g}") from None
         except Exception as failure:
             error = failure
         finally:

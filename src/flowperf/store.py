@@ -1,12 +1,15 @@
 """The run directory: the contract that reports, compare, resume and CI rely on (see DESIGN.md).
 
-Results are appended and forced to disk as each step and workflow finishes, so a crash loses at most
-the line being written; whole-file outputs (config.json, summary.json) are replaced atomically. Readers
-skip a torn last line instead of failing on it.
+Results are appended as each step and workflow finishes, so a crash loses at most the line being
+written; whole-file outputs (config.json, summary.json) are replaced atomically. Readers skip a torn last
+line instead of failing on it, and reopening a directory to resume cuts such a line off before anything
+is appended after it. A workflow counts once it has its row in workflows.csv; steps of workflows without
+a row (in flight at a crash) are dropped on resume, and those workflows run again from their first step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,9 +28,12 @@ TIMING_LOG = "timing.log"
 SUMMARY = "summary.json"
 ENGINE_LOG = "engine.log"
 
+APPEND_ONLY_FILES = (STEPS, WORKFLOWS, METRICS, TIMING_LOG)
+
 WORKFLOW_COLUMNS = (
     "flow_index",
     "flow_id",
+    "session",
     "status",
     "workflow_ms",
     "step_ms_sum",
@@ -45,6 +51,22 @@ WORKFLOW_COLUMNS = (
 
 def _one_line(value: Any) -> Any:
     return " ".join(value.split()) if isinstance(value, str) else value
+
+
+class StoreWriteError(UserError):
+    """The run directory cannot be written (disk full, permissions): what is already there stays valid."""
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Truncate an append-only file after its last complete line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    complete = data.rfind(b"\n") + 1
+    if complete != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(complete)
 
 
 class RunStore:
@@ -71,35 +93,90 @@ class RunStore:
             raise UserError(f"--out {out_dir}: the run directory is not writable")
         return cls(run_dir)
 
+    @classmethod
+    def reopen(cls, run_dir: Path) -> RunStore:
+        """Open an existing run directory to append to it, cutting off torn last lines first."""
+        run_dir = Path(run_dir)
+        if not (run_dir / CONFIG).is_file():
+            raise UserError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
+        if not os.access(run_dir, os.W_OK):
+            raise UserError(f"--resume {run_dir}: the run directory is not writable")
+        for name in APPEND_ONLY_FILES:
+            _cut_torn_tail(run_dir / name)
+        return cls(run_dir)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        try:
+            document = json.loads(self.path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(f"{self.path(name)}: unreadable ({error})") from None
+        if not isinstance(document, dict):
+            raise UserError(f"{self.path(name)}: expected a JSON object")
+        return document
+
+    def completed_flow_indices(self) -> set[int]:
+        return {int(row["flow_index"]) for row in self.read_workflows()}
+
+    def next_session(self) -> int:
+        sessions = [int(row["session"]) for row in self.read_workflows()]
+        sessions += [int(step.get("session", 0)) for step in self.read_steps()]
+        return max(sessions, default=-1) + 1
+
+    def drop_unfinished_steps(self, completed: set[int]) -> int:
+        """Rewrite steps.jsonl without the steps of workflows that have no row; returns how many went."""
+        lines = read_complete_lines(self.path(STEPS))
+        kept = [line for line in lines if _flow_index(line) in completed]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path(STEPS), "".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
+
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
-    def _log(self, name: str) -> DurableLog:
-        log = self._logs.get(name)
-        if log is None:
-            log = self._logs[name] = DurableLog(self.path(name))
-        return log
+    def _append(self, name: str, text: str) -> None:
+        try:
+            log = self._logs.get(name)
+            if log is None:
+                log = self._logs[name] = DurableLog(self.path(name))
+            log.append(text)
+        except OSError as error:
+            raise StoreWriteError(
+                f"cannot write {self.path(name)} ({error.strerror}); the results written so far are intact: "
+                f"fix the cause and continue with `bench run --resume {self.run_dir}`"
+            ) from None
+
+    def _is_empty(self, name: str) -> bool:
+        try:
+            return self.path(name).stat().st_size == 0
+        except FileNotFoundError:
+            return True
 
     def write_json(self, name: str, document: dict[str, Any]) -> None:
-        atomic_write_text(self.path(name), json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+        try:
+            atomic_write_text(
+                self.path(name), json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
+            )
+        except OSError as error:
+            raise StoreWriteError(
+                f"cannot write {self.path(name)} ({error.strerror}); the results written so far are intact"
+            ) from None
 
     def append_step(self, record: dict[str, Any]) -> None:
         line = json.dumps(
             {k: _one_line(v) for k, v in record.items()}, ensure_ascii=False, separators=(",", ":")
         )
-        self._log(STEPS).append(line + "\n")
+        self._append(STEPS, line + "\n")
 
     def append_metric(self, record: dict[str, Any]) -> None:
-        self._log(METRICS).append(json.dumps(record, separators=(",", ":")) + "\n")
+        self._append(METRICS, json.dumps(record, separators=(",", ":")) + "\n")
 
     def append_workflow(self, row: dict[str, Any]) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n")
-        log = self._log(WORKFLOWS)
-        if log.is_empty():
+        if self._is_empty(WORKFLOWS):
             writer.writeheader()
         writer.writerow({column: _one_line(row.get(column, "")) for column in WORKFLOW_COLUMNS})
-        log.append(buffer.getvalue())
+        self._append(WORKFLOWS, buffer.getvalue())
 
     def read_steps(self) -> list[dict[str, Any]]:
         records = []
@@ -119,5 +196,13 @@ class RunStore:
 
     def close(self) -> None:
         for log in self._logs.values():
-            log.close()
+            with contextlib.suppress(OSError):
+                log.close()
         self._logs.clear()
+
+
+def _flow_index(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["flow_index"])
+    except (ValueError, KeyError, TypeError):
+        return None

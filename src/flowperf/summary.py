@@ -1,7 +1,9 @@
 """summary.json: the run's statistics, computed from what the run directory holds.
 
 Computing from the files (never from in-memory state) means a summary written mid-run, at the end, or
-after any number of crashes and resumes counts exactly the workflows the directory records.
+after any number of crashes and resumes counts exactly the workflows the directory records: a workflow
+counts once it has its row, steps count only as part of a counted workflow, and the measured window is
+the sum of each session's window (a session is one `bench run` or `--resume` of the directory).
 """
 
 from __future__ import annotations
@@ -17,20 +19,40 @@ from flowperf.store import RunStore
 LATENCY_METRICS = ("step_ms", "ttft_ms", "tpot_ms")
 
 
-def _step_frame(store: RunStore) -> pd.DataFrame:
-    frame = pd.DataFrame(store.read_steps())
-    if frame.empty:
-        return frame
-    return frame.drop_duplicates(subset=["flow_index", "step_index"], keep="last")
+NUMERIC_WORKFLOW_COLUMNS = (
+    "flow_index",
+    "session",
+    "workflow_ms",
+    "output_tokens",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "end_offset_ms",
+)
 
 
 def _workflow_frame(store: RunStore) -> pd.DataFrame:
     frame = pd.DataFrame(store.read_workflows())
     if frame.empty:
         return frame
-    for column in ("flow_index", "workflow_ms", "output_tokens", "prompt_tokens", "cached_prompt_tokens"):
+    for column in NUMERIC_WORKFLOW_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame.drop_duplicates(subset=["flow_index"], keep="last")
+    return frame.drop_duplicates(subset=["flow_index"], keep="first")
+
+
+def _step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
+    frame = pd.DataFrame(store.read_steps())
+    if frame.empty or counted.empty:
+        return pd.DataFrame()
+    keys = counted[["flow_index", "session"]]
+    frame = frame.merge(keys, on=["flow_index", "session"], how="inner")
+    return frame.drop_duplicates(subset=["flow_index", "step_index"], keep="first")
+
+
+def measured_window_ms(workflows: pd.DataFrame) -> float:
+    """Sum over sessions of the time from a session's start to its last finished workflow."""
+    if workflows.empty:
+        return 0.0
+    return float(workflows.groupby("session")["end_offset_ms"].max().sum())
 
 
 def _itl_samples(steps: pd.DataFrame) -> list[float]:
@@ -70,14 +92,14 @@ def build_summary(
     *,
     status: str,
     planned_workflows: int,
-    window_ms: float,
     timings: dict[str, Any],
     engine: dict[str, Any],
     run: dict[str, Any],
 ) -> dict[str, Any]:
     """The summary document for the run directory behind `store`."""
-    steps = _step_frame(store)
     workflows = _workflow_frame(store)
+    steps = _step_frame(store, workflows)
+    window_ms = measured_window_ms(workflows)
     ok_workflows = workflows[workflows["status"] == "ok"] if not workflows.empty else workflows
     ok_steps = steps[steps["status"] == "ok"] if not steps.empty else steps
     failed = workflows[workflows["status"] != "ok"] if not workflows.empty else workflows
@@ -99,6 +121,7 @@ def build_summary(
             "failures_by_type": dict(Counter(failed["error_type"])) if not failed.empty else {},
             "steps_done": len(steps),
             "steps_ok": len(ok_steps),
+            "sessions": int(workflows["session"].nunique()) if not workflows.empty else 0,
         },
         "timing": timings | {"measured_window_ms": window_ms},
         "latency": {

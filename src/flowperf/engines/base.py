@@ -80,6 +80,10 @@ class EngineError(RuntimeError):
 class Engine(Protocol):
     """Start once, generate many times (concurrently), describe itself, shut down once."""
 
+    @property
+    def started(self) -> bool:
+        """True once the model is loaded (a later `start` is then free: the engine is reused)."""
+
     async def start(self) -> None:
         """Load the model so that the first measured request pays no start-up cost."""
 

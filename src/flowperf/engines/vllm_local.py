@@ -7,6 +7,7 @@ different model is an error. `init_count` proves the engine was built exactly on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -16,11 +17,12 @@ from typing import Any
 
 from flowperf.config import GIB, EngineConfig
 from flowperf.engines.base import EngineError, EngineInfo, GenerationParams, StepResult
-from flowperf.engines.capture import output_redirected_to
+from flowperf.engines.spawning import children_deaf_to_sigint, output_redirected_to
 from flowperf.engines.streaming import StreamTimer
 from flowperf.errors import UserError
 
 CPU_DEFAULT_BLOCK_SIZE = 32  # the CPU backend's default (128) hides prefix-cache hits on short prompts
+WATCHDOG_INTERVAL_S = 0.5
 
 _active: VllmLocalEngine | None = None
 _init_count = 0
@@ -88,7 +90,12 @@ def engine_arguments(settings: EngineConfig, model_path: Path, on_gpu: bool) -> 
 
 
 class VllmLocalEngine:
-    """AsyncLLM in this process (its engine core runs in a child process vLLM manages)."""
+    """AsyncLLM in this process (its engine core runs in a child process vLLM manages).
+
+    If the engine core dies, vLLM marks the engine dead but leaves requests already in flight waiting
+    forever; a watchdog notices and fails them (and every later request) with EngineError instead, so a
+    run records the failures and ends rather than hanging.
+    """
 
     def __init__(self, settings: EngineConfig, model_path: Path, log_path: Path | None) -> None:
         self.settings = settings
@@ -96,6 +103,9 @@ class VllmLocalEngine:
         self.log_path = log_path
         self._llm: Any = None
         self._shut_down = False
+        self._dead = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._graph_note = ""
         self._device = "unknown"
         self._version = "unknown"
@@ -113,7 +123,7 @@ class VllmLocalEngine:
             raise EngineError("this process's engine was shut down; vLLM cannot start another one here")
         started = time.perf_counter()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
-        with output_redirected_to(self.log_path):
+        with output_redirected_to(self.log_path), children_deaf_to_sigint():
             import vllm
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.platforms import current_platform
@@ -131,13 +141,30 @@ class VllmLocalEngine:
         self._version = vllm.__version__
         self._device = current_platform.device_type
         self.init_ms = (time.perf_counter() - started) * 1000.0
+        self._watchdog = asyncio.create_task(self._watch_engine_core())
+
+    async def _watch_engine_core(self) -> None:
+        while self._llm is not None:
+            if self._llm.errored:
+                self._dead = True
+                for task in list(self._inflight):
+                    task.cancel()
+                return
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+
+    def _death_error(self) -> EngineError:
+        where = f" (see {self.log_path})" if self.log_path else ""
+        return EngineError(f"EngineDeadError: the vLLM engine core process has died{where}")
 
     async def generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
         from vllm import SamplingParams
         from vllm.renderers.inputs.preprocess import parse_model_prompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = self._llm
+        if self._dead:
+            raise self._death_error()
         if llm is None:
             raise EngineError("the engine was not started")
         sampling = SamplingParams(
@@ -148,6 +175,9 @@ class VllmLocalEngine:
             output_kind=RequestOutputKind.DELTA,
         )
         timer = StreamTimer()
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
         try:
             (engine_input,) = await llm.renderer.render_cmpl_async(
                 [parse_model_prompt(llm.model_config, prompt)]
@@ -161,8 +191,18 @@ class VllmLocalEngine:
                 timer.tokens_arrived(len(completion.token_ids))
                 pieces.append(completion.text)
                 final = output
+        except asyncio.CancelledError:
+            if not self._dead:
+                raise
+            task.uncancel()
+            raise self._death_error() from None
+        except EngineDeadError:
+            self._dead = True
+            raise self._death_error() from None
         except Exception as error:
             raise EngineError(f"{type(error).__name__}: {error}") from error
+        finally:
+            self._inflight.discard(task)
         if final is None:
             raise EngineError("the engine returned no output")
         metrics = final.metrics
@@ -215,6 +255,8 @@ class VllmLocalEngine:
     async def shutdown(self) -> None:
         """Stop the engine core; drop the reference now so no finalizer runs at interpreter exit."""
         llm, self._llm = self._llm, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if llm is not None:
             self._shut_down = True
             with output_redirected_to(self.log_path):

@@ -9,13 +9,40 @@ A template sees exactly two names: `fixture` (the record, data only) and `steps`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 ALLOWED_NAMES = frozenset({"fixture", "steps"})
+MAX_REPEATED_LENGTH = 1_000_000
+MAX_EXPONENT = 1_000
 
-ENVIRONMENT = ImmutableSandboxedEnvironment(
+
+class PromptSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus limits on `*` and `**`, which it leaves unbounded.
+
+    Without them `{{ "x" * 10**10 }}` in a shared template would exhaust memory instead of failing.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is over the limit of {MAX_EXPONENT}")
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(count, int)
+                    and len(sequence) * count > MAX_REPEATED_LENGTH
+                ):
+                    raise SecurityError(f"repetition of {count} x {len(sequence)} is over the limit")
+        return super().call_binop(context, operator, left, right)
+
+
+ENVIRONMENT = PromptSandbox(
     undefined=StrictUndefined,
     autoescape=False,
     keep_trailing_newline=False,
