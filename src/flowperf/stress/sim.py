@@ -138,6 +138,7 @@ def _bins_loop(
 
     Each queue is a window [head, tail) into the requests of its bin listed in arrival order, so queueing
     and dispatch move two integers instead of objects. A batch keeps its size until its longest member ends.
+    `work` is each request's decode iterations, or its whole service time when a=b=d=0 and c=1.
     """
     n = arrival.size
     bin_start = np.zeros(n_bins + 1, np.int64)
