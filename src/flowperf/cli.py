@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from flowperf.errors import UserError
+from flowperf.stress.cli import stress
 
 app = typer.Typer(
     name="bench",
@@ -22,6 +23,8 @@ app = typer.Typer(
 )
 
 err_console = Console(stderr=True)
+
+app.command("stress")(stress)
 
 
 def main() -> None:
