@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -160,43 +161,49 @@ def _print_calibration(calibration: Calibration) -> None:
 
 
 def _print_summary(report: SuiteReport) -> None:
-    table = Table(title="bench stress", title_justify="left")
+    """One compact row per test (fits 80 columns); full precision is in the CSVs."""
+    table = Table(
+        title="bench stress",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
     headers = (
         "test",
-        "K eff",
+        "K",
         "GPUs",
-        "requests",
+        "reqs",
         "SLA",
-        "TTFT p50",
-        "TTFT p99",
-        "E2E p99",
+        "TTFT\np50",
+        "TTFT\np99",
+        "E2E\np99",
         "req/s",
         "util",
         "fill",
-        "wall",
     )
     for header in headers:
-        table.add_column(header, justify="left" if header == "test" else "right")
+        table.add_column(header, justify="left" if header == "test" else "right", no_wrap=True)
     for result in report.results:
         table.add_row(
-            f"{result.step} {result.scheduler}",
+            f"{result.step.replace('step', 's')} {result.scheduler}",
             "" if result.effective_k is None else str(result.effective_k),
             str(result.n_gpus),
-            f"{result.num_requests:,}",
+            _count(result.num_requests),
             f"{result.sla_attainment:.1%}",
             _seconds(result.ttft_p50_s),
             _seconds(result.ttft_p99_s),
             _seconds(result.e2e_p99_s),
-            f"{result.throughput_rps:.1f}",
+            f"{result.throughput_rps:.3g}",
             f"{result.gpu_utilisation:.0%}",
             "" if result.batch_fill is None else f"{result.batch_fill:.0%}",
-            f"{result.wall_s:.2f}s",
         )
     console.print(table)
     for line in _conclusions(report.analysis):
         console.print(line)
     console.print(
-        f"{len(report.results)} tests in {report.analysis['wall_s']:.1f}s; wrote {', '.join(report.files)}"
+        f"{len(report.results)} tests in {report.analysis['wall_s']:.1f}s; results in {report.files[0]}"
     )
 
 
@@ -219,4 +226,19 @@ def _conclusions(analysis: dict[str, Any]) -> list[str]:
 
 
 def _seconds(value: float) -> str:
-    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+    """At most five characters: 137ms, 2.41s, 873s, 6.9ks, 16ks."""
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 10:
+        return f"{value:.2f}s"
+    if value < 1000:
+        return f"{value:.0f}s"
+    return f"{value / 1000:.1f}ks" if value < 10_000 else f"{value / 1000:.0f}ks"
+
+
+def _count(value: int) -> str:
+    """1K, 2.5K, 100K, 1M."""
+    for size, unit in ((1_000_000, "M"), (1_000, "K")):
+        if value >= size:
+            return f"{value / size:.4g}{unit}"
+    return str(value)

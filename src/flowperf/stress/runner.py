@@ -23,7 +23,7 @@ from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
 from flowperf.stress.spec import TestResult, TestSettings, TestSpec
 from flowperf.stress.traces import Trace
-from flowperf.stress.workload import WorkloadSource, adopt_trace, cached_workload, source_trace
+from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
 
@@ -88,12 +88,9 @@ def executor(
     elif workers <= 1:
         yield lambda tests: (run_test(settings, test) for test in tests)
     else:
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=get_context("spawn"),
-            initializer=_prepare_worker,
-            initargs=(settings.source, trace),
-        )
+        # Workers parse the trace themselves (it is on this machine): a large object in the initializer's
+        # arguments would hang the parent, mid-write, if a worker died while starting.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=warm_up)
         try:
             yield lambda tests: _pool_results(pool, settings, tests)
         finally:
@@ -117,11 +114,6 @@ def _pool_results(
     finally:
         for future in futures:
             future.cancel()
-
-
-def _prepare_worker(source: WorkloadSource, trace: Trace | None) -> None:
-    adopt_trace(source, trace)
-    warm_up()
 
 
 def _ray_task(settings: TestSettings, test: TestSpec, trace: Trace | None) -> TestResult:
