@@ -146,3 +146,11 @@ def test_flag_mistakes_are_one_line_user_errors(tmp_path, bench_stress, flags, m
     assert isinstance(result.exception, UserError), result.output
     assert str(result.exception).startswith(message) and "\n" not in str(result.exception)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path, bench_stress):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    result = bench_stress("--num-requests", 10, "--out", taken)
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception) == f"--out: {taken} exists and is not a directory"

@@ -6,6 +6,7 @@ do not pay for them.
 
 from __future__ import annotations
 
+from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,15 +122,17 @@ def stress(
     )
     with Progress(*columns, console=console, transient=True) as progress:
         # Measured in requests, which a test's time grows with, so the ETA is not fooled by tiny tests.
-        bar = progress.add_task(
-            "starting workers", total=sum(test.num_requests for test in tests), done=0, tests=len(tests)
-        )
+        total = sum(test.num_requests for test in tests)
+        bar = progress.add_task("starting workers", total=total, done=0, tests=len(tests))
+        finished = count(1)
 
         def on_result(result: TestResult, resumed: bool) -> None:
-            done = progress.tasks[bar].fields["done"] + 1
             note = "resumed" if resumed else f"{result.wall_s:.1f}s"
             progress.update(
-                bar, advance=result.num_requests, done=done, description=f"{result.test_id} ({note})"
+                bar,
+                advance=result.num_requests,
+                done=next(finished),
+                description=f"{result.test_id} ({note})",
             )
 
         with open_executor(settings, config.executor, config.workers, config.ray_address) as run_many:

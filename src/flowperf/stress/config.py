@@ -61,6 +61,13 @@ class StressConfig(BaseModel):
     def _parse_scheduler(cls, value: Any) -> Any:
         return Scheduler.parse(value) if isinstance(value, str) else value
 
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> StressConfig:
         only = [
