@@ -154,3 +154,22 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path, bench_stress):
     result = bench_stress("--num-requests", 10, "--out", taken)
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == f"--out: {taken} exists and is not a directory"
+
+
+def test_a_burstgpt_file_drives_a_run_and_a_bad_one_stops_it_before_any_output(tmp_path, bench_stress):
+    trace = tmp_path / "burst.csv"
+    header = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"
+    trace.write_text(header + "\n" + "".join(f"{t},ChatGPT,{100 + t},{t % 7},0,API log\n" for t in range(60)))
+    out = tmp_path / "out"
+    flags = ("--workload", f"burstgpt:{trace}", "--use-real-timestamps", "--num-requests", 120, "--gpus", 2)
+    result = bench_stress(*flags, "--out", out)
+    assert result.exit_code == 0, result.output
+    (row,) = rows(out / "stress_results.csv")
+    assert row["num_requests"] == "120"
+    trace.write_text(trace.read_text() + "61,ChatGPT,many,3,0,API log\n")
+    result = bench_stress(*flags, "--out", tmp_path / "other")
+    assert isinstance(result.exception, UserError)
+    assert str(result.exception).startswith(
+        f"{trace}: line 62: column 'Request tokens': Input should be a valid"
+    )
+    assert not (tmp_path / "other").exists()

@@ -158,3 +158,6 @@ def test_azure_code_lengths_collapse_to_fewer_bins():
     bins = cached_bins(key, 32)
     assert bins.effective_k < 32
     assert bins.effective_k == np.unique(bins.bin_of).size
+    # over the whole trace, as its README counts: 22 distinct boundaries
+    lengths = source_trace(key.source).output_tokens
+    assert equal_mass_boundaries(lengths, 32, seed=0, sample_size=lengths.size).size == 22
