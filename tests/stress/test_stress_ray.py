@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 from test_stress_suite import figures, run_api
 
+from flowperf.errors import UserError
+
+# Keep the test cluster on loopback: on Linux Ray otherwise binds to this machine's network address.
+# Ray reads this when imported, so it is set first; the subprocess driver below inherits it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray")
+
+
+def test_an_address_where_nothing_listens_fails_at_once(tmp_path):
+    """Runs before the module's cluster exists (tests run in file order), so nothing is connected yet."""
+    with pytest.raises(UserError, match=r"--ray-address: nothing answers at 127\.0\.0\.1:9"):
+        run_api(tmp_path, num_requests=10, executor="ray", ray_address="127.0.0.1:9")
+    assert not ray.is_initialized()
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +31,9 @@ def local_ray():
         num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20
     )
     try:
-        yield context.address_info["gcs_address"]
+        address = context.address_info["gcs_address"]
+        assert address.startswith("127.0.0.1:")
+        yield address
     finally:
         ray.shutdown()
 
@@ -48,5 +63,6 @@ def test_ray_address_connects_another_driver(tmp_path, local_ray):
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Connecting to existing Ray cluster at address: {local_ray}" in done.stderr
     (row,) = figures(tmp_path / "out" / "stress_results.csv")
     assert row["test_id"] == "single/continuous/r400/g16"

@@ -33,7 +33,7 @@ def run_api(out, **flags):
     config = parse_flags(out=out, max_requests=2000, max_gpus=4, rate=3.0, workers=1, **flags)
     settings = config.settings(ServiceModel())
     seen = []
-    with executor(settings, config.executor, config.workers) as run_many:
+    with executor(settings, config.executor, config.workers, config.ray_address) as run_many:
         report = run_suite(
             config, settings, run_many, lambda result, resumed: seen.append((result.test_id, resumed))
         )

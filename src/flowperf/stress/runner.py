@@ -7,6 +7,7 @@ save each one at once.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -121,6 +122,17 @@ def _ray_task(settings: TestSettings, test: TestSpec, trace: Trace | None) -> Te
     return run_test(settings, test)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail fast on a `host:port` nobody listens at; Ray itself would wait for minutes before giving up."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "ray://...", and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"--ray-address: nothing answers at {address} ({error.strerror or error})") from None
+
+
 @contextmanager
 def _ray_executor(
     settings: TestSettings, trace: Trace | None, workers: int, address: str | None
@@ -134,10 +146,11 @@ def _ray_executor(
     started_here = not ray.is_initialized()
     if started_here:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        try:
-            ray.init(address=address, **options) if address else ray.init(num_cpus=workers, **options)
-        except ConnectionError as error:
-            raise UserError(f"--ray-address: cannot connect to Ray at {address!r} ({error})") from None
+        if address:
+            _check_reachable(address)
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers, **options)
     try:
         task = ray.remote(num_cpus=1)(_ray_task)
         trace_ref = ray.put(trace)
