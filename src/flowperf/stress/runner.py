@@ -80,7 +80,11 @@ def executor(
     workers: int,
     ray_address: str | None = None,
 ) -> Iterator[RunMany]:
-    """Yield a function that runs tests and yields their results as they finish; stop workers on exit."""
+    """Yield a function that runs tests and yields their results as they finish; stop workers on exit.
+
+    The trace is parsed here first, so a bad trace file is reported before any worker starts or any
+    output is written.
+    """
     trace = source_trace(settings.source)
     warm_up()
     if kind == "ray":
