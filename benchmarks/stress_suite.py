@@ -53,9 +53,8 @@ def main() -> None:
         if rows:
             slowest = max(rows, key=lambda row: float(row["wall_s"]))
             total = sum(float(row["wall_s"]) for row in rows)
-            print(
-                f"| {step} | {len(rows)} | {total:.1f} | {slowest['test_id']} | {float(slowest['wall_s']):.2f} |"
-            )
+            slowest_s = float(slowest["wall_s"])
+            print(f"| {step} | {len(rows)} | {total:.1f} | {slowest['test_id']} | {slowest_s:.2f} |")
 
 
 if __name__ == "__main__":
