@@ -36,6 +36,7 @@ from flowperf.flows.cache import expand_with_cache
 from flowperf.interrupts import InterruptController
 from flowperf.runner import WorkflowOutcome
 from flowperf.store import CONFIG, RunStore
+from flowperf.stress.cli import stress
 from flowperf.timing import TimingLog
 
 EXIT_USER_ERROR = 2
@@ -375,6 +376,9 @@ def doctor(
     for key, value in findings.items():
         table.add_row(key, str(value))
     out_console.print(table)
+
+
+app.command("stress")(stress)
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""The `bench stress` flags as one validated model; every mistake becomes a UserError naming its flag.
+
+The defaults describe a cluster that the default workload stresses without drowning it: at 20 requests/s
+of the Azure conversation trace, continuous batching needs a dozen-odd of the illustrative GPUs to meet a
+2 s TTFT SLA, so GPU scaling has a real answer to find.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flowperf.errors import UserError
+from flowperf.stress.service import ServiceModel
+from flowperf.stress.spec import Scheduler, TestSettings
+from flowperf.stress.workload import WorkloadSource
+
+DEFAULT_OUT = Path("stress_out")
+
+
+class StressConfig(BaseModel):
+    """One field per flag (`--max-requests` is `max_requests`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workload: WorkloadSource = WorkloadSource(name="azure-conv")
+    rate: float = Field(20.0, gt=0, allow_inf_nan=False)
+    use_real_timestamps: bool = False
+    rps_scaling: float = Field(1.0, gt=0, allow_inf_nan=False)
+    predictor_error: float = Field(0.0, ge=0, allow_inf_nan=False)
+    batch_size: int = Field(16, ge=1)
+    gpus: int = Field(16, ge=1)
+    scheduler: Scheduler | None = None
+    num_requests: int | None = Field(None, ge=1)
+    d_sla: float = Field(2.0, gt=0, allow_inf_nan=False)
+    sla_target: float = Field(0.95, gt=0, le=1)
+    step1_only: bool = False
+    step2_only: bool = False
+    step3_only: bool = False
+    max_requests: int = Field(1_000_000, ge=1)
+    max_gpus: int = Field(100, ge=1)
+    best_gpu_count: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    out: Path = DEFAULT_OUT
+    workers: int = Field(default_factory=lambda: default_workers(), ge=1)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    resume: bool = False
+    calibrate: Path | None = None
+
+    @field_validator("workload", mode="before")
+    @classmethod
+    def _parse_workload(cls, value: Any) -> Any:
+        return WorkloadSource.parse(value) if isinstance(value, str) else value
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _parse_scheduler(cls, value: Any) -> Any:
+        return Scheduler.parse(value) if isinstance(value, str) else value
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StressConfig:
+        only = [
+            flag
+            for flag, on in (("1", self.step1_only), ("2", self.step2_only), ("3", self.step3_only))
+            if on
+        ]
+        if len(only) > 1:
+            raise _FlagError("step1_only", f"choose one of --step{only[0]}-only and --step{only[1]}-only")
+        if only and self.num_requests is not None:
+            raise _FlagError("num_requests", "runs one test; it does not combine with --stepN-only")
+        if self.ray_address and self.executor != "ray":
+            raise _FlagError("ray_address", "needs --executor ray")
+        if self.use_real_timestamps and not self.workload.has_timestamps:
+            raise _FlagError("use_real_timestamps", "the synthetic workload has no timestamps; use --rate")
+        return self
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The steps to run, or ("single",) for a one-test run."""
+        if self.num_requests is not None:
+            return ("single",)
+        chosen = [
+            step
+            for step, on in (
+                ("step1", self.step1_only),
+                ("step2", self.step2_only),
+                ("step3", self.step3_only),
+            )
+            if on
+        ]
+        return tuple(chosen) or ("step1", "step2", "step3")
+
+    def settings(self, service: ServiceModel) -> TestSettings:
+        """What every test of this run shares, with the service model (default or calibrated)."""
+        return TestSettings(
+            source=self.workload,
+            use_real_timestamps=self.use_real_timestamps,
+            rate=self.rate,
+            rps_scaling=self.rps_scaling,
+            predictor_error=self.predictor_error,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            service=service,
+            d_sla=self.d_sla,
+        )
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _FlagError(ValueError):
+    """A cross-flag conflict, carrying the field whose flag the message should name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parse_flags(**flags: Any) -> StressConfig:
+    """Validate flag values (None means not given) into a StressConfig, or raise one UserError line."""
+    try:
+        return StressConfig(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as error:
+        first = error.errors()[0]
+        cause = first.get("ctx", {}).get("error")
+        field = cause.field if isinstance(cause, _FlagError) else str(first["loc"][0]) if first["loc"] else ""
+        message = str(cause) if isinstance(cause, ValueError) else first["msg"]
+        raise UserError(f"--{field.replace('_', '-')}: {message}") from None

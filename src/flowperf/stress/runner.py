@@ -1,0 +1,175 @@
+"""Run tests: one test end to end, and the three ways to run many (in process, worker processes, Ray).
+
+A test's figures are a pure function of (settings, test), so any executor gives the same results as a
+serial run; only the timing columns differ. Executors hand results back as tests finish so the caller can
+save each one at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from multiprocessing import get_context
+from typing import Any, Literal
+
+import numpy as np
+
+from flowperf.errors import UserError
+from flowperf.stress.bins import cached_bins
+from flowperf.stress.metrics import summarize
+from flowperf.stress.service import ServiceModel
+from flowperf.stress.sim import SimConfig, simulate
+from flowperf.stress.spec import TestResult, TestSettings, TestSpec
+from flowperf.stress.traces import Trace
+from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
+
+RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
+
+
+def run_test(settings: TestSettings, test: TestSpec) -> TestResult:
+    """Build (or reuse) the workload and bins, simulate, and summarise one test."""
+    began = time.perf_counter()
+    spec = settings.workload(test.num_requests)
+    workload = cached_workload(spec)
+    scheduler = test.scheduler
+    bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
+    config = SimConfig(test.n_gpus, settings.batch_size, scheduler.kind == "continuous", settings.service)
+    sim_began = time.perf_counter()
+    outcome = simulate(
+        workload.arrival_s,
+        workload.input_tokens,
+        workload.output_tokens,
+        config,
+        bin_of=None if bins is None else bins.bin_of,
+    )
+    sim_s = time.perf_counter() - sim_began
+    figures = summarize(workload, outcome, test.n_gpus, settings.d_sla)
+    return TestResult(
+        test_id=test.test_id,
+        step=test.step,
+        scheduler=scheduler.name,
+        k=scheduler.k,
+        effective_k=None if bins is None else bins.effective_k,
+        n_gpus=test.n_gpus,
+        num_requests=test.num_requests,
+        batch_size=settings.batch_size,
+        d_sla_s=settings.d_sla,
+        **figures,
+        sim_s=sim_s,
+        wall_s=time.perf_counter() - began,
+        events_per_s=outcome.events / sim_s if sim_s > 0 else float("nan"),
+        fingerprint=settings.fingerprint(),
+    )
+
+
+def warm_up() -> None:
+    """Compile the simulator's loops, or load them from numba's on-disk cache, before the first test is
+    timed; done in the parent first so worker processes find the cache filled."""
+    one = np.ones(1)
+    for continuous in (False, True):
+        simulate(one, one, one, SimConfig(1, 1, continuous, ServiceModel()))
+
+
+@contextmanager
+def executor(
+    settings: TestSettings,
+    kind: Literal["local", "ray"],
+    workers: int,
+    ray_address: str | None = None,
+) -> Iterator[RunMany]:
+    """Yield a function that runs tests and yields their results as they finish; stop workers on exit.
+
+    The trace is parsed here first, so a bad trace file is reported before any worker starts or any
+    output is written.
+    """
+    trace = source_trace(settings.source)
+    warm_up()
+    if kind == "ray":
+        with _ray_executor(settings, trace, workers, ray_address) as run_many:
+            yield run_many
+    elif workers <= 1:
+        yield lambda tests: (run_test(settings, test) for test in tests)
+    else:
+        # Workers parse the trace themselves (it is on this machine): a large object in the initializer's
+        # arguments would hang the parent, mid-write, if a worker died while starting.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=warm_up)
+        try:
+            yield lambda tests: _pool_results(pool, settings, tests)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _costliest_first(tests: Sequence[TestSpec]) -> list[TestSpec]:
+    """Longest tests first, so no worker is left with a big one at the end (cost grows with requests)."""
+    return sorted(
+        tests, key=lambda test: -test.num_requests * (3 if test.scheduler.kind == "continuous" else 1)
+    )
+
+
+def _pool_results(
+    pool: ProcessPoolExecutor, settings: TestSettings, tests: Sequence[TestSpec]
+) -> Iterator[TestResult]:
+    futures = [pool.submit(run_test, settings, test) for test in _costliest_first(tests)]
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _ray_task(settings: TestSettings, test: TestSpec, trace: Trace | None) -> TestResult:
+    adopt_trace(settings.source, trace)
+    return run_test(settings, test)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a `host:port` nobody listens at; Ray itself would wait for minutes before giving up."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "ray://...", and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise UserError(f"--ray-address: nothing answers at {address} ({error.strerror or error})") from None
+
+
+@contextmanager
+def _ray_executor(
+    settings: TestSettings, trace: Trace | None, workers: int, address: str | None
+) -> Iterator[RunMany]:
+    """Run tests as Ray tasks: on the cluster at `address`, on the one this process is already connected
+    to, or on a local one started here (and stopped on exit, as is a connection opened here)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray: Ray is not installed; pip install 'flowperf[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            _check_reachable(address)
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers, **options)
+    try:
+        task = ray.remote(num_cpus=1)(_ray_task)
+        trace_ref = ray.put(trace)
+
+        def run_many(tests: Sequence[TestSpec]) -> Iterator[TestResult]:
+            pending = [task.remote(settings, test, trace_ref) for test in _costliest_first(tests)]
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    yield ray.get(done[0])
+            finally:
+                for ref in pending:
+                    ray.cancel(ref)
+
+        yield run_many
+    finally:
+        if started_here:
+            ray.shutdown()

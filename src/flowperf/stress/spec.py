@@ -1,0 +1,128 @@
+"""The data model of a sweep: schedulers, the settings all tests share, one test, and one test's result.
+
+Tests travel to worker processes and Ray tasks, and results come back and go to CSV and are read back on
+resume, so each is a small frozen pydantic model: picklable, validated on the way in, one schema for all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowperf.stress.service import ServiceModel
+from flowperf.stress.workload import WorkloadSource, WorkloadSpec
+
+_SCHEDULER = re.compile(r"bins-([1-9][0-9]*)|continuous")
+
+
+class Scheduler(BaseModel):
+    """`bins-K` (static batching from K equal-mass queues; K=1 is plain static batching) or `continuous`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["bins", "continuous"]
+    k: int | None = Field(None, ge=1)
+
+    @classmethod
+    def parse(cls, name: str) -> Scheduler:
+        match = _SCHEDULER.fullmatch(name)
+        if match is None:
+            raise ValueError(f"unknown scheduler {name!r}; expected bins-K (K >= 1) or continuous")
+        return cls(kind="bins", k=int(match[1])) if match[1] else cls(kind="continuous")
+
+    @property
+    def name(self) -> str:
+        return "continuous" if self.kind == "continuous" else f"bins-{self.k}"
+
+
+class TestSettings(BaseModel):
+    """What every test of a run shares: the workload recipe, the cluster's batch size and service model,
+    and the SLA."""
+
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(frozen=True)
+
+    source: WorkloadSource
+    use_real_timestamps: bool
+    rate: float = Field(gt=0)
+    rps_scaling: float = Field(gt=0)
+    predictor_error: float = Field(ge=0)
+    seed: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    service: ServiceModel
+    d_sla: float = Field(gt=0)
+
+    def workload(self, num_requests: int) -> WorkloadSpec:
+        return WorkloadSpec.of(
+            self.source,
+            num_requests,
+            use_real_timestamps=self.use_real_timestamps,
+            rate=self.rate,
+            rps_scaling=self.rps_scaling,
+            predictor_error=self.predictor_error,
+            seed=self.seed,
+        )
+
+    def fingerprint(self) -> str:
+        """Short hash of these settings; a resumed run only reuses results with the same one."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class TestSpec(BaseModel):
+    """One simulation: a scheduler on `n_gpus` GPUs serving `num_requests` requests."""
+
+    __test__ = False
+    model_config = ConfigDict(frozen=True)
+
+    step: Literal["step1", "step2", "step3", "single"]
+    scheduler: Scheduler
+    n_gpus: int = Field(ge=1)
+    num_requests: int = Field(ge=1)
+
+    @property
+    def test_id(self) -> str:
+        return f"{self.step}/{self.scheduler.name}/r{self.num_requests}/g{self.n_gpus}"
+
+
+class TestResult(BaseModel):
+    """One row of the results CSVs. Times are seconds; None (an empty cell) where a figure is undefined."""
+
+    __test__ = False
+    model_config = ConfigDict(frozen=True)
+
+    test_id: str
+    step: str
+    scheduler: str
+    k: int | None
+    effective_k: int | None
+    n_gpus: int
+    num_requests: int
+    batch_size: int
+    d_sla_s: float
+    sla_attainment: float
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    ttft_p99_s: float
+    e2e_mean_s: float
+    e2e_p50_s: float
+    e2e_p95_s: float
+    e2e_p99_s: float
+    wait_mean_s: float
+    throughput_rps: float
+    throughput_tokens_s: float
+    gpu_utilisation: float
+    batch_fill: float | None
+    batches: int
+    iterations: float
+    events: int
+    sim_s: float
+    wall_s: float
+    events_per_s: float
+    fingerprint: str
+
+
+TIMING_FIELDS = ("sim_s", "wall_s", "events_per_s")  # vary run to run; everything else is deterministic

@@ -1,0 +1,117 @@
+"""The compiled event loops against plain references, and invariants the references cannot cover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ODD_SERVICE, reference_bins, reference_continuous_one_gpu
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowperf.stress.sim import SimConfig, simulate
+
+
+def requests(seed: int, n: int, tied: bool = False):
+    """n requests with arrivals ~ 4/s (on a 50 ms grid when `tied`, so several share a timestamp)."""
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(0.25, n))
+    if tied:
+        arrival = np.round(arrival / 0.05) * 0.05
+    return arrival, rng.integers(1, 400, n), rng.integers(1, 60, n)
+
+
+def times(outcome):
+    return np.stack([outcome.start, outcome.first_token, outcome.finish])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 80),
+    n_gpus=st.integers(1, 4),
+    batch_size=st.integers(1, 5),
+    n_bins=st.integers(1, 3),
+    tied=st.booleans(),
+)
+def test_bins_loop_matches_reference(seed, n, n_gpus, batch_size, n_bins, tied):
+    arrival, inputs, outputs = requests(seed, n, tied)
+    bin_of = np.random.default_rng(seed + 1).integers(0, n_bins, n)
+    outcome = simulate(arrival, inputs, outputs, SimConfig(n_gpus, batch_size, False, ODD_SERVICE), bin_of)
+    expected = reference_bins(arrival, inputs, outputs, bin_of, n_gpus, batch_size, ODD_SERVICE)
+    np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 80), slots=st.integers(1, 6), tied=st.booleans())
+def test_continuous_loop_matches_iteration_by_iteration_reference(seed, n, slots, tied):
+    arrival, inputs, outputs = requests(seed, n, tied)
+    outcome = simulate(arrival, inputs, outputs, SimConfig(1, slots, True, ODD_SERVICE))
+    expected = reference_continuous_one_gpu(arrival, inputs, outputs, slots, ODD_SERVICE)
+    np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 120), n_gpus=st.integers(1, 6))
+def test_continuous_with_one_slot_is_static_batching_of_one(seed, n, n_gpus):
+    arrival, inputs, outputs = requests(seed, n)
+    continuous = simulate(arrival, inputs, outputs, SimConfig(n_gpus, 1, True, ODD_SERVICE))
+    static = simulate(arrival, inputs, outputs, SimConfig(n_gpus, 1, False, ODD_SERVICE))
+    np.testing.assert_allclose(times(continuous), times(static), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_gpus", [1, 3, 8])
+def test_continuous_on_many_gpus_keeps_its_invariants(n_gpus):
+    arrival, inputs, outputs = requests(7, 3000)
+    slots = 4
+    outcome = simulate(arrival / 6, inputs, outputs, SimConfig(n_gpus, slots, True, ODD_SERVICE))
+    assert np.all(outcome.start >= arrival / 6)
+    assert np.all(outcome.first_token > outcome.start)
+    fastest = (outputs - 1) * (ODD_SERVICE.decode_base_s + ODD_SERVICE.decode_per_request_s)
+    assert np.all(outcome.finish - outcome.first_token >= fastest - 1e-9)
+    # at no moment more requests in service than the cluster has slots
+    change = np.concatenate([np.ones(arrival.size), -np.ones(arrival.size)])
+    at = np.concatenate([outcome.start, outcome.finish])
+    order = np.lexsort((change, at))  # a departure before an arrival at the same instant
+    assert np.cumsum(change[order]).max() <= n_gpus * slots
+    assert outcome.events >= arrival.size
+    assert 0 < outcome.mean_fill <= 1
+
+
+def test_a_static_batch_lasts_as_long_as_its_longest_service_time():
+    arrival = np.array([0.0, 0.0, 0.0])
+    outcome = simulate(
+        arrival,
+        np.zeros(3),
+        np.ones(3),
+        SimConfig(1, 3, False, ODD_SERVICE),
+        service_time_s=np.array([1.0, 5.0, 2.0]),
+    )
+    np.testing.assert_array_equal(outcome.first_token, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(outcome.finish, [1.0, 5.0, 2.0])
+    assert outcome.busy_gpu_s == 5.0 and outcome.batches == 1 and outcome.mean_fill == 1.0
+
+
+def test_multi_bin_batches_never_mix_bins():
+    arrival = np.zeros(6)
+    bin_of = np.array([0, 1, 0, 1, 0, 1])
+    outcome = simulate(arrival, np.full(6, 10), np.arange(1, 7), SimConfig(1, 4, False, ODD_SERVICE), bin_of)
+    for k in (0, 1):
+        assert np.unique(outcome.start[bin_of == k]).size == 1
+    assert outcome.batches == 2
+
+
+def test_no_requests_is_an_empty_outcome():
+    empty = np.zeros(0)
+    for continuous in (False, True):
+        outcome = simulate(empty, empty, empty, SimConfig(2, 4, continuous, ODD_SERVICE))
+        assert outcome.finish.size == 0 and outcome.events == 0 and outcome.busy_gpu_s == 0.0
+
+
+def test_misuse_is_refused():
+    arrival = np.array([1.0, 0.5])
+    with pytest.raises(ValueError, match="sorted"):
+        simulate(arrival, np.ones(2), np.ones(2), SimConfig(1, 1, False, ODD_SERVICE))
+    with pytest.raises(ValueError, match="one queue"):
+        simulate(np.zeros(2), np.ones(2), np.ones(2), SimConfig(1, 1, True, ODD_SERVICE), bin_of=np.zeros(2))
+    with pytest.raises(ValueError, match="at least one GPU"):
+        simulate(np.zeros(2), np.ones(2), np.ones(2), SimConfig(0, 1, False, ODD_SERVICE))
