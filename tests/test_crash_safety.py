@@ -26,6 +26,8 @@ def run_config(tmp_path: Path, run_id: str = "r", **overrides) -> RunConfig:
             "flows_dir": str(ROOT / "flows"),
             "fixtures_dir": str(ROOT / "fixtures"),
             "max_tokens": 4,
+            "warmup": 0,
+            "monitor": {"sample_interval_s": 0},
             "output": {"out_dir": str(tmp_path / "runs"), "run_id": run_id},
         }
         | overrides

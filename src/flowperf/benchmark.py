@@ -20,6 +20,7 @@ from typing import Any
 
 import flowperf
 from flowperf.config import RunConfig, differences
+from flowperf.deferred import DeferredSink
 from flowperf.engines.base import Engine, EngineInfo
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
@@ -28,9 +29,10 @@ from flowperf.flows import resolve_flow
 from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
+from flowperf.monitor import ResourceMonitor
 from flowperf.runner import Runner, RunSettings, RunTotals, WorkflowOutcome
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore
-from flowperf.summary import build_summary
+from flowperf.summary import build_summary, leak_warning
 from flowperf.timing import TimingLog
 
 EXIT_OK = 0
@@ -192,15 +194,20 @@ async def run_benchmark(
     `engine` replaces the engine `config` would create (library use, fault injection in tests).
     """
     timing = TimingLog(hooks.echo)
+    metrics: DeferredSink[dict[str, Any]] = DeferredSink()
+    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
     template_path = resolve_flow(config.flow, config.flows_dir)
     started = time.perf_counter()
-    expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
+    with monitor.phase("flow_expansion"):
+        expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
     expansion_ms = (time.perf_counter() - started) * 1000.0
     timing.emit("flow_expansion_ms", expansion_ms, source=expansion.source, flows=len(expansion.flows))
-    model = resolve_model(config, timing)
+    with monitor.phase("model"):
+        model = resolve_model(config, timing)
     opened = open_run(config, expansion, resume_from, hooks)
     store = opened.store
     timing.attach(store.path(TIMING_LOG))
+    metrics.attach(store.append_metric)
     if resume_from is None:
         store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=None))
 
@@ -215,55 +222,66 @@ async def run_benchmark(
             "flow": expansion.flows.name,
             "concurrency": config.concurrency,
             "config_sha256": config.fingerprint(),
+            "warmup_workflows": config.warmup,
+            "prefix_cache_reset": False,
+            "sample_interval_s": config.monitor.sample_interval_s,
         },
     }
+    settings = RunSettings(
+        run_id=opened.run_id,
+        concurrency=config.concurrency,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+        save_text=config.output.save_text,
+        step_timeout_s=config.step_timeout_s,
+        fail_fast=config.fail_fast,
+        grace_s=config.grace_s,
+        session=opened.session,
+    )
+    done = 0
+
+    def workflow_done(outcome: WorkflowOutcome) -> None:
+        nonlocal done
+        done += 1
+        hooks.on_workflow_done(outcome)
+        if done % config.output.summary_every == 0:
+            store.write_json(SUMMARY, build_summary(store, status="running", **summary_args))
+
+    runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done, phase=monitor.phase)
     totals: RunTotals | None = None
     interrupted = False
+    monitor.start(session=opened.session, steps_done=lambda: runner.steps_done)
     try:
         if interrupts is not None:
             interrupts.on_request(None)
         reused = engine.started
         started = time.perf_counter()
-        await engine.start()
+        with monitor.phase("engine_init"):
+            await engine.start()
         init_ms = (time.perf_counter() - started) * 1000.0
-        timing.emit("engine_init_ms", init_ms, engine="vllm", reused=reused)
+        timing.emit("engine_init_ms", init_ms, engine=engine.info().engine, reused=reused)
         info = engine.info()
         summary_args["timings"]["engine_init_ms"] = init_ms
         summary_args["engine"] = info.as_dict()
         if resume_from is None:
             store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=info))
-
-        settings = RunSettings(
-            run_id=opened.run_id,
-            concurrency=config.concurrency,
-            max_tokens=config.max_tokens,
-            seed=config.seed,
-            save_text=config.output.save_text,
-            step_timeout_s=config.step_timeout_s,
-            fail_fast=config.fail_fast,
-            grace_s=config.grace_s,
-            session=opened.session,
-        )
-        done = 0
-
-        def workflow_done(outcome: WorkflowOutcome) -> None:
-            nonlocal done
-            done += 1
-            hooks.on_workflow_done(outcome)
-            if done % config.output.summary_every == 0:
-                store.write_json(SUMMARY, build_summary(store, status="running", **summary_args))
-
-        runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done)
         if interrupts is not None:
             interrupts.on_request(runner.request_stop)
+        if config.warmup:
+            with monitor.phase("warmup", workflows=config.warmup):
+                await runner.warm_up(expansion.flows.warmup_flows(config.warmup))
+        if config.reset_prefix_cache:
+            summary_args["run"]["prefix_cache_reset"] = await engine.reset_prefix_cache()
         hooks.on_start(len(expansion.flows), len(expansion.flows) - len(opened.todo))
-        totals = await runner.run(opened.todo)
+        with monitor.phase("measured_window", workflows=len(opened.todo)):
+            totals = await runner.run(opened.todo)
         interrupted = interrupts is not None and interrupts.requested
     except RunInterrupted:
         interrupted = True
     finally:
         if interrupts is not None:
             interrupts.on_request(None)
+        monitor.stop()
         try:
             if shutdown_engine:
                 await engine.shutdown()
@@ -279,4 +297,7 @@ async def run_benchmark(
         failed=summary["counts"]["workflows_failed"],
     )
     timing.close()
+    warning = leak_warning(summary["resources"], config.monitor.leak_threshold_mb)
+    if warning:
+        hooks.warn(warning)
     return RunResult(run_dir=store.run_dir, summary=summary, exit_code=exit_code_for(summary))

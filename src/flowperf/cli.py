@@ -198,6 +198,33 @@ def run(
             "--grace-s", min=0, help="On Ctrl-C, how long in-flight steps may finish. [default: 30]"
         ),
     ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup", min=0, help="Extra workflows run first and left out of every statistic. [default: 1]"
+        ),
+    ] = None,
+    reset_prefix_cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--reset-prefix-cache/--keep-prefix-cache",
+            help="Empty the prefix cache before the measured window (after warm-up). [default: reset]",
+        ),
+    ] = None,
+    sample_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--sample-interval", min=0, help="Resource sampling period in seconds; 0 = off. [default: 0.25]"
+        ),
+    ] = None,
+    leak_threshold_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--leak-threshold-mb",
+            min=0.001,
+            help="Warn when RSS grows faster, MB per 100 steps. [default: 2]",
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
     ] = True,
@@ -222,6 +249,9 @@ def run(
         "step_timeout_s": step_timeout_s,
         "fail_fast": fail_fast or None,
         "grace_s": grace_s,
+        "warmup": warmup,
+        "reset_prefix_cache": reset_prefix_cache,
+        "monitor": {"sample_interval_s": sample_interval, "leak_threshold_mb": leak_threshold_mb},
         "engine": {
             "model": model,
             "cuda_graphs": cuda_graphs,
@@ -292,26 +322,27 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def _print_run_table(summary: dict[str, Any]) -> None:
-    table = Table(title="per step (ms)", title_justify="left")
-    for column in ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "cache hit"):
-        table.add_column(column, justify="right" if column != "step" else "left")
+    table = Table(title="per step (ms unless noted)", title_justify="left")
+    columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "tok/s", "cache hit")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "step" else "right", no_wrap=column == "step")
     hits = {row["step_id"]: row["hit_ratio"] for row in summary["prefix_cache"]}
     for step_id, block in summary["latency_by_step"].items():
         hit = hits.get(step_id)
         table.add_row(
             step_id,
-            _fmt(block["step_ms"]["p50"]),
-            _fmt(block["step_ms"]["p95"]),
-            _fmt(block["step_ms"]["p99"]),
-            _fmt(block["ttft_ms"]["p50"]),
-            _fmt(block["ttft_ms"]["p95"]),
+            *(_fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
+            *(_fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
+            _fmt(block["output_tokens_per_s"]),
             "-" if hit is None else f"{hit:.0%}",
         )
     err_console.print(table)
-    counts, throughput = summary["counts"], summary["throughput"]
+    counts, throughput, resources = summary["counts"], summary["throughput"], summary["resources"]
     err_console.print(
         f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
-        f"{counts['workflows_failed']} failed; {_fmt(throughput['output_tokens_per_s'])} output tokens/s"
+        f"{counts['workflows_failed']} failed; {_fmt(throughput['output_tokens_per_s'])} output tokens/s; "
+        f"peak RSS {_fmt(resources['peak_rss_mb'], 0)} MB harness, "
+        f"{_fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
     )
 
 

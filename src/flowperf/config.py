@@ -52,7 +52,18 @@ class OutputConfig(BaseModel):
     summary_every: int = Field(default=10, ge=1)
 
 
-NOT_FINGERPRINTED = {"output", "grace_s"}
+NOT_FINGERPRINTED = {"output", "monitor", "grace_s"}
+
+
+class MonitorConfig(BaseModel):
+    """The resource monitor; watching does not change what is measured, so not in the fingerprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_interval_s: float = Field(default=0.25, ge=0, description="0 turns sampling off")
+    leak_threshold_mb: float = Field(
+        default=2.0, gt=0, description="warn above this RSS growth per 100 steps"
+    )
 
 
 class RunConfig(BaseModel):
@@ -70,8 +81,11 @@ class RunConfig(BaseModel):
     step_timeout_s: float | None = Field(default=None, gt=0, description="fail a step that takes longer")
     fail_fast: bool = False
     grace_s: float = Field(default=30.0, ge=0, description="how long in-flight steps may finish on Ctrl-C")
+    warmup: int = Field(default=1, ge=0, description="extra workflows first, left out of every statistic")
+    reset_prefix_cache: bool = Field(default=True, description="empty the prefix cache before measuring")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def shaping_settings(self) -> dict[str, Any]:
         """The settings that shape what a run measures (not where results go or how it stops)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,7 @@ class Runner:
         timing: TimingLog,
         settings: RunSettings,
         on_workflow_done: Callable[[WorkflowOutcome], None] = lambda outcome: None,
+        phase: Callable[..., AbstractContextManager[None]] = lambda name, **fields: nullcontext(),
     ) -> None:
         self.flows = flows
         self.engine = engine
@@ -92,6 +94,9 @@ class Runner:
         self.timing = timing
         self.settings = settings
         self.on_workflow_done = on_workflow_done
+        self.phase = phase
+        self.steps_done = 0
+        self._recording = True
         self._window_start = 0.0
         self._inflight = 0
         self._stopping = False
@@ -111,6 +116,14 @@ class Runner:
     def _offset_ms(self, moment: float) -> float:
         return (moment - self._window_start) * 1000.0
 
+    async def warm_up(self, workflows: Iterable[ExpandedFlow]) -> None:
+        """Run `workflows` to warm the engine: timed on stdout and timing.log, never in the results."""
+        self._recording = False
+        try:
+            await self.run(workflows)
+        finally:
+            self._recording = True
+
     async def run(self, workflows: Iterable[ExpandedFlow]) -> RunTotals:
         """Run `workflows` with up to `concurrency` in flight; returns when all have finished."""
         pending = iter(workflows)
@@ -123,10 +136,14 @@ class Runner:
             for flow in pending:
                 if self._stopping:
                     return
-                outcome = await self._run_workflow(flow)
+                if self._recording:
+                    with self.phase("workflow", flow_index=flow.index):
+                        outcome = await self._run_workflow(flow)
+                    self.on_workflow_done(outcome)
+                else:
+                    outcome = await self._run_workflow(flow)
                 finished += 1
                 failed += 0 if outcome.ok else 1
-                self.on_workflow_done(outcome)
                 if not outcome.ok and self.settings.fail_fast:
                     self.request_stop()
 
@@ -150,7 +167,9 @@ class Runner:
         started = time.perf_counter()
         for position, step in enumerate(self.flows.steps):
             record, result, error = await self._run_step(flow, step, position, outputs)
-            self.store.append_step(record)
+            if self._recording:
+                self.store.append_step(record)
+                self.steps_done += 1
             totals["step_ms_sum"] += record["step_ms"]
             if result is None:
                 break
@@ -162,26 +181,33 @@ class Runner:
         ended = time.perf_counter()
         workflow_ms = (ended - started) * 1000.0
         status = "ok" if error is None else "failed"
-        self.store.append_workflow(
-            {
-                "flow_index": flow.index,
-                "flow_id": flow.flow_id,
-                "session": self.settings.session,
-                "status": status,
-                "workflow_ms": round(workflow_ms, 3),
-                "step_ms_sum": round(totals["step_ms_sum"], 3),
-                "steps": len(self.flows.steps),
-                "steps_ok": steps_ok,
-                "prompt_tokens": totals["prompt_tokens"],
-                "output_tokens": totals["output_tokens"],
-                "cached_prompt_tokens": totals["cached_prompt_tokens"],
-                "start_offset_ms": round(self._offset_ms(started), 3),
-                "end_offset_ms": round(self._offset_ms(ended), 3),
-                "error_type": type(error).__name__ if error else "",
-                "error_message": str(error) if error else "",
-            }
-        )
-        self.timing.emit(f"workflow_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status)
+        if not self._recording:
+            self.timing.emit(
+                f"warmup_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status
+            )
+        else:
+            self.store.append_workflow(
+                {
+                    "flow_index": flow.index,
+                    "flow_id": flow.flow_id,
+                    "session": self.settings.session,
+                    "status": status,
+                    "workflow_ms": round(workflow_ms, 3),
+                    "step_ms_sum": round(totals["step_ms_sum"], 3),
+                    "steps": len(self.flows.steps),
+                    "steps_ok": steps_ok,
+                    "prompt_tokens": totals["prompt_tokens"],
+                    "output_tokens": totals["output_tokens"],
+                    "cached_prompt_tokens": totals["cached_prompt_tokens"],
+                    "start_offset_ms": round(self._offset_ms(started), 3),
+                    "end_offset_ms": round(self._offset_ms(ended), 3),
+                    "error_type": type(error).__name__ if error else "",
+                    "error_message": str(error) if error else "",
+                }
+            )
+            self.timing.emit(
+                f"workflow_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status
+            )
         return WorkflowOutcome(
             flow=flow, ok=error is None, workflow_ms=workflow_ms, output_tokens=int(totals["output_tokens"])
         )

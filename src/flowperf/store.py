@@ -179,13 +179,10 @@ class RunStore:
         self._append(WORKFLOWS, buffer.getvalue())
 
     def read_steps(self) -> list[dict[str, Any]]:
-        records = []
-        for line in read_complete_lines(self.path(STEPS)):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+        return _read_json_lines(self.path(STEPS))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return _read_json_lines(self.path(METRICS))
 
     def read_workflows(self) -> list[dict[str, str]]:
         lines = read_complete_lines(self.path(WORKFLOWS))
@@ -199,6 +196,16 @@ class RunStore:
             with contextlib.suppress(OSError):
                 log.close()
         self._logs.clear()
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in read_complete_lines(path):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _flow_index(line: str) -> int | None:

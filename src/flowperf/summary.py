@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from flowperf.stats import describe
 from flowperf.store import RunStore
 
 LATENCY_METRICS = ("step_ms", "ttft_ms", "tpot_ms")
+MIN_STEPS_FOR_LEAK_FIT = 100
+MIN_SAMPLES_FOR_LEAK_FIT = 8
 
 
 NUMERIC_WORKFLOW_COLUMNS = (
@@ -87,6 +90,90 @@ def _cache_by_position(ok_steps: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def _peak(values: list[float]) -> float | None:
+    return max(values) if values else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def growth_per_100_steps(steps: list[float], rss: list[float]) -> float | None:
+    """Least-squares slope of RSS (MB) against steps done, per 100 steps; None without enough spread."""
+    if len(steps) < MIN_SAMPLES_FOR_LEAK_FIT or max(steps) - min(steps) < MIN_STEPS_FOR_LEAK_FIT:
+        return None
+    slope, _ = np.polyfit(np.asarray(steps, dtype=float), np.asarray(rss, dtype=float), 1)
+    return float(slope * 100.0)
+
+
+def resource_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peaks, means, GPU use and the RSS leak slope from the monitor's records (all sessions)."""
+    samples = [r for r in records if r.get("type") == "sample"]
+    harness = [r["rss_mb"] for r in samples]
+    total = [r["rss_mb"] + r["children_rss_mb"] for r in samples]
+    gpu_info = [r for r in records if r.get("type") == "gpu_info"]
+    by_session: dict[int, list[dict[str, Any]]] = {}
+    for sample in samples:
+        if sample["steps_done"] > 0:
+            by_session.setdefault(sample["session"], []).append(sample)
+    longest = max(by_session.values(), key=len, default=[])
+    steps = [s["steps_done"] for s in longest]
+    gpus: dict[str, Any]
+    if any(info["available"] for info in gpu_info):
+        per_device: dict[int, list[dict[str, Any]]] = {}
+        for sample in samples:
+            for device in sample.get("gpus", []):
+                per_device.setdefault(device["index"], []).append(device)
+        gpus = {
+            str(index): {
+                "util_percent_mean": _mean([d["util_percent"] for d in values]),
+                "util_percent_peak": _peak([d["util_percent"] for d in values]),
+                "mem_used_mb_mean": _mean([d["mem_used_mb"] for d in values]),
+                "mem_used_mb_peak": _peak([d["mem_used_mb"] for d in values]),
+            }
+            for index, values in sorted(per_device.items())
+        }
+    else:
+        reasons = {info["reason"] for info in gpu_info}
+        gpus = {"available": False, "reason": "; ".join(sorted(r for r in reasons if r)) or "not sampled"}
+    return {
+        "samples": len(samples),
+        "peak_rss_mb": _peak(harness),
+        "peak_engine_rss_mb": _peak([r["children_rss_mb"] for r in samples]),
+        "peak_total_rss_mb": _peak(total),
+        "cpu_percent_mean": _mean([r["cpu_percent"] for r in samples]),
+        "engine_cpu_percent_mean": _mean([r["children_cpu_percent"] for r in samples]),
+        "rss_growth_mb_per_100_steps": growth_per_100_steps(steps, [s["rss_mb"] for s in longest]),
+        "engine_rss_growth_mb_per_100_steps": growth_per_100_steps(
+            steps, [s["children_rss_mb"] for s in longest]
+        ),
+        "gpus": gpus,
+        "phases_ms": _phase_totals(records),
+    }
+
+
+def leak_warning(resources: dict[str, Any], threshold_mb: float) -> str | None:
+    """A warning when the harness's RSS grew faster than `threshold_mb` per 100 steps, else None."""
+    slope = resources.get("rss_growth_mb_per_100_steps")
+    if slope is None or slope <= threshold_mb:
+        return None
+    return (
+        f"harness RSS grew {slope:.2f} MB per 100 steps over the run "
+        f"(--leak-threshold-mb {threshold_mb:g}): a possible leak"
+    )
+
+
+def _phase_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    totals: dict[str, list[float]] = {}
+    for record in records:
+        if record.get("type") == "phase":
+            totals.setdefault(record["name"], []).append(record["duration_ms"])
+    return {
+        name: {"count": len(values), "total_ms": sum(values), "mean_ms": sum(values) / len(values)}
+        for name, values in totals.items()
+    }
+
+
 def build_summary(
     store: RunStore,
     *,
@@ -108,7 +195,12 @@ def build_summary(
     by_step: dict[str, Any] = {}
     if not ok_steps.empty:
         for step_id, group in ok_steps.groupby("step_id", sort=False):
-            by_step[str(step_id)] = _latency_block(group)
+            step_seconds = group["step_ms"].sum() / 1000.0
+            by_step[str(step_id)] = _latency_block(group) | {
+                "output_tokens_per_s": float(group["output_tokens"].sum() / step_seconds)
+                if step_seconds
+                else None
+            }
     return {
         "status": status,
         "run": run,
@@ -140,4 +232,5 @@ def build_summary(
             "workflows_per_s": len(ok_workflows) / window_s if window_s > 0 else None,
         },
         "prefix_cache": _cache_by_position(ok_steps) if not ok_steps.empty else [],
+        "resources": resource_summary(store.read_metrics()),
     }

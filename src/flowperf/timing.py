@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from flowperf.deferred import DeferredSink
 from flowperf.durable import DurableLog
 
 PREFIX = "[TIMING]"
@@ -43,28 +44,23 @@ def parse_timing_line(line: str) -> dict[str, str]:
 class TimingLog:
     """Emits timing lines to `echo` at once and to timing.log once the run directory exists.
 
-    Lines emitted before a run directory is chosen (flow expansion, model build) are kept and written
+    Lines emitted before a run directory is chosen (flow expansion, model build) are held and written
     when `attach` is called, so timing.log holds every line of the run.
     """
 
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
-        self._pending: list[str] = []
+        self._lines: DeferredSink[str] = DeferredSink()
         self._log: DurableLog | None = None
 
     def attach(self, path: Path) -> None:
-        self._log = DurableLog(path)
-        if self._pending:
-            self._log.append("".join(line + "\n" for line in self._pending))
-            self._pending.clear()
+        log = self._log = DurableLog(path)
+        self._lines.attach(lambda line: log.append(line + "\n"))
 
     def emit(self, key: str, value: float, **fields: object) -> str:
         line = timing_line(key, value, **fields)
         self._echo(line)
-        if self._log is None:
-            self._pending.append(line)
-        else:
-            self._log.append(line + "\n")
+        self._lines(line)
         return line
 
     def close(self) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ODD_SERVICE, reference_bins, reference_continuous_one_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import ODD_SERVICE, reference_bins, reference_continuous_one_gpu
 from flowperf.stress.sim import SimConfig, simulate
 
 

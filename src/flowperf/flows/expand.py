@@ -134,6 +134,13 @@ class ExpandedFlowSet:
         for index in range(len(self._flow_ids)):
             yield self[index]
 
+    def warmup_flows(self, count: int) -> list[ExpandedFlow]:
+        """`count` extra flows over the same records, with ids of their own, for warming the engine up."""
+        return [
+            ExpandedFlow(index=k, flow_id=f"{self.name}-warmup-{k:06d}", record_index=k % len(self.records))
+            for k in range(count)
+        ]
+
     def prepare(self) -> None:
         """Compile the templates of steps rendered at run time (a few ms, kept out of measurements)."""
         self._render.compile(tuple(step for step in self.steps if step.uses_steps))

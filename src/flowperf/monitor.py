@@ -1,0 +1,176 @@
+"""Resource monitor: what the harness and the engine processes it started use, sampled as a run goes.
+
+A sampler thread records, every `interval_s`, the RSS and CPU% of this process and of its children (vLLM's
+engine core and workers are children), system memory, and per-GPU memory and utilisation where NVML is
+available. Where it is not, that is recorded once with the reason, never as zeros. Named phases (flow
+expansion, engine start-up, warm-up, each workflow) are timed into the same stream with memory before and
+after. Records go to a sink (the run's metrics.jsonl); the summary is computed from that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+
+from flowperf.errors import UserError
+
+MB = 1024 * 1024
+
+Sink = Callable[[dict[str, Any]], None]
+
+
+def nvml_devices() -> tuple[Any, list[Any], str | None]:
+    """(pynvml module, device handles, None) where NVML works, else (None, [], the reason it does not)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, [], "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError as error:
+        return None, [], f"NVML unavailable: {error}"
+    if not handles:
+        pynvml.nvmlShutdown()
+        return None, [], "NVML found no GPU"
+    return pynvml, handles, None
+
+
+class ProcessTree:
+    """This process and its descendants, with CPU% measured between successive samples."""
+
+    def __init__(self) -> None:
+        self.root = psutil.Process()
+        self._known: dict[int, psutil.Process] = {}
+        self.root.cpu_percent(None)
+
+    def sample(self) -> dict[str, float]:
+        children = self.root.children(recursive=True)
+        live = {child.pid: self._known.get(child.pid, child) for child in children}
+        for pid, child in live.items():
+            if pid not in self._known:
+                with contextlib.suppress(psutil.Error):
+                    child.cpu_percent(None)
+        self._known = live
+        children_rss = children_cpu = 0.0
+        for child in live.values():
+            with contextlib.suppress(psutil.Error):
+                children_rss += child.memory_info().rss
+                children_cpu += child.cpu_percent(None)
+        return {
+            "rss_mb": self.root.memory_info().rss / MB,
+            "cpu_percent": self.root.cpu_percent(None),
+            "children_rss_mb": children_rss / MB,
+            "children_cpu_percent": children_cpu,
+            "children": len(live),
+        }
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / MB
+
+
+class ResourceMonitor:
+    """Samples resources on a thread; times phases on demand. Start once, stop once."""
+
+    def __init__(self, sink: Sink, *, interval_s: float = 0.25) -> None:
+        self._sink = sink
+        self.interval_s = interval_s
+        self._steps_done: Callable[[], int] = lambda: 0
+        self._session = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._origin = time.perf_counter()
+        self.error: UserError | None = None
+
+    def start(self, *, session: int, steps_done: Callable[[], int]) -> None:
+        """Begin sampling (an interval of 0 records phases only); times count from construction."""
+        self._session = session
+        self._steps_done = steps_done
+        if self.interval_s <= 0:
+            return
+        self._thread = threading.Thread(target=self._sample_forever, name="resource-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _sample_forever(self) -> None:
+        """Sample until stopped, or until the sink fails (the run reports that on its next write)."""
+        try:
+            self._sample_until_stopped()
+        except UserError as error:
+            self.error = error
+
+    def _sample_until_stopped(self) -> None:
+        tree = ProcessTree()
+        nvml, devices, unavailable = nvml_devices()
+        self._sink(
+            {
+                "type": "gpu_info",
+                "session": self._session,
+                "available": nvml is not None,
+                "reason": unavailable,
+                "devices": len(devices),
+            }
+        )
+        try:
+            while not self._stop.wait(self.interval_s):
+                record: dict[str, Any] = {
+                    "type": "sample",
+                    "session": self._session,
+                    "t_s": round(time.perf_counter() - self._origin, 4),
+                    "steps_done": self._steps_done(),
+                    **{key: round(value, 3) for key, value in tree.sample().items()},
+                }
+                memory = psutil.virtual_memory()
+                record["system_mem_used_mb"] = round((memory.total - memory.available) / MB, 1)
+                record["system_mem_percent"] = memory.percent
+                if nvml is not None:
+                    record["gpus"] = [
+                        _gpu_sample(nvml, index, handle) for index, handle in enumerate(devices)
+                    ]
+                self._sink(record)
+        finally:
+            if nvml is not None:
+                nvml.nvmlShutdown()
+
+    @contextlib.contextmanager
+    def phase(self, name: str, **fields: Any) -> Iterator[None]:
+        """Time a named phase, with this process's RSS before and after, into the same stream."""
+        before = rss_mb()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sink(
+                {
+                    "type": "phase",
+                    "session": self._session,
+                    "name": name,
+                    "start_s": round(started - self._origin, 4),
+                    "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                    "rss_before_mb": round(before, 3),
+                    "rss_after_mb": round(rss_mb(), 3),
+                    **fields,
+                }
+            )
+
+
+def _gpu_sample(nvml: Any, index: int, handle: Any) -> dict[str, float | int]:
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    utilisation = nvml.nvmlDeviceGetUtilizationRates(handle)
+    return {
+        "index": index,
+        "mem_used_mb": round(memory.used / MB, 1),
+        "mem_total_mb": round(memory.total / MB, 1),
+        "util_percent": utilisation.gpu,
+    }
