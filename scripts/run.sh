@@ -5,6 +5,8 @@
 #
 # NUM_FLOWS  workflows to run (default 25)
 # MODE       standalone: the in-process vLLM engine (default)
+#            server: a persistent local vLLM server, started on first use and reused by later runs
+#            (see `bench serve status`, `bench serve stop --all`)
 # Extra arguments are passed to `bench run` (e.g. --concurrency 8, --flow plan_draft_check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +14,12 @@ source scripts/setup.sh base
 
 MODE=${MODE:-standalone}
 case "$MODE" in
-  standalone) ;;
+  standalone) engine=vllm ;;
+  server) engine=server ;;
   *)
-    echo "error: MODE=$MODE is not supported yet (available: standalone)" >&2
+    echo "error: MODE=$MODE is not a mode (expected standalone or server)" >&2
     exit 2
     ;;
 esac
 
-exec .venv/bin/bench run --num-flows "${NUM_FLOWS:-25}" "$@"
+exec .venv/bin/bench run --engine "$engine" --num-flows "${NUM_FLOWS:-25}" "$@"

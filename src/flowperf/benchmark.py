@@ -22,6 +22,8 @@ import flowperf
 from flowperf.config import RunConfig, differences
 from flowperf.deferred import DeferredSink
 from flowperf.engines.base import Engine, EngineInfo
+from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
+from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
 from flowperf.errors import UserError
@@ -37,6 +39,7 @@ from flowperf.timing import TimingLog
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 3
+HTTP_POOL_WITHOUT_CAP = 256  # connections kept for an open-loop run with no --concurrency cap
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,22 @@ class RunResult:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    path: Path
+    """The model to serve: a local directory (built tiny model or --model), or for a remote OpenAI
+    server only the name it serves (None: whatever it serves first)."""
+
+    path: Path | None
     tiny: bool
+    name: str | None = None
 
 
 def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
     """The model directory to load: `--model` if given (must exist locally), else the tiny model."""
+    if config.engine.kind == "openai":
+        return ResolvedModel(path=None, tiny=False, name=config.engine.model)
     if config.engine.model is None:
         tiny = build_tiny_model(config.fixtures_dir)
         timing.emit("model_build_ms", tiny.build_ms, model="tiny", built=tiny.built)
-        return ResolvedModel(path=tiny.path, tiny=True)
+        return ResolvedModel(path=tiny.path, tiny=True, name=str(tiny.path))
     path = Path(config.engine.model).expanduser()
     if not path.is_dir():
         raise UserError(
@@ -76,7 +85,35 @@ def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
         )
     if not (path / "config.json").is_file():
         raise UserError(f"--model {config.engine.model}: not a model directory (no config.json in it)")
-    return ResolvedModel(path=path.resolve(), tiny=False)
+    return ResolvedModel(path=path.resolve(), tiny=False, name=str(path.resolve()))
+
+
+def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path) -> Engine:
+    """The engine `config.engine.kind` names, not started."""
+    settings = config.engine
+    if settings.kind == "vllm":
+        assert model.path is not None
+        return get_vllm_engine(settings, model.path, log_path)
+    http = HttpSettings(
+        base_url=settings.base_url or "",
+        model=model.name,
+        api=settings.api,
+        api_key_env=settings.api_key_env,
+        concurrency=config.concurrency or HTTP_POOL_WITHOUT_CAP,
+        connect_timeout_s=settings.connect_timeout_s,
+        read_timeout_s=settings.read_timeout_s,
+    )
+    if settings.kind == "openai":
+        return OpenAIHttpEngine(http)
+    assert model.path is not None
+    return ManagedServerEngine(
+        settings,
+        model.path,
+        http,
+        port=settings.server_port,
+        max_servers=settings.max_servers,
+        start_timeout_s=settings.server_start_timeout_s,
+    )
 
 
 def new_run_id(flow_name: str) -> str:
@@ -110,7 +147,11 @@ def config_document(
             "fixture_sha256": expansion.flows.fixture_sha256,
             "steps": [step.id for step in expansion.flows.steps],
         },
-        "model": {"path": str(model.path), "tiny": model.tiny},
+        "model": {
+            "path": None if model.path is None else str(model.path),
+            "name": model.name,
+            "tiny": model.tiny,
+        },
         "versions": {
             "flowperf": flowperf.__version__,
             "python": platform.python_version(),
@@ -212,7 +253,7 @@ async def run_benchmark(
         store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=None))
 
     if engine is None:
-        engine = get_vllm_engine(config.engine, model.path, store.path(ENGINE_LOG))
+        engine = make_engine(config, model, store.path(ENGINE_LOG))
     summary_args: dict[str, Any] = {
         "planned_workflows": len(expansion.flows),
         "timings": {"flow_expansion_ms": expansion_ms, "expansion_source": expansion.source},
@@ -220,7 +261,10 @@ async def run_benchmark(
         "run": {
             "run_id": opened.run_id,
             "flow": expansion.flows.name,
-            "concurrency": config.concurrency,
+            "mode": "open_loop" if config.rate else "closed_loop",
+            "concurrency": config.concurrency if config.rate else (config.concurrency or 1),
+            "rate_per_s": config.rate,
+            "engine_kind": config.engine.kind,
             "config_sha256": config.fingerprint(),
             "warmup_workflows": config.warmup,
             "prefix_cache_reset": False,
@@ -229,7 +273,8 @@ async def run_benchmark(
     }
     settings = RunSettings(
         run_id=opened.run_id,
-        concurrency=config.concurrency,
+        concurrency=config.concurrency if config.rate else (config.concurrency or 1),
+        rate=config.rate,
         max_tokens=config.max_tokens,
         seed=config.seed,
         save_text=config.output.save_text,
@@ -254,13 +299,15 @@ async def run_benchmark(
     try:
         if interrupts is not None:
             interrupts.on_request(None)
-        reused = engine.started
+        already_started = engine.started
         started = time.perf_counter()
         with monitor.phase("engine_init"):
             await engine.start()
         init_ms = (time.perf_counter() - started) * 1000.0
-        timing.emit("engine_init_ms", init_ms, engine=engine.info().engine, reused=reused)
         info = engine.info()
+        timing.emit("engine_init_ms", init_ms, engine=info.engine, reused=already_started or info.reused)
+        if "server_pid" in info.details:
+            monitor.track(info.details["server_pid"])
         summary_args["timings"]["engine_init_ms"] = init_ms
         summary_args["engine"] = info.as_dict()
         if resume_from is None:

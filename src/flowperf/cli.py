@@ -55,10 +55,15 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Build and inspect models.")
 app.add_typer(model_app, name="model")
+serve_app = typer.Typer(
+    help="Persistent local vLLM servers: started once, reused by `bench run --engine server` across runs."
+)
+app.add_typer(serve_app, name="serve")
 
 
 @app.callback(invoke_without_command=True)
 @model_app.callback(invoke_without_command=True)
+@serve_app.callback(invoke_without_command=True)
 def _show_help_without_command(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
         out_console.print(ctx.get_help())
@@ -102,16 +107,99 @@ FlowsDirOption = Annotated[
 NumFlowsOption = Annotated[
     int | None, typer.Option("--num-flows", "-n", min=1, help="How many workflows to run. [default: 25]")
 ]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (e.g. configs/default.toml); flags override it."),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Local model directory (for --engine openai: the served model name). Default: the embedded "
+        "tiny model, built on first use.",
+    ),
+]
+EngineKindOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="vllm: in-process engine; server: a persistent local vLLM server, started once and reused "
+        "across runs; openai: any OpenAI-compatible server at --base-url. [default: vllm]",
+    ),
+]
+CudaGraphsOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="CUDA graphs on GPU (on by default); --no-cuda-graphs runs eagerly for A/B.",
+    ),
+]
+CudaGraphSizesOption = Annotated[
+    str | None,
+    typer.Option("--cuda-graph-sizes", help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8."),
+]
+EagerOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--eager/--compiled", help="Eager execution or torch.compile. Default: eager on CPU, compiled on GPU."
+    ),
+]
+MaxModelLenOption = Annotated[
+    int | None, typer.Option("--max-model-len", min=16, help="Context length. [default: 2048]")
+]
+BlockSizeOption = Annotated[
+    int | None, typer.Option("--block-size", min=1, help="KV-cache block size. [default: 32 on CPU]")
+]
+KvCacheOption = Annotated[
+    float | None, typer.Option("--kv-cache-gib", min=0.01, help="KV-cache memory in GiB. [default: 1]")
+]
+SeedOption = Annotated[
+    int | None, typer.Option("--seed", help="Seed for sampling and the engine. [default: 0]")
+]
+ServerPortOption = Annotated[
+    int | None,
+    typer.Option("--server-port", min=1, max=65535, help="Port for a managed server. Default: a free one."),
+]
+MaxServersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-servers", min=1, help="Managed servers kept alive; the least recently used goes. [default: 3]"
+    ),
+]
+
+
+def engine_overrides(
+    kind: str | None,
+    model: str | None,
+    cuda_graphs: bool | None,
+    cuda_graph_sizes: str | None,
+    eager: bool | None,
+    max_model_len: int | None,
+    block_size: int | None,
+    kv_cache_gib: float | None,
+    seed: int | None,
+    server_port: int | None,
+    max_servers: int | None,
+) -> dict[str, Any]:
+    """The `engine` part of the settings from the flags `run` and `serve start` share."""
+    return {
+        "kind": kind,
+        "model": model,
+        "cuda_graphs": cuda_graphs,
+        "cudagraph_capture_sizes": _csv_ints(cuda_graph_sizes, "--cuda-graph-sizes"),
+        "enforce_eager": eager,
+        "max_model_len": max_model_len,
+        "block_size": block_size,
+        "kv_cache_gib": kv_cache_gib,
+        "seed": seed,
+        "server_port": server_port,
+        "max_servers": max_servers,
+    }
 
 
 @app.command()
 def run(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="TOML settings file (e.g. configs/default.toml); flags override it."
-        ),
-    ] = None,
+    config: ConfigOption = None,
     flow: FlowOption = None,
     num_flows: NumFlowsOption = None,
     max_tokens: Annotated[
@@ -123,45 +211,46 @@ def run(
     concurrency: Annotated[
         int | None,
         typer.Option(
-            "--concurrency", min=1, help="Workflows in flight at once; 1 runs them one after another."
+            "--concurrency",
+            min=1,
+            help="Workflows in flight at once (steps of one workflow stay in order). [default: 1, "
+            "or no cap with --rate]",
         ),
     ] = None,
-    model: Annotated[
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            min=0.000001,
+            help="Open loop: workflows arrive as a Poisson process at this many per second (seeded).",
+        ),
+    ] = None,
+    engine: EngineKindOption = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible server for --engine openai.")
+    ] = None,
+    api: Annotated[
         str | None,
         typer.Option(
-            "--model", help="Local model directory. Default: the embedded tiny model, built on first use."
+            "--api", help="completions, or chat for models with a chat template. [default: completions]"
         ),
     ] = None,
-    cuda_graphs: Annotated[
-        bool | None,
-        typer.Option(
-            "--cuda-graphs/--no-cuda-graphs",
-            help="CUDA graphs on GPU (on by default); --no-cuda-graphs runs eagerly for A/B.",
-        ),
-    ] = None,
-    cuda_graph_sizes: Annotated[
+    api_key_env: Annotated[
         str | None,
-        typer.Option("--cuda-graph-sizes", help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8,16."),
-    ] = None,
-    eager: Annotated[
-        bool | None,
         typer.Option(
-            "--eager/--compiled",
-            help="Force eager execution or torch.compile. Default: eager on CPU, compiled on GPU.",
+            "--api-key-env", help="Environment variable holding the API key (never written anywhere)."
         ),
     ] = None,
-    max_model_len: Annotated[
-        int | None, typer.Option("--max-model-len", min=16, help="Context length. [default: 2048]")
-    ] = None,
-    block_size: Annotated[
-        int | None, typer.Option("--block-size", min=1, help="KV-cache block size. [default: 32 on CPU]")
-    ] = None,
-    kv_cache_gib: Annotated[
-        float | None, typer.Option("--kv-cache-gib", min=0.01, help="KV-cache memory in GiB. [default: 1]")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed for sampling and the engine. [default: 0]")
-    ] = None,
+    model: ModelOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    cuda_graph_sizes: CudaGraphSizesOption = None,
+    eager: EagerOption = None,
+    max_model_len: MaxModelLenOption = None,
+    block_size: BlockSizeOption = None,
+    kv_cache_gib: KvCacheOption = None,
+    seed: SeedOption = None,
+    server_port: ServerPortOption = None,
+    max_servers: MaxServersOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Root directory for run directories. [default: runs]")
     ] = None,
@@ -232,12 +321,18 @@ def run(
     """Run workflows on one engine, started once, and write results to runs/<run_id>/.
 
     Prints [TIMING] lines as it goes (also kept in timing.log); the run directory holds config.json,
-    steps.jsonl, workflows.csv, summary.json and engine.log, all written as results arrive. Ctrl-C stops
-    gracefully (a second Ctrl-C at once); `--resume RUN_DIR` continues where a run stopped.
+    steps.jsonl, workflows.csv, metrics.jsonl, summary.json and engine.log, all written as results
+    arrive. Ctrl-C stops gracefully (a second Ctrl-C at once); `--resume RUN_DIR` continues where a run
+    stopped.
 
     Exit codes: 0 every workflow succeeded, 3 some failed, 2 usage error, 130 interrupted,
     1 the engine could not start.
     """
+    engine_settings = engine_overrides(
+        engine, model, cuda_graphs, cuda_graph_sizes, eager, max_model_len, block_size, kv_cache_gib, seed,
+        server_port, max_servers,
+    )  # fmt: skip
+    engine_settings |= {"base_url": base_url, "api": api, "api_key_env": api_key_env}
     overrides: dict[str, Any] = {
         "flow": flow,
         "flows_dir": flows_dir,
@@ -245,6 +340,7 @@ def run(
         "num_flows": num_flows,
         "max_tokens": max_tokens,
         "concurrency": concurrency,
+        "rate": rate,
         "seed": seed,
         "step_timeout_s": step_timeout_s,
         "fail_fast": fail_fast or None,
@@ -252,15 +348,7 @@ def run(
         "warmup": warmup,
         "reset_prefix_cache": reset_prefix_cache,
         "monitor": {"sample_interval_s": sample_interval, "leak_threshold_mb": leak_threshold_mb},
-        "engine": {
-            "model": model,
-            "cuda_graphs": cuda_graphs,
-            "cudagraph_capture_sizes": _csv_ints(cuda_graph_sizes, "--cuda-graph-sizes"),
-            "enforce_eager": eager,
-            "max_model_len": max_model_len,
-            "block_size": block_size,
-            "kv_cache_gib": kv_cache_gib,
-        },
+        "engine": engine_settings,
         "output": {"out_dir": out, "run_id": run_id, "save_text": save_text or None},
     }
     base = None
@@ -392,21 +480,158 @@ def build_tiny(
 
 @app.command()
 def doctor(
+    flow: FlowOption = None,
+    num_flows: NumFlowsOption = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Output tokens per step, as for bench run.")
+    ] = None,
+    model: ModelOption = None,
+    kv_cache_gib: KvCacheOption = None,
+    block_size: BlockSizeOption = None,
+    flows_dir: FlowsDirOption = None,
+    fixtures_dir: Annotated[
+        Path | None, typer.Option("--fixtures-dir", help="Corpus for the tiny model. [default: fixtures]")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
-    """Show what the harness sees: Python, engine and torch versions, device, memory, GPUs, models."""
-    from flowperf.doctor import collect_findings
+    """Show what the harness sees (Python, engine and torch versions, device, memory, GPUs, models) and
+    how many workflows of a flow fit in the KV cache at once, with a --concurrency to start from."""
+    from flowperf.benchmark import resolve_model
+    from flowperf.doctor import capacity_findings, collect_findings
 
+    settings = load_run_config(
+        None,
+        {
+            "flow": flow,
+            "num_flows": num_flows,
+            "max_tokens": max_tokens,
+            "flows_dir": flows_dir,
+            "fixtures_dir": fixtures_dir,
+            "engine": {"model": model, "kv_cache_gib": kv_cache_gib, "block_size": block_size},
+        },
+    )
     findings = collect_findings()
+    resolved = resolve_model(settings, TimingLog(lambda line: None))
+    assert resolved.path is not None
+    findings |= capacity_findings(settings, resolved.path)
     if as_json:
         out_console.print_json(json.dumps(findings, default=str))
         return
     table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, value in findings.items():
         table.add_row(key, str(value))
     out_console.print(table)
+
+
+@serve_app.command("start")
+def serve_start(
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    port: ServerPortOption = None,
+    max_servers: MaxServersOption = None,
+    cuda_graphs: CudaGraphsOption = None,
+    cuda_graph_sizes: CudaGraphSizesOption = None,
+    eager: EagerOption = None,
+    max_model_len: MaxModelLenOption = None,
+    block_size: BlockSizeOption = None,
+    kv_cache_gib: KvCacheOption = None,
+    seed: SeedOption = None,
+    fixtures_dir: Annotated[
+        Path | None, typer.Option("--fixtures-dir", help="Corpus for the tiny model. [default: fixtures]")
+    ] = None,
+) -> None:
+    """Start a vLLM server on 127.0.0.1 for this model and engine configuration, or reuse a running one."""
+    from flowperf.benchmark import resolve_model
+    from flowperf.engines.server import ServerRegistry
+
+    engine_settings = engine_overrides(
+        "server", model, cuda_graphs, cuda_graph_sizes, eager, max_model_len, block_size, kv_cache_gib, seed,
+        port, max_servers,
+    )  # fmt: skip
+    settings = load_run_config(config, {"engine": engine_settings, "fixtures_dir": fixtures_dir})
+    resolved = resolve_model(settings, TimingLog(_echo))
+    assert resolved.path is not None
+    started = time.perf_counter()
+    with err_console.status("starting the vLLM server (waiting for /health) ..."):
+        try:
+            record, reused = ServerRegistry().acquire(
+                settings.engine,
+                resolved.path,
+                port=settings.engine.server_port,
+                max_servers=settings.engine.max_servers,
+                start_timeout_s=settings.engine.server_start_timeout_s,
+            )
+        except EngineError as error:
+            _error(str(error))
+            raise typer.Exit(EXIT_ENGINE_FAILED) from None
+    TimingLog(_echo).emit("server_start_ms", (time.perf_counter() - started) * 1000.0, reused=reused)
+    out_console.print(
+        f"server {record.id} {'already running' if reused else 'ready'} at {record.base_url} "
+        f"(pid {record.pid}, model {record.model}, log {record.log_path})"
+    )
+
+
+@serve_app.command("status")
+def serve_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the servers as JSON.")] = False,
+) -> None:
+    """List the servers flowperf is keeping alive, with their health."""
+    from flowperf.engines.server import ServerRegistry, healthy
+
+    servers = ServerRegistry().servers()
+    rows = [record.model_dump() | {"healthy": healthy(record)} for record in servers]
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    if not servers:
+        out_console.print("no flowperf server is running")
+        return
+    table = Table()
+    for column in ("id", "pid", "address", "healthy", "up", "last used", "model"):
+        table.add_column(column)
+    now = time.time()
+    for row in rows:
+        table.add_row(
+            row["id"],
+            str(row["pid"]),
+            f"{row['host']}:{row['port']}",
+            "yes" if row["healthy"] else "NO",
+            f"{(now - row['started_at']) / 60:.0f} min",
+            f"{(now - row['last_used_at']) / 60:.0f} min ago",
+            row["model"],
+        )
+    out_console.print(table)
+
+
+@serve_app.command("stop")
+def serve_stop(
+    server_id: Annotated[str | None, typer.Argument(help="Server id (see `bench serve status`).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Stop every flowperf server.")] = False,
+) -> None:
+    """Stop a server (the only one, or the one named), or all of them."""
+    from flowperf.engines.server import ServerRegistry
+
+    stopped = ServerRegistry().stop(server_id, everything=everything)
+    for record in stopped:
+        out_console.print(f"stopped server {record.id} (pid {record.pid}, port {record.port})")
+    if not stopped:
+        out_console.print("no flowperf server is running")
+
+
+@serve_app.command("logs")
+def serve_logs(
+    server_id: Annotated[
+        str | None, typer.Argument(help="Server id. Default: the most recently used.")
+    ] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines from the end.")] = 50,
+) -> None:
+    """Print the end of a server's log."""
+    from flowperf.engines.server import ServerRegistry, log_tail
+
+    record = ServerRegistry().find(server_id)
+    print(log_tail(record.log_path, lines))
 
 
 app.command("stress")(stress)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error, load_toml_mapping
@@ -21,12 +21,18 @@ GIB = 1024**3
 
 
 class EngineConfig(BaseModel):
-    """Which engine to drive and how to start it. `None` means: the right default for this device."""
+    """Which engine to drive and how to start it. `None` means: the right default for this device.
+
+    kind: `vllm` in process; `openai` any OpenAI-compatible server at `base_url`; `server` a persistent
+    local vLLM server flowperf starts once and reuses across runs.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["vllm"] = "vllm"
-    model: str | None = Field(default=None, description="model directory; None builds the tiny model")
+    kind: Literal["vllm", "openai", "server"] = "vllm"
+    model: str | None = Field(
+        default=None, description="model directory (for openai: the served model name); None: tiny model"
+    )
     dtype: str = "auto"
     max_model_len: int = Field(default=2048, ge=16)
     block_size: int | None = Field(default=None, ge=1, description="KV block size; CPU default 32")
@@ -39,6 +45,20 @@ class EngineConfig(BaseModel):
     enable_prefix_caching: bool = True
     seed: int = 0
     extra_engine_args: dict[str, Any] = Field(default_factory=dict)
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    api: Literal["completions", "chat"] = "completions"
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0)
+    server_port: int | None = Field(default=None, ge=1, le=65535)
+    max_servers: int = Field(default=3, ge=1)
+    server_start_timeout_s: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _openai_needs_a_server(self) -> EngineConfig:
+        if self.kind == "openai" and self.base_url is None:
+            raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000)")
+        return self
 
 
 class OutputConfig(BaseModel):
@@ -52,7 +72,12 @@ class OutputConfig(BaseModel):
     summary_every: int = Field(default=10, ge=1)
 
 
-NOT_FINGERPRINTED = {"output", "monitor", "grace_s"}
+NOT_FINGERPRINTED: dict[str, Any] = {
+    "output": True,
+    "monitor": True,
+    "grace_s": True,
+    "engine": {"connect_timeout_s", "server_port", "max_servers", "server_start_timeout_s"},
+}
 
 
 class MonitorConfig(BaseModel):
@@ -76,7 +101,12 @@ class RunConfig(BaseModel):
     fixtures_dir: Path = Field(default=Path("fixtures"), description="corpus for the tiny model")
     num_flows: int = Field(default=25, ge=1, le=10_000_000)
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    concurrency: int = Field(default=1, ge=1, le=4096)
+    concurrency: int | None = Field(
+        default=None, ge=1, le=4096, description="workflows in flight: default 1, or no cap with `rate`"
+    )
+    rate: float | None = Field(
+        default=None, gt=0, description="open loop: Poisson workflow arrivals per second"
+    )
     seed: int = 0
     step_timeout_s: float | None = Field(default=None, gt=0, description="fail a step that takes longer")
     fail_fast: bool = False

@@ -1,19 +1,37 @@
-"""`bench doctor`: what the harness sees on this machine, so a surprise shows before a run, not during."""
+"""`bench doctor`: what the harness sees on this machine, so a surprise shows before a run, not during.
+
+Besides versions and devices it answers "how many workflows can run at once?": the KV-cache capacity the
+engine reports (a running flowperf server for the same model is asked; otherwise it is computed from the
+model's config and --kv-cache-gib, and said to be an estimate) against the tokens one workflow holds at
+its largest step (its prompt, with earlier outputs at their full length, plus the step's output).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 import flowperf
+from flowperf.config import GIB, RunConfig
 from flowperf.engines.tiny import MARKER_FILE, default_model_dir
+from flowperf.engines.vllm_local import CPU_DEFAULT_BLOCK_SIZE
+from flowperf.flows import resolve_flow
+from flowperf.flows.cache import expand_with_cache
+from flowperf.flows.expand import ExpandedFlowSet
 from flowperf.paths import flowperf_home
+
+BYTES_PER_KV_ELEMENT = 2  # bf16/fp16 KV cache
 
 FIXTURES_DIR = "fixtures"
 
@@ -89,3 +107,72 @@ def collect_findings() -> dict[str, Any]:
         )
         findings["nvidia driver"] = done.stdout.strip() or done.stderr.strip()
     return findings
+
+
+def workflow_peak_tokens(flows: ExpandedFlowSet, tokenizer_path: Path, max_tokens: int | None) -> int:
+    """The most KV-cache tokens any single workflow holds at once (its largest step), over all records."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    lengths = {step.id: max_tokens or step.max_tokens for step in flows.steps}
+    peak = 0
+    for record_index in range(len(flows.records)):
+        flow = flows[record_index]
+        for step in flows.steps:
+            prompt = flows.render(flow, step, {used: "" for used in step.uses_steps})
+            tokens = len(tokenizer.encode(prompt).ids) + sum(lengths[used] for used in step.uses_steps)
+            peak = max(peak, tokens + lengths[step.id])
+    return peak
+
+
+def reported_capacity(model_path: Path) -> tuple[int, int] | None:
+    """(KV-cache tokens, block size) from a running flowperf server for this model, if there is one."""
+    from flowperf.engines.server import ServerRegistry
+
+    for record in ServerRegistry().servers():
+        if record.model != str(model_path):
+            continue
+        try:
+            metrics = httpx.get(f"{record.base_url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        match = re.search(r"^vllm:cache_config_info\{(.*)\}", metrics, flags=re.MULTILINE)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+            return int(labels["kv_cache_size_tokens"]), int(labels["block_size"])
+    return None
+
+
+def estimated_capacity(model_path: Path, kv_cache_gib: float) -> int:
+    """KV-cache tokens that fit in `kv_cache_gib`: keys and values, per layer and KV head, 2-byte dtype."""
+    config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    bytes_per_token = 2 * config["num_hidden_layers"] * kv_heads * head_dim * BYTES_PER_KV_ELEMENT
+    return int(kv_cache_gib * GIB // bytes_per_token)
+
+
+def capacity_findings(config: RunConfig, model_path: Path) -> dict[str, Any]:
+    expansion = expand_with_cache(
+        resolve_flow(config.flow, config.flows_dir), config.num_flows, force=False, warn=lambda message: None
+    )
+    peak = workflow_peak_tokens(expansion.flows, model_path / "tokenizer.json", config.max_tokens)
+    reported = reported_capacity(model_path)
+    if reported is not None:
+        capacity, block = reported
+        source = "reported by the running flowperf server"
+    else:
+        capacity = estimated_capacity(model_path, config.engine.kv_cache_gib)
+        block = config.engine.block_size or CPU_DEFAULT_BLOCK_SIZE
+        source = f"estimated from the model config and --kv-cache-gib {config.engine.kv_cache_gib:g}"
+    per_workflow = math.ceil(peak / block) * block
+    fits = capacity // per_workflow
+    recommended = max(1, min(fits, len(expansion.flows)))
+    return {
+        "kv cache": f"{capacity:,} tokens ({source})",
+        "tokens per workflow": f"{peak:,} at its largest step ({per_workflow:,} in {block}-token blocks), "
+        f"flow {expansion.flows.name}",
+        "concurrent workflows that fit": f"{fits:,}",
+        "recommended --concurrency": f"{recommended} (capped at --num-flows {len(expansion.flows)}; "
+        "throughput may flatten earlier on CPU: measure with bench run --concurrency)",
+    }

@@ -42,15 +42,28 @@ def nvml_devices() -> tuple[Any, list[Any], str | None]:
 
 
 class ProcessTree:
-    """This process and its descendants, with CPU% measured between successive samples."""
+    """This process and its descendants, with CPU% measured between successive samples.
+
+    Engine processes that are not descendants (a persistent server flowperf started earlier) are added
+    with `track`, and count as engine processes with their own descendants.
+    """
 
     def __init__(self) -> None:
         self.root = psutil.Process()
+        self.tracked: set[int] = set()
         self._known: dict[int, psutil.Process] = {}
         self.root.cpu_percent(None)
 
-    def sample(self) -> dict[str, float]:
-        children = self.root.children(recursive=True)
+    def _engine_processes(self) -> list[psutil.Process]:
+        processes = self.root.children(recursive=True)
+        for pid in self.tracked:
+            with contextlib.suppress(psutil.Error):
+                tracked = psutil.Process(pid)
+                processes += [tracked, *tracked.children(recursive=True)]
+        return processes
+
+    def sample(self) -> dict[str, float | None]:
+        children = self._engine_processes()
         live = {child.pid: self._known.get(child.pid, child) for child in children}
         for pid, child in live.items():
             if pid not in self._known:
@@ -65,8 +78,8 @@ class ProcessTree:
         return {
             "rss_mb": self.root.memory_info().rss / MB,
             "cpu_percent": self.root.cpu_percent(None),
-            "children_rss_mb": children_rss / MB,
-            "children_cpu_percent": children_cpu,
+            "children_rss_mb": children_rss / MB if live else None,
+            "children_cpu_percent": children_cpu if live else None,
             "children": len(live),
         }
 
@@ -87,6 +100,7 @@ class ResourceMonitor:
         self._thread: threading.Thread | None = None
         self._origin = time.perf_counter()
         self.error: UserError | None = None
+        self._tracked: set[int] = set()
 
     def start(self, *, session: int, steps_done: Callable[[], int]) -> None:
         """Begin sampling (an interval of 0 records phases only); times count from construction."""
@@ -96,6 +110,10 @@ class ResourceMonitor:
             return
         self._thread = threading.Thread(target=self._sample_forever, name="resource-monitor", daemon=True)
         self._thread.start()
+
+    def track(self, pid: int) -> None:
+        """Count process `pid` (and its descendants) as an engine process from the next sample on."""
+        self._tracked.add(pid)
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,6 +130,7 @@ class ResourceMonitor:
 
     def _sample_until_stopped(self) -> None:
         tree = ProcessTree()
+        tree.tracked = self._tracked
         nvml, devices, unavailable = nvml_devices()
         self._sink(
             {
@@ -129,7 +148,10 @@ class ResourceMonitor:
                     "session": self._session,
                     "t_s": round(time.perf_counter() - self._origin, 4),
                     "steps_done": self._steps_done(),
-                    **{key: round(value, 3) for key, value in tree.sample().items()},
+                    **{
+                        key: None if value is None else round(value, 3)
+                        for key, value in tree.sample().items()
+                    },
                 }
                 memory = psutil.virtual_memory()
                 record["system_mem_used_mb"] = round((memory.total - memory.available) / MB, 1)

@@ -1,9 +1,11 @@
 """The executor: runs expanded workflows through one engine and records every step as it finishes.
 
 Steps of a workflow run strictly in order, each prompt rendered with the real outputs of the steps
-before it. Up to `concurrency` workflows are in flight at once (1 = sequential). A failing step (engine
-error, HTTP error, timeout) fails its workflow, with the error recorded, and the run goes on: one bad
-request never costs the others, unless `fail_fast` asks otherwise.
+before it. Closed loop: up to `concurrency` workflows in flight (1 = sequential). Open loop (`rate`):
+workflows arrive as a seeded Poisson process whatever is in flight, for latency under load.
+
+A failing step (engine error, HTTP error, timeout) fails its workflow, with the error recorded, and the
+run goes on: one bad request never costs the others, unless `fail_fast` asks otherwise.
 
 A stop request (Ctrl-C) starts no new workflow and gives in-flight steps `grace_s` to finish before they
 are cancelled; a cancelled workflow writes no row, so a resumed run runs it again from its first step.
@@ -12,11 +14,14 @@ are cancelled; a cancelled workflow writes no row, so a resumed run runs it agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from flowperf.engines.base import Engine, GenerationParams, StepResult
 from flowperf.flows.expand import ExpandedFlow, ExpandedFlowSet, StepSpec
@@ -29,7 +34,8 @@ class RunSettings:
     """How to execute: identical for every workflow of a run."""
 
     run_id: str
-    concurrency: int = 1
+    concurrency: int | None = 1
+    rate: float | None = None
     max_tokens: int | None = None
     seed: int = 0
     save_text: bool = False
@@ -100,13 +106,16 @@ class Runner:
         self._window_start = 0.0
         self._inflight = 0
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._finished = self._failed = 0
 
     def request_stop(self) -> None:
         """Start no new workflow; cancel what is still running after the grace period."""
         if self._stopping:
             return
         self._stopping = True
+        self._stop_requested.set()
         asyncio.get_running_loop().call_later(self.settings.grace_s, self._cancel_workers)
 
     def _cancel_workers(self) -> None:
@@ -120,46 +129,90 @@ class Runner:
         """Run `workflows` to warm the engine: timed on stdout and timing.log, never in the results."""
         self._recording = False
         try:
-            await self.run(workflows)
+            await self._closed_loop(list(workflows), self.settings.concurrency or 1)
         finally:
             self._recording = True
 
     async def run(self, workflows: Iterable[ExpandedFlow]) -> RunTotals:
-        """Run `workflows` with up to `concurrency` in flight; returns when all have finished."""
-        pending = iter(workflows)
-        finished = failed = 0
-        self.flows.prepare()
-        self._window_start = time.perf_counter()
-
-        async def worker() -> None:
-            nonlocal finished, failed
-            for flow in pending:
-                if self._stopping:
-                    return
-                if self._recording:
-                    with self.phase("workflow", flow_index=flow.index):
-                        outcome = await self._run_workflow(flow)
-                    self.on_workflow_done(outcome)
-                else:
-                    outcome = await self._run_workflow(flow)
-                finished += 1
-                failed += 0 if outcome.ok else 1
-                if not outcome.ok and self.settings.fail_fast:
-                    self.request_stop()
-
-        self._workers = [asyncio.create_task(worker()) for _ in range(self.settings.concurrency)]
-        outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
-                raise outcome
+        """Run `workflows` closed loop (up to `concurrency` in flight) or, with `rate`, open loop."""
+        self._finished = self._failed = 0
+        if self.settings.rate is None:
+            await self._closed_loop(list(workflows), self.settings.concurrency or 1)
+        else:
+            await self._open_loop(list(workflows), self.settings.rate, self.settings.concurrency)
         return RunTotals(
             window_ms=self._offset_ms(time.perf_counter()),
-            workflows=finished,
-            failed=failed,
+            workflows=self._finished,
+            failed=self._failed,
             stopped=self._stopping,
         )
 
-    async def _run_workflow(self, flow: ExpandedFlow) -> WorkflowOutcome:
+    async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int) -> None:
+        pending = iter(workflows)
+
+        async def worker() -> None:
+            for flow in pending:
+                if self._stopping:
+                    return
+                await self._run_and_count(flow, None)
+
+        self._begin_window()
+        await self._gather([asyncio.create_task(worker()) for _ in range(workers)])
+
+    async def _open_loop(self, workflows: list[ExpandedFlow], rate: float, cap: int | None) -> None:
+        """Workflows arrive as a seeded Poisson process at `rate` per second, whatever is in flight;
+        with a cap, an arrival beyond it waits for a free slot (its wait shows as arrival-to-start)."""
+        arrivals = np.cumsum(
+            np.random.default_rng(self.settings.seed).exponential(1.0 / rate, len(workflows))
+        )
+        slots = asyncio.Semaphore(cap) if cap else None
+
+        async def admit(flow: ExpandedFlow, arrival_ms: float) -> None:
+            if slots is None:
+                await self._run_and_count(flow, arrival_ms)
+                return
+            async with slots:
+                if not self._stopping:
+                    await self._run_and_count(flow, arrival_ms)
+
+        self._begin_window()
+        tasks: list[asyncio.Task[None]] = []
+        for flow, arrival_s in zip(workflows, arrivals, strict=True):
+            delay = self._window_start + float(arrival_s) - time.perf_counter()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+            if self._stopping:
+                break
+            task = asyncio.create_task(admit(flow, float(arrival_s) * 1000.0))
+            tasks.append(task)
+            self._workers.append(task)
+        await self._gather(tasks)
+
+    def _begin_window(self) -> None:
+        self.flows.prepare()
+        self._workers = []
+        self._window_start = time.perf_counter()
+
+    async def _gather(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._workers.extend(task for task in tasks if task not in self._workers)
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+
+    async def _run_and_count(self, flow: ExpandedFlow, arrival_ms: float | None) -> None:
+        if self._recording:
+            with self.phase("workflow", flow_index=flow.index):
+                outcome = await self._run_workflow(flow, arrival_ms)
+            self.on_workflow_done(outcome)
+        else:
+            outcome = await self._run_workflow(flow, arrival_ms)
+        self._finished += 1
+        self._failed += 0 if outcome.ok else 1
+        if not outcome.ok and self.settings.fail_fast:
+            self.request_stop()
+
+    async def _run_workflow(self, flow: ExpandedFlow, arrival_ms: float | None) -> WorkflowOutcome:
         outputs: dict[str, str] = {}
         totals = {"prompt_tokens": 0, "output_tokens": 0, "cached_prompt_tokens": 0, "step_ms_sum": 0.0}
         error: BaseException | None = None
@@ -199,6 +252,7 @@ class Runner:
                     "prompt_tokens": totals["prompt_tokens"],
                     "output_tokens": totals["output_tokens"],
                     "cached_prompt_tokens": totals["cached_prompt_tokens"],
+                    "arrival_offset_ms": "" if arrival_ms is None else round(arrival_ms, 3),
                     "start_offset_ms": round(self._offset_ms(started), 3),
                     "end_offset_ms": round(self._offset_ms(ended), 3),
                     "error_type": type(error).__name__ if error else "",

@@ -42,6 +42,7 @@ WORKFLOW_COLUMNS = (
     "prompt_tokens",
     "output_tokens",
     "cached_prompt_tokens",
+    "arrival_offset_ms",
     "start_offset_ms",
     "end_offset_ms",
     "error_type",

@@ -29,8 +29,11 @@ NUMERIC_WORKFLOW_COLUMNS = (
     "output_tokens",
     "prompt_tokens",
     "cached_prompt_tokens",
+    "arrival_offset_ms",
+    "start_offset_ms",
     "end_offset_ms",
 )
+CONCURRENCY_SERIES_POINTS = 100
 
 
 def _workflow_frame(store: RunStore) -> pd.DataFrame:
@@ -90,6 +93,48 @@ def _cache_by_position(ok_steps: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def achieved_concurrency(
+    starts: np.ndarray, ends: np.ndarray, points: int = CONCURRENCY_SERIES_POINTS
+) -> dict:
+    """Workflows in flight over one session's window (which starts at offset 0): time-weighted mean,
+    peak, and a series sampled at `points` evenly spaced instants."""
+    if len(starts) == 0:
+        return {"mean": None, "max": None, "series": []}
+    window = float(ends.max())
+    times = np.concatenate([starts, ends])
+    changes = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
+    order = np.lexsort((changes, times))  # at equal times, a finish is counted before a start
+    running = np.cumsum(changes[order])
+    instants = np.linspace(0.0, window, points)
+    index = np.searchsorted(times[order], instants, side="right") - 1
+    in_flight = np.where(index >= 0, running[np.clip(index, 0, None)], 0)
+    return {
+        "mean": float((ends - starts).sum() / window) if window > 0 else None,
+        "max": int(running.max()),
+        "series": [[round(float(t), 1), int(n)] for t, n in zip(instants, in_flight, strict=True)],
+    }
+
+
+def load_summary(workflows: pd.DataFrame) -> dict[str, Any]:
+    """How much load the run really applied: concurrency achieved, and for open loop the wait from a
+    workflow's scheduled arrival to its start (non-zero only when a --concurrency cap held it back)."""
+    if workflows.empty:
+        return {
+            "achieved_concurrency": achieved_concurrency(np.array([]), np.array([])),
+            "start_delay_ms": None,
+        }
+    session = workflows[workflows["session"] == workflows["session"].value_counts().idxmax()]
+    arrived = session.dropna(subset=["arrival_offset_ms"])
+    return {
+        "achieved_concurrency": achieved_concurrency(
+            session["start_offset_ms"].to_numpy(float), session["end_offset_ms"].to_numpy(float)
+        ),
+        "start_delay_ms": describe(arrived["start_offset_ms"] - arrived["arrival_offset_ms"])
+        if not arrived.empty
+        else None,
+    }
+
+
 def _peak(values: list[float]) -> float | None:
     return max(values) if values else None
 
@@ -110,7 +155,8 @@ def resource_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Peaks, means, GPU use and the RSS leak slope from the monitor's records (all sessions)."""
     samples = [r for r in records if r.get("type") == "sample"]
     harness = [r["rss_mb"] for r in samples]
-    total = [r["rss_mb"] + r["children_rss_mb"] for r in samples]
+    engine = [r["children_rss_mb"] for r in samples if r["children_rss_mb"] is not None]
+    total = [r["rss_mb"] + (r["children_rss_mb"] or 0.0) for r in samples]
     gpu_info = [r for r in records if r.get("type") == "gpu_info"]
     by_session: dict[int, list[dict[str, Any]]] = {}
     for sample in samples:
@@ -139,13 +185,15 @@ def resource_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": len(samples),
         "peak_rss_mb": _peak(harness),
-        "peak_engine_rss_mb": _peak([r["children_rss_mb"] for r in samples]),
+        "peak_engine_rss_mb": _peak(engine),
         "peak_total_rss_mb": _peak(total),
         "cpu_percent_mean": _mean([r["cpu_percent"] for r in samples]),
-        "engine_cpu_percent_mean": _mean([r["children_cpu_percent"] for r in samples]),
+        "engine_cpu_percent_mean": _mean(
+            [r["children_cpu_percent"] for r in samples if r["children_cpu_percent"] is not None]
+        ),
         "rss_growth_mb_per_100_steps": growth_per_100_steps(steps, [s["rss_mb"] for s in longest]),
         "engine_rss_growth_mb_per_100_steps": growth_per_100_steps(
-            steps, [s["children_rss_mb"] for s in longest]
+            steps, [s["children_rss_mb"] or 0.0 for s in longest]
         ),
         "gpus": gpus,
         "phases_ms": _phase_totals(records),
@@ -232,5 +280,6 @@ def build_summary(
             "workflows_per_s": len(ok_workflows) / window_s if window_s > 0 else None,
         },
         "prefix_cache": _cache_by_position(ok_steps) if not ok_steps.empty else [],
+        "load": load_summary(workflows),
         "resources": resource_summary(store.read_metrics()),
     }

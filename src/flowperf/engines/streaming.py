@@ -10,6 +10,8 @@ from flowperf.engines.base import StepResult
 class StreamTimer:
     """Records when token events arrive, relative to the submission of one request.
 
+    The output token count is the sum over events unless the engine reports its own (`output_tokens`).
+
     An event may carry several tokens when the client falls behind the engine; as in vLLM's own
     benchmarks, the first event with a token gives TTFT and each later event one inter-token gap.
     """
@@ -39,6 +41,7 @@ class StreamTimer:
         text: str,
         prompt_tokens: int,
         cached_prompt_tokens: int | None,
+        output_tokens: int | None = None,
         finish_reason: str | None,
         engine_queue_ms: float | None = None,
         engine_ttft_ms: float | None = None,
@@ -47,7 +50,7 @@ class StreamTimer:
         return StepResult(
             text=text,
             prompt_tokens=prompt_tokens,
-            output_tokens=self.output_tokens,
+            output_tokens=self.output_tokens if output_tokens is None else output_tokens,
             cached_prompt_tokens=cached_prompt_tokens,
             ttft_ms=None if self._first is None else (self._first - self.submitted) * 1000.0,
             e2e_ms=(finished - self.submitted) * 1000.0,
