@@ -5,6 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh test
 
+# The HTML report is tested in a real headless browser: Debian's Chromium, installed here when missing.
+# Where it cannot be installed, that test is skipped with the reason shown.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the HTML report test" >&2
+  apt_get="apt-get"
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && apt_get="sudo -n apt-get"
+  $apt_get install -y -qq chromium >/dev/null 2>&1 \
+    || { $apt_get update -qq >/dev/null 2>&1 && $apt_get install -y -qq chromium >/dev/null 2>&1; } \
+    || echo "[test] chromium could not be installed; the browser test will be skipped" >&2
+fi
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # pytest exits 5 when no tests ran; with `set -e` that fails the script, as it should.

@@ -20,6 +20,7 @@ class FaultyEngine:
     fail_step: str | None = None
     stall_flows: set[int] = field(default_factory=set)
     stall_s: float = 5.0
+    delay_s: float = 0.0
     calls: int = 0
 
     @property
@@ -37,6 +38,8 @@ class FaultyEngine:
             raise EngineError(f"injected failure in flow {flow} step {step}")
         if flow in self.stall_flows:
             await asyncio.sleep(self.stall_s)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # a slower engine: every step pays it before its first token
         return await self.inner.generate(prompt, params, request_id)
 
     async def reset_prefix_cache(self) -> bool:

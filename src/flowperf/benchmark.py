@@ -7,6 +7,7 @@ the run (completion, failure, Ctrl-C) the engine is shut down and summary.json s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import platform
 import secrets
@@ -165,6 +166,41 @@ def config_document(
     }
 
 
+class PeriodicSummaries:
+    """summary.json during a run: after every `every` workflows, at most once per `interval_s`.
+
+    It is computed from the run's files in a worker thread, so the event loop, and with it every
+    request in flight, is never held up by it.
+    """
+
+    def __init__(self, store: RunStore, every: int, interval_s: float, summary_args: dict[str, Any]) -> None:
+        self._store = store
+        self._every = every
+        self._interval_s = interval_s
+        self._summary_args = summary_args
+        self._done = 0
+        self._last = time.perf_counter()
+        self._task: asyncio.Future[None] | None = None
+
+    def workflow_done(self) -> None:
+        self._done += 1
+        now = time.perf_counter()
+        if self._done % self._every or now - self._last < self._interval_s:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._last = now
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._write))
+
+    def _write(self) -> None:
+        self._store.write_json(SUMMARY, build_summary(self._store, status="running", **self._summary_args))
+
+    async def finish(self) -> None:
+        """Wait for a summary being written, so the final one is written last."""
+        if self._task is not None:
+            await self._task
+
+
 @dataclass(frozen=True)
 class OpenedRun:
     """A run directory ready for this session: new, or reopened to resume."""
@@ -283,14 +319,13 @@ async def run_benchmark(
         grace_s=config.grace_s,
         session=opened.session,
     )
-    done = 0
+    periodic = PeriodicSummaries(
+        store, config.output.summary_every, config.output.summary_interval_s, summary_args
+    )
 
     def workflow_done(outcome: WorkflowOutcome) -> None:
-        nonlocal done
-        done += 1
         hooks.on_workflow_done(outcome)
-        if done % config.output.summary_every == 0:
-            store.write_json(SUMMARY, build_summary(store, status="running", **summary_args))
+        periodic.workflow_done()
 
     runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done, phase=monitor.phase)
     totals: RunTotals | None = None
@@ -328,6 +363,7 @@ async def run_benchmark(
     finally:
         if interrupts is not None:
             interrupts.on_request(None)
+        await periodic.finish()
         monitor.stop()
         try:
             if shutdown_engine:

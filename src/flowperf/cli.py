@@ -634,11 +634,143 @@ def serve_logs(
     print(log_tail(record.log_path, lines))
 
 
+HTML_DEFAULT = "<default>"
+HtmlOption = Annotated[
+    str | None,
+    typer.Option("--html", help="Also write a self-contained HTML page: --html alone, or --html PATH."),
+]
+
+
+def _html_path(value: str | None, default: Path) -> Path | None:
+    return None if value is None else (default if value == HTML_DEFAULT else Path(value))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (complete, interrupted or crashed).")],
+    html: HtmlOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary and derived tables as JSON.")
+    ] = False,
+) -> None:
+    """Show a run: header, timing, latency by step, throughput, prefix cache, resources, failures.
+
+    Figures are recomputed from the run's files, so partial runs report exactly what they hold.
+    `--html` writes RUN_DIR/report.html (or PATH) with plots, images embedded, no network needed.
+    """
+    from flowperf.report import html_report, json_report, print_report, report_summary, write_html
+    from flowperf.rundata import load_run
+
+    run_data = load_run(run_dir)
+    summary = report_summary(run_data)
+    if as_json:
+        print(json.dumps(json_report(run_data, summary), default=str, indent=2))
+    else:
+        print_report(run_data, summary, out_console)
+    page = _html_path(html, run_dir / "report.html")
+    if page is not None:
+        write_html(page, html_report(run_data, summary))
+        err_console.print(f"HTML report: {page}")
+
+
+@app.command()
+def compare(
+    base_run: Annotated[Path, typer.Argument(help="The baseline run directory.")],
+    new_run: Annotated[Path, typer.Argument(help="The run to judge against it.")],
+    alpha: Annotated[
+        float,
+        typer.Option("--alpha", min=0.0001, max=0.5, help="Significance level of the bootstrap interval."),
+    ] = 0.05,
+    threshold: Annotated[
+        float, typer.Option("--threshold", min=0, help="Smallest change (%) that counts, if significant.")
+    ] = 5.0,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            "--gate",
+            help="Metrics whose regression fails the command, e.g. workflow_ms,ttft_ms. "
+            "[default: workflow_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Compare runs of different flows or models anyway.")
+    ] = False,
+    html: HtmlOption = None,
+) -> None:
+    """Per metric: base, new, delta and a verdict (improvement, regression, no significant change).
+
+    A change counts only if the (1 - alpha) bootstrap interval of the difference of medians excludes zero
+    and the change exceeds --threshold. Exit code 1 when a gated metric regressed, 0 otherwise, 2 when
+    the runs cannot be compared.
+    """
+    from flowperf.compare import comparability_problems, compare_runs, parse_gate, sample_warnings
+    from flowperf.rundata import load_run
+
+    gates = parse_gate(gate)
+    base, new = load_run(base_run, "BASE_RUN"), load_run(new_run, "NEW_RUN")
+    problems = comparability_problems(base, new)
+    if problems and not force:
+        raise UserError(f"the runs are not comparable: {'; '.join(problems)} (--force to compare anyway)")
+    results = compare_runs(base, new, alpha=alpha, threshold_pct=threshold, gate=gates, seed=seed)
+    table = Table(
+        title=f"{base_run} -> {new_run} (alpha {alpha:g}, threshold {threshold:g}%)", title_justify="left"
+    )
+    for column in (
+        "metric",
+        "n",
+        "base p50",
+        "new p50",
+        "delta",
+        f"{1 - alpha:.0%} CI of diff",
+        "verdict",
+        "gated",
+    ):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    styles = {"regression": "bold red", "improvement": "bold green"}
+    for row in results:
+        interval = "-" if row.ci_low is None else f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+        table.add_row(
+            Text(row.metric),
+            f"{row.n_base}/{row.n_new}",
+            _fmt(row.base, 2),
+            _fmt(row.new, 2),
+            "-" if row.delta_pct is None else f"{row.delta_pct:+.1f}%",
+            interval,
+            Text(row.verdict, style=styles.get(row.verdict, "")),
+            "yes" if row.gated else "",
+        )
+    out_console.print(table)
+    for message in [*problems, *sample_warnings(results)]:
+        _warn(message)
+    page = _html_path(html, new_run / "compare.html")
+    if page is not None:
+        from flowperf.report import compare_html, write_html
+
+        write_html(page, compare_html(base, new, results, alpha=alpha, threshold=threshold))
+        err_console.print(f"HTML comparison: {page}")
+    regressed = [row.metric for row in results if row.regressed]
+    if regressed:
+        err_console.print(Text(f"regression in gated metric(s): {', '.join(regressed)}", style="bold red"))
+        raise typer.Exit(1)
+
+
 app.command("stress")(stress)
+
+
+def _bare_html_flag(arguments: list[str]) -> list[str]:
+    """`--html` with no value (last, or before another option) means: the default page path."""
+    return [
+        f"--html={HTML_DEFAULT}"
+        if argument == "--html" and (index + 1 == len(arguments) or arguments[index + 1].startswith("-"))
+        else argument
+        for index, argument in enumerate(arguments)
+    ]
 
 
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clear line and exit code 2."""
+    sys.argv[1:] = _bare_html_flag(sys.argv[1:])
     try:
         exit_code = app(standalone_mode=False)
     except UserError as error:

@@ -69,7 +69,8 @@ class OutputConfig(BaseModel):
     out_dir: Path = Path("runs")
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     save_text: bool = False
-    summary_every: int = Field(default=10, ge=1)
+    summary_every: int = Field(default=10, ge=1, description="rewrite summary.json every this many workflows")
+    summary_interval_s: float = Field(default=15.0, ge=0, description="...and at most this often")
 
 
 NOT_FINGERPRINTED: dict[str, Any] = {

@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -102,12 +103,19 @@ class DurableLog:
                 self._file.close()
 
 
-def read_complete_lines(path: Path) -> list[str]:
-    """Lines of an append-only log, without a torn last line left by a crash mid-write."""
+def iter_complete_lines(path: Path) -> Iterator[str]:
+    """Lines of an append-only log, one at a time, without a torn last line left by a crash mid-write."""
     try:
-        data = Path(path).read_text(encoding="utf-8", errors="replace")
+        handle = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        return []
-    lines = data.split("\n")
-    # Every complete line ends with "\n", so the last element is "" unless the tail was torn.
-    return [line for line in lines[:-1] if line]
+        return
+    with handle:
+        for line in handle:
+            # every complete line ends with "\n"; a line without one is a torn tail
+            if line.endswith("\n") and len(line) > 1:
+                yield line[:-1]
+
+
+def read_complete_lines(path: Path) -> list[str]:
+    """All complete lines of an append-only log."""
+    return list(iter_complete_lines(path))

@@ -143,6 +143,7 @@ class ResourceMonitor:
         )
         try:
             while not self._stop.wait(self.interval_s):
+                sampling_started = time.thread_time()
                 record: dict[str, Any] = {
                     "type": "sample",
                     "session": self._session,
@@ -160,6 +161,8 @@ class ResourceMonitor:
                     record["gpus"] = [
                         _gpu_sample(nvml, index, handle) for index, handle in enumerate(devices)
                     ]
+                # the monitor's own cost: CPU time this thread spent taking the sample
+                record["sample_cpu_ms"] = round((time.thread_time() - sampling_started) * 1000.0, 4)
                 self._sink(record)
         finally:
             if nvml is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flowperf.rundata import step_frame, workflow_frame
 from flowperf.stats import describe
 from flowperf.store import RunStore
 
@@ -22,36 +23,7 @@ MIN_STEPS_FOR_LEAK_FIT = 100
 MIN_SAMPLES_FOR_LEAK_FIT = 8
 
 
-NUMERIC_WORKFLOW_COLUMNS = (
-    "flow_index",
-    "session",
-    "workflow_ms",
-    "output_tokens",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "arrival_offset_ms",
-    "start_offset_ms",
-    "end_offset_ms",
-)
 CONCURRENCY_SERIES_POINTS = 100
-
-
-def _workflow_frame(store: RunStore) -> pd.DataFrame:
-    frame = pd.DataFrame(store.read_workflows())
-    if frame.empty:
-        return frame
-    for column in NUMERIC_WORKFLOW_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame.drop_duplicates(subset=["flow_index"], keep="first")
-
-
-def _step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
-    frame = pd.DataFrame(store.read_steps())
-    if frame.empty or counted.empty:
-        return pd.DataFrame()
-    keys = counted[["flow_index", "session"]]
-    frame = frame.merge(keys, on=["flow_index", "session"], how="inner")
-    return frame.drop_duplicates(subset=["flow_index", "step_index"], keep="first")
 
 
 def measured_window_ms(workflows: pd.DataFrame) -> float:
@@ -61,10 +33,10 @@ def measured_window_ms(workflows: pd.DataFrame) -> float:
     return float(workflows.groupby("session")["end_offset_ms"].max().sum())
 
 
-def _itl_samples(steps: pd.DataFrame) -> list[float]:
-    if "itl_ms" not in steps:
-        return []
-    return [gap for gaps in steps["itl_ms"].dropna() for gap in gaps]
+def _itl_samples(steps: pd.DataFrame) -> np.ndarray:
+    if "itl_ms" not in steps or steps.empty:
+        return np.array([])
+    return np.concatenate([np.asarray(gaps, dtype=float) for gaps in steps["itl_ms"]])
 
 
 def _latency_block(steps: pd.DataFrame) -> dict[str, Any]:
@@ -184,6 +156,7 @@ def resource_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         gpus = {"available": False, "reason": "; ".join(sorted(r for r in reasons if r)) or "not sampled"}
     return {
         "samples": len(samples),
+        "monitor_cpu_ms": round(sum(r.get("sample_cpu_ms", 0.0) for r in samples), 3),
         "peak_rss_mb": _peak(harness),
         "peak_engine_rss_mb": _peak(engine),
         "peak_total_rss_mb": _peak(total),
@@ -228,12 +201,35 @@ def build_summary(
     status: str,
     planned_workflows: int,
     timings: dict[str, Any],
-    engine: dict[str, Any],
+    engine: dict[str, Any] | None,
     run: dict[str, Any],
 ) -> dict[str, Any]:
     """The summary document for the run directory behind `store`."""
-    workflows = _workflow_frame(store)
-    steps = _step_frame(store, workflows)
+    workflows = workflow_frame(store)
+    return summarize(
+        workflows,
+        step_frame(store, workflows),
+        store.read_metrics(),
+        status=status,
+        planned_workflows=planned_workflows,
+        timings=timings,
+        engine=engine,
+        run=run,
+    )
+
+
+def summarize(
+    workflows: pd.DataFrame,
+    steps: pd.DataFrame,
+    metrics: list[dict[str, Any]],
+    *,
+    status: str,
+    planned_workflows: int,
+    timings: dict[str, Any],
+    engine: dict[str, Any] | None,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The summary document from a run directory's tables (counted workflows and their steps)."""
     window_ms = measured_window_ms(workflows)
     ok_workflows = workflows[workflows["status"] == "ok"] if not workflows.empty else workflows
     ok_steps = steps[steps["status"] == "ok"] if not steps.empty else steps
@@ -281,5 +277,5 @@ def build_summary(
         },
         "prefix_cache": _cache_by_position(ok_steps) if not ok_steps.empty else [],
         "load": load_summary(workflows),
-        "resources": resource_summary(store.read_metrics()),
+        "resources": resource_summary(metrics),
     }

@@ -1,0 +1,362 @@
+"""`bench report`: a run directory as people read it (terminal), as a page (HTML) and as data (JSON).
+
+Every figure is recomputed from the directory's files, so a report of an interrupted or crashed run is
+as exact as one of a finished run, and says in its header that the run is partial.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from flowperf import plots
+from flowperf.rundata import RunData
+from flowperf.summary import summarize
+
+PERCENTILES = ("p50", "p95", "p99")
+LATENCIES = ("step_ms", "ttft_ms", "itl_ms", "tpot_ms")
+STATUS_NOTES = {
+    "complete": "complete",
+    "stopped_on_failure": "stopped at the first failure (--fail-fast)",
+    "interrupted": "interrupted (Ctrl-C); resumable with bench run --resume",
+    "partial": "partial: the run did not finish (crash or still running); resumable with bench run --resume",
+}
+
+
+def report_summary(run: RunData) -> dict[str, Any]:
+    """The summary, recomputed from the files; metadata (engine, timings) from what the run wrote."""
+    saved = run.summary or {}
+    status = saved.get("status", "partial")
+    if status == "running":
+        status = "partial"
+    timings = {k: v for k, v in saved.get("timing", {}).items() if k != "measured_window_ms"}
+    settings = run.config.get("config", {})
+    run_block = saved.get("run") or {
+        "run_id": run.config.get("run_id"),
+        "flow": run.config.get("flow", {}).get("name"),
+        "mode": "open_loop" if settings.get("rate") else "closed_loop",
+        "concurrency": settings.get("concurrency"),
+        "rate_per_s": settings.get("rate"),
+    }
+    return summarize(
+        run.workflows,
+        run.steps,
+        run.metrics,
+        status=status,
+        planned_workflows=int(settings.get("num_flows", len(run.workflows))),
+        timings=timings,
+        engine=saved.get("engine") or run.config.get("engine"),
+        run=run_block,
+    )
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def header_rows(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    engine = summary.get("engine") or {}
+    info = summary["run"]
+    mode = info.get("mode", "closed_loop")
+    load = (
+        f"open loop, {info.get('rate_per_s')} workflows/s, cap {info.get('concurrency') or 'none'}"
+        if mode == "open_loop"
+        else f"closed loop, concurrency {info.get('concurrency')}"
+    )
+    model = run.config.get("model", {})
+    counts = summary["counts"]
+    tiny = " (embedded tiny model)" if model.get("tiny") else ""
+    return [
+        ("run", f"{info.get('run_id')} ({run.run_dir})"),
+        ("status", STATUS_NOTES.get(summary["status"], summary["status"])),
+        (
+            "flow",
+            f"{info.get('flow')}: {counts['workflows_done']} of {counts['workflows_planned']} workflows "
+            f"done, {counts['sessions']} session(s)",
+        ),
+        ("model", f"{model.get('name') or model.get('path')}{tiny}"),
+        (
+            "engine",
+            f"{engine.get('engine', '-')} {engine.get('engine_version', '')} on {engine.get('device', '-')}",
+        ),
+        ("CUDA graphs", f"{engine.get('cuda_graph_mode', '-')} ({engine.get('cuda_graph_note', '')})"),
+        ("load", load),
+        ("created", str(run.config.get("created_at", "-"))),
+        ("git commit", str(run.config.get("git_commit") or "-")),
+    ]
+
+
+def timing_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    timing = summary["timing"]
+    phases = summary["resources"]["phases_ms"]
+    rows = [
+        ("flow expansion", timing.get("flow_expansion_ms"), f"source: {timing.get('expansion_source', '-')}"),
+        ("engine start-up", timing.get("engine_init_ms"), ""),
+        ("warm-up", phases.get("warmup", {}).get("total_ms"), ""),
+        ("measured window", timing.get("measured_window_ms"), "sum over sessions"),
+    ]
+    known = [value for _, value, _ in rows if value is not None]
+    rows.append(("total of the above", sum(known) if known else None, ""))
+    return [(name, f"{_fmt(value)} ms", note) for name, value, note in rows]
+
+
+def step_rows(summary: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for step_id, block in summary["latency_by_step"].items():
+        row = [step_id, str(block["step_ms"]["count"])]
+        for metric in LATENCIES:
+            row += [_fmt(block[metric][p]) for p in PERCENTILES]
+        rows.append(row)
+    return rows
+
+
+def cache_row(row: dict[str, Any]) -> list[str]:
+    hit = row["hit_ratio"]
+    return [
+        str(row["step_index"] + 1),
+        row["step_id"],
+        f"{row['prompt_tokens']:,}",
+        f"{row['cached_prompt_tokens']:,}",
+        "-" if hit is None else f"{hit:.1%}",
+    ]
+
+
+def metric_samples(run: RunData) -> dict[str, np.ndarray]:
+    """The samples behind each latency statistic: one per workflow, per step, per token gap."""
+    ok_workflows, ok_steps = run.ok_workflows, run.ok_steps
+    empty = np.array([], dtype=float)
+    if ok_steps.empty:
+        return {"workflow_ms": empty, "step_ms": empty, "ttft_ms": empty, "itl_ms": empty, "tpot_ms": empty}
+    return {
+        "workflow_ms": ok_workflows["workflow_ms"].to_numpy(float),
+        "step_ms": ok_steps["step_ms"].to_numpy(float),
+        "ttft_ms": ok_steps["ttft_ms"].dropna().to_numpy(float),
+        "itl_ms": ok_steps["itl_ms"].explode().dropna().to_numpy(float),
+        "tpot_ms": ok_steps["tpot_ms"].dropna().to_numpy(float),
+    }
+
+
+def failure_rows(run: RunData) -> list[tuple[str, int, str]]:
+    failed = run.workflows[run.workflows["status"] != "ok"] if not run.workflows.empty else run.workflows
+    rows = []
+    for error_type, group in failed.groupby("error_type", sort=True) if not failed.empty else []:
+        rows.append((str(error_type), len(group), str(group["error_message"].iloc[0])))
+    return rows
+
+
+def resource_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    resources = summary["resources"]
+    gpus = resources["gpus"]
+    if gpus.get("available") is False:
+        gpu_text = f"not measured: {gpus.get('reason')}"
+    else:
+        gpu_text = "; ".join(
+            f"GPU {index}: util mean {_fmt(g['util_percent_mean'])}% peak {_fmt(g['util_percent_peak'])}%, "
+            f"memory mean {_fmt(g['mem_used_mb_mean'], 0)} MB peak {_fmt(g['mem_used_mb_peak'], 0)} MB"
+            for index, g in gpus.items()
+        )
+    return [
+        ("peak RSS", f"harness {_fmt(resources['peak_rss_mb'], 0)} MB, engine processes "
+                     f"{_fmt(resources['peak_engine_rss_mb'], 0)} MB"),
+        ("mean CPU", f"harness {_fmt(resources['cpu_percent_mean'])}%, engine processes "
+                     f"{_fmt(resources['engine_cpu_percent_mean'])}% (of one core)"),
+        ("RSS growth", f"harness {_fmt(resources['rss_growth_mb_per_100_steps'], 2)} MB, engine "
+                       f"{_fmt(resources['engine_rss_growth_mb_per_100_steps'], 2)} MB per 100 steps "
+                       "(- = run too short to fit)"),
+        ("GPU", gpu_text),
+    ]  # fmt: skip
+
+
+def throughput_text(summary: dict[str, Any]) -> str:
+    throughput = summary["throughput"]
+    concurrency = summary["load"]["achieved_concurrency"]
+    return (
+        f"{_fmt(throughput['output_tokens_per_s'])} output tokens/s, "
+        f"{_fmt(throughput['steps_per_s'], 2)} steps/s, "
+        f"{_fmt(throughput['workflows_per_s'], 3)} workflows/s; "
+        f"workflows in flight: mean {_fmt(concurrency['mean'], 2)}, max {_fmt(concurrency['max'])}"
+    )
+
+
+def print_report(run: RunData, summary: dict[str, Any], console: Console) -> None:
+    header = Table.grid(padding=(0, 2))
+    for name, value in header_rows(run, summary):
+        header.add_row(f"[bold]{name}", value)
+    console.print(Panel(header, title="flowperf run", title_align="left"))
+
+    timing = Table(title="timing", title_justify="left")
+    for column in ("phase", "time", "note"):
+        timing.add_column(column, justify="right" if column == "time" else "left")
+    for row in timing_rows(summary):
+        timing.add_row(*row)
+
+    steps = Table(title="latency by step (ms)", title_justify="left")
+    steps.add_column("step", no_wrap=True)
+    steps.add_column("n", justify="right")
+    for metric in LATENCIES:
+        for p in PERCENTILES:
+            steps.add_column(f"{metric.removesuffix('_ms')} {p}", justify="right")
+    for row in step_rows(summary):
+        steps.add_row(*row)
+
+    cache = Table(title="prefix cache by step position", title_justify="left")
+    for column in ("position", "step", "prompt tokens", "cached", "hit ratio"):
+        cache.add_column(column, justify="left" if column == "step" else "right")
+    for row in summary["prefix_cache"]:
+        cache.add_row(*cache_row(row))
+
+    resources = Table.grid(padding=(0, 2))
+    for name, value in resource_rows(summary):
+        resources.add_row(f"[bold]{name}", value)
+    parts: list[Any] = [timing, steps, f"[bold]throughput[/] {throughput_text(summary)}", cache]
+    parts.append(Panel(resources, title="resources", title_align="left"))
+    failures = failure_rows(run)
+    if failures:
+        table = Table(title="failures", title_justify="left")
+        for column in ("error type", "workflows", "first message"):
+            table.add_column(column)
+        for error_type, count, message in failures:
+            table.add_row(error_type, str(count), message)
+        parts.append(table)
+    console.print(Group(*parts))
+
+
+def json_report(run: RunData, summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary plus derived tables, for other tools."""
+    columns = ["step", "n"] + [f"{m}_{p}" for m in LATENCIES for p in PERCENTILES]
+    return summary | {
+        "tables": {
+            "per_step": [dict(zip(columns, row, strict=True)) for row in step_rows(summary)],
+            "failures": [
+                {"error_type": t, "workflows": n, "first_message": m} for t, n, m in failure_rows(run)
+            ],
+            "workflows": run.workflows.to_dict(orient="records"),
+        }
+    }
+
+
+def _data_uri(png: bytes | None) -> str | None:
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def run_figures(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(title, data URI) of every plot the run has data for."""
+    ok_workflows, ok_steps = run.ok_workflows, run.ok_steps
+    samples = metric_samples(run)
+    candidates = [
+        ("Workflow latency", plots.distribution({"workflow": samples["workflow_ms"]}, "workflow latency")),
+        ("Step latency by step", plots.step_boxplots(ok_steps)),
+        ("Time to first token", plots.distribution({"TTFT": samples["ttft_ms"]}, "TTFT")),
+        ("Inter-token latency", plots.distribution({"ITL": samples["itl_ms"]}, "ITL")),
+        ("Timeline", plots.gantt(ok_workflows, ok_steps)),
+        ("Resources", plots.resources(run.metrics)),
+        ("Prefix-cache hits", plots.cache_hits(summary["prefix_cache"])),
+    ]
+    return [(title, uri) for title, png in candidates if (uri := _data_uri(png)) is not None]
+
+
+PAGE = jinja2.Environment(
+    loader=jinja2.PackageLoader("flowperf", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+).get_template("report.html.j2")
+
+
+def render_page(title: str, sections: list[dict[str, Any]], figures: list[tuple[str, str]]) -> str:
+    """One self-contained page: inline CSS, images as data URIs, nothing fetched from anywhere."""
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return PAGE.render(
+        title=title,
+        sections=sections,
+        figures=figures,
+        generated=generated,
+        verdict_classes=("regression", "improvement"),
+    )
+
+
+def html_report(run: RunData, summary: dict[str, Any]) -> str:
+    step_header = ["step", "n"] + [f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES]
+    sections = [
+        {"title": "Run", "rows": header_rows(run, summary)},
+        {"title": "Timing", "header": ["phase", "time", "note"], "rows": timing_rows(summary)},
+        {"title": "Latency by step (ms)", "header": step_header, "rows": step_rows(summary)},
+        {"title": "Throughput", "note": throughput_text(summary)},
+        {
+            "title": "Prefix cache by step position",
+            "header": ["position", "step", "prompt tokens", "cached", "hit ratio"],
+            "rows": [cache_row(row) for row in summary["prefix_cache"]],
+        },
+        {"title": "Resources", "rows": resource_rows(summary)},
+    ]
+    failures = failure_rows(run)
+    if failures:
+        sections.append(
+            {"title": "Failures", "header": ["error type", "workflows", "first message"], "rows": failures}
+        )
+    return render_page(
+        f"flowperf report: {summary['run'].get('run_id')}", sections, run_figures(run, summary)
+    )
+
+
+def compare_html(base: RunData, new: RunData, results: list[Any], *, alpha: float, threshold: float) -> str:
+    """The comparison table and both runs' distributions overlaid, per metric."""
+    rows = [
+        (
+            r.metric,
+            f"{r.n_base}/{r.n_new}",
+            _fmt(r.base, 2),
+            _fmt(r.new, 2),
+            "-" if r.delta_pct is None else f"{r.delta_pct:+.1f}%",
+            "-" if r.ci_low is None else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+            r.verdict,
+            "yes" if r.gated else "",
+            r.note,
+        )
+        for r in results
+    ]
+    header = [
+        "metric",
+        "n",
+        "base p50",
+        "new p50",
+        "delta",
+        f"{1 - alpha:.0%} CI of diff",
+        "verdict",
+        "gated",
+        "note",
+    ]
+    base_samples, new_samples = metric_samples(base), metric_samples(new)
+    figures = []
+    for metric, title in (
+        ("workflow_ms", "workflow latency"),
+        ("ttft_ms", "TTFT"),
+        ("itl_ms", "ITL"),
+        ("step_ms", "step latency"),
+    ):
+        png = plots.distribution({"base": base_samples[metric], "new": new_samples[metric]}, title)
+        if (uri := _data_uri(png)) is not None:
+            figures.append((f"{title}: base vs new", uri))
+    sections = [
+        {"title": "Runs", "rows": [("base", str(base.run_dir)), ("new", str(new.run_dir))]},
+        {"title": f"Verdicts (alpha {alpha:g}, threshold {threshold:g}%)", "header": header, "rows": rows},
+    ]
+    return render_page(f"flowperf compare: {base.run_dir.name} -> {new.run_dir.name}", sections, figures)
+
+
+def write_html(path: Path, page: str) -> None:
+    from flowperf.durable import atomic_write_text
+
+    atomic_write_text(path, page)
