@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -34,6 +34,7 @@ from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
 from flowperf.interrupts import InterruptController
+from flowperf.report import fmt
 from flowperf.runner import WorkflowOutcome
 from flowperf.store import CONFIG, RunStore
 from flowperf.stress.cli import stress
@@ -98,6 +99,10 @@ def _csv_ints(value: str | None, flag: str) -> list[int] | None:
     return numbers
 
 
+ENGINE = "Engine"
+MEASUREMENT = "Measurement"
+RESULTS = "Results and crash safety"
+
 FlowOption = Annotated[
     str | None, typer.Option("--flow", help="Flow name in --flows-dir, or a path to a flow template YAML.")
 ]
@@ -115,14 +120,16 @@ ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model",
+        rich_help_panel=ENGINE,
         help="Local model directory (for --engine openai: the served model name). Default: the embedded "
         "tiny model, built on first use.",
     ),
 ]
 EngineKindOption = Annotated[
-    str | None,
+    Literal["vllm", "server", "openai"] | None,
     typer.Option(
         "--engine",
+        rich_help_panel=ENGINE,
         help="vllm: in-process engine; server: a persistent local vLLM server, started once and reused "
         "across runs; openai: any OpenAI-compatible server at --base-url. [default: vllm]",
     ),
@@ -131,39 +138,65 @@ CudaGraphsOption = Annotated[
     bool | None,
     typer.Option(
         "--cuda-graphs/--no-cuda-graphs",
+        rich_help_panel=ENGINE,
         help="CUDA graphs on GPU (on by default); --no-cuda-graphs runs eagerly for A/B.",
     ),
 ]
 CudaGraphSizesOption = Annotated[
     str | None,
-    typer.Option("--cuda-graph-sizes", help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8."),
+    typer.Option(
+        "--cuda-graph-sizes",
+        rich_help_panel=ENGINE,
+        help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8.",
+    ),
 ]
 EagerOption = Annotated[
     bool | None,
     typer.Option(
-        "--eager/--compiled", help="Eager execution or torch.compile. Default: eager on CPU, compiled on GPU."
+        "--eager/--compiled",
+        rich_help_panel=ENGINE,
+        help="Eager execution or torch.compile. Default: eager on CPU, compiled on GPU.",
     ),
 ]
 MaxModelLenOption = Annotated[
-    int | None, typer.Option("--max-model-len", min=16, help="Context length. [default: 2048]")
+    int | None,
+    typer.Option("--max-model-len", rich_help_panel=ENGINE, min=16, help="Context length. [default: 2048]"),
 ]
 BlockSizeOption = Annotated[
-    int | None, typer.Option("--block-size", min=1, help="KV-cache block size. [default: 32 on CPU]")
+    int | None,
+    typer.Option(
+        "--block-size", rich_help_panel=ENGINE, min=1, help="KV-cache block size. [default: 32 on CPU]"
+    ),
 ]
 KvCacheOption = Annotated[
-    float | None, typer.Option("--kv-cache-gib", min=0.01, help="KV-cache memory in GiB. [default: 1]")
+    float | None,
+    typer.Option(
+        "--kv-cache-gib", rich_help_panel=ENGINE, min=0.01, help="KV-cache memory in GiB. [default: 1]"
+    ),
 ]
 SeedOption = Annotated[
-    int | None, typer.Option("--seed", help="Seed for sampling and the engine. [default: 0]")
+    int | None,
+    typer.Option(
+        "--seed", rich_help_panel=MEASUREMENT, help="Seed for sampling and the engine. [default: 0]"
+    ),
 ]
 ServerPortOption = Annotated[
     int | None,
-    typer.Option("--server-port", min=1, max=65535, help="Port for a managed server. Default: a free one."),
+    typer.Option(
+        "--server-port",
+        rich_help_panel=ENGINE,
+        min=1,
+        max=65535,
+        help="Port for a managed server. Default: a free one.",
+    ),
 ]
 MaxServersOption = Annotated[
     int | None,
     typer.Option(
-        "--max-servers", min=1, help="Managed servers kept alive; the least recently used goes. [default: 3]"
+        "--max-servers",
+        rich_help_panel=ENGINE,
+        min=1,
+        help="Managed servers kept alive; the least recently used goes. [default: 3]",
     ),
 ]
 
@@ -205,13 +238,17 @@ def run(
     max_tokens: Annotated[
         int | None,
         typer.Option(
-            "--max-tokens", min=1, help="Output tokens per step for every step (overrides the template)."
+            "--max-tokens",
+            rich_help_panel=MEASUREMENT,
+            min=1,
+            help="Output tokens per step for every step (overrides the template).",
         ),
     ] = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
             "--concurrency",
+            rich_help_panel=MEASUREMENT,
             min=1,
             help="Workflows in flight at once (steps of one workflow stay in order). [default: 1, "
             "or no cap with --rate]",
@@ -221,13 +258,17 @@ def run(
         float | None,
         typer.Option(
             "--rate",
+            rich_help_panel=MEASUREMENT,
             min=0.000001,
             help="Open loop: workflows arrive as a Poisson process at this many per second (seeded).",
         ),
     ] = None,
     engine: EngineKindOption = None,
     base_url: Annotated[
-        str | None, typer.Option("--base-url", help="OpenAI-compatible server for --engine openai.")
+        str | None,
+        typer.Option(
+            "--base-url", rich_help_panel=ENGINE, help="OpenAI-compatible server for --engine openai."
+        ),
     ] = None,
     api: Annotated[
         str | None,
@@ -238,7 +279,9 @@ def run(
     api_key_env: Annotated[
         str | None,
         typer.Option(
-            "--api-key-env", help="Environment variable holding the API key (never written anywhere)."
+            "--api-key-env",
+            rich_help_panel=ENGINE,
+            help="Environment variable holding the API key (never written anywhere).",
         ),
     ] = None,
     model: ModelOption = None,
@@ -252,14 +295,24 @@ def run(
     server_port: ServerPortOption = None,
     max_servers: MaxServersOption = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Root directory for run directories. [default: runs]")
+        Path | None,
+        typer.Option(
+            "--out", rich_help_panel=RESULTS, help="Root directory for run directories. [default: runs]"
+        ),
     ] = None,
     run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Name of the run directory. Default: time-flow-random.")
+        str | None,
+        typer.Option(
+            "--run-id", rich_help_panel=RESULTS, help="Name of the run directory. Default: time-flow-random."
+        ),
     ] = None,
     save_text: Annotated[
         bool,
-        typer.Option("--save-text", help="Also store each step's prompt and output text in steps.jsonl."),
+        typer.Option(
+            "--save-text",
+            rich_help_panel=RESULTS,
+            help="Also store each step's prompt and output text in steps.jsonl.",
+        ),
     ] = False,
     flows_dir: FlowsDirOption = None,
     fixtures_dir: Annotated[
@@ -270,46 +323,63 @@ def run(
         Path | None,
         typer.Option(
             "--resume",
+            rich_help_panel=RESULTS,
             help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
             "run. Uses the run's own settings; flags given must not change them.",
         ),
     ] = None,
     step_timeout_s: Annotated[
         float | None,
-        typer.Option("--step-timeout-s", min=0.001, help="Fail a step that takes longer than this."),
+        typer.Option(
+            "--step-timeout-s",
+            rich_help_panel=MEASUREMENT,
+            min=0.001,
+            help="Fail a step that takes longer than this.",
+        ),
     ] = None,
     fail_fast: Annotated[
-        bool, typer.Option("--fail-fast", help="Stop at the first failed workflow.")
+        bool, typer.Option("--fail-fast", rich_help_panel=RESULTS, help="Stop at the first failed workflow.")
     ] = False,
     grace_s: Annotated[
         float | None,
         typer.Option(
-            "--grace-s", min=0, help="On Ctrl-C, how long in-flight steps may finish. [default: 30]"
+            "--grace-s",
+            rich_help_panel=RESULTS,
+            min=0,
+            help="On Ctrl-C, how long in-flight steps may finish. [default: 30]",
         ),
     ] = None,
     warmup: Annotated[
         int | None,
         typer.Option(
-            "--warmup", min=0, help="Extra workflows run first and left out of every statistic. [default: 1]"
+            "--warmup",
+            rich_help_panel=MEASUREMENT,
+            min=0,
+            help="Extra workflows run first and left out of every statistic. [default: 1]",
         ),
     ] = None,
     reset_prefix_cache: Annotated[
         bool | None,
         typer.Option(
             "--reset-prefix-cache/--keep-prefix-cache",
+            rich_help_panel=MEASUREMENT,
             help="Empty the prefix cache before the measured window (after warm-up). [default: reset]",
         ),
     ] = None,
     sample_interval: Annotated[
         float | None,
         typer.Option(
-            "--sample-interval", min=0, help="Resource sampling period in seconds; 0 = off. [default: 0.25]"
+            "--sample-interval",
+            rich_help_panel=MEASUREMENT,
+            min=0,
+            help="Resource sampling period in seconds; 0 = off. [default: 0.25]",
         ),
     ] = None,
     leak_threshold_mb: Annotated[
         float | None,
         typer.Option(
             "--leak-threshold-mb",
+            rich_help_panel=MEASUREMENT,
             min=0.001,
             help="Warn when RSS grows faster, MB per 100 steps. [default: 2]",
         ),
@@ -405,10 +475,6 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _print_run_table(summary: dict[str, Any]) -> None:
     table = Table(title="per step (ms unless noted)", title_justify="left")
     columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "tok/s", "cache hit")
@@ -419,18 +485,18 @@ def _print_run_table(summary: dict[str, Any]) -> None:
         hit = hits.get(step_id)
         table.add_row(
             step_id,
-            *(_fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
-            *(_fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
-            _fmt(block["output_tokens_per_s"]),
+            *(fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
+            *(fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
+            fmt(block["output_tokens_per_s"]),
             "-" if hit is None else f"{hit:.0%}",
         )
     err_console.print(table)
     counts, throughput, resources = summary["counts"], summary["throughput"], summary["resources"]
     err_console.print(
         f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
-        f"{counts['workflows_failed']} failed; {_fmt(throughput['output_tokens_per_s'])} output tokens/s; "
-        f"peak RSS {_fmt(resources['peak_rss_mb'], 0)} MB harness, "
-        f"{_fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
+        f"{counts['workflows_failed']} failed; {fmt(throughput['output_tokens_per_s'])} output tokens/s; "
+        f"peak RSS {fmt(resources['peak_rss_mb'], 0)} MB harness, "
+        f"{fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
     )
 
 
@@ -483,7 +549,13 @@ def doctor(
     flow: FlowOption = None,
     num_flows: NumFlowsOption = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Output tokens per step, as for bench run.")
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            rich_help_panel=MEASUREMENT,
+            min=1,
+            help="Output tokens per step, as for bench run.",
+        ),
     ] = None,
     model: ModelOption = None,
     kv_cache_gib: KvCacheOption = None,
@@ -692,7 +764,9 @@ def compare(
             "[default: workflow_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", rich_help_panel=MEASUREMENT, help="Seed of the bootstrap.")
+    ] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Compare runs of different flows or models anyway.")
     ] = False,
@@ -704,7 +778,13 @@ def compare(
     and the change exceeds --threshold. Exit code 1 when a gated metric regressed, 0 otherwise, 2 when
     the runs cannot be compared.
     """
-    from flowperf.compare import comparability_problems, compare_runs, parse_gate, sample_warnings
+    from flowperf.compare import (
+        comparability_problems,
+        compare_runs,
+        comparison_rows,
+        parse_gate,
+        sample_warnings,
+    )
     from flowperf.rundata import load_run
 
     gates = parse_gate(gate)
@@ -713,39 +793,22 @@ def compare(
     if problems and not force:
         raise UserError(f"the runs are not comparable: {'; '.join(problems)} (--force to compare anyway)")
     results = compare_runs(base, new, alpha=alpha, threshold_pct=threshold, gate=gates, seed=seed)
+    header, rows = comparison_rows(results, alpha)
     table = Table(
         title=f"{base_run} -> {new_run} (alpha {alpha:g}, threshold {threshold:g}%)", title_justify="left"
     )
-    for column in (
-        "metric",
-        "n",
-        "base p50",
-        "new p50",
-        "delta",
-        f"{1 - alpha:.0%} CI of diff",
-        "verdict",
-        "gated",
-    ):
-        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    for column in header:
+        table.add_column(column, justify="left" if column in ("metric", "verdict", "note") else "right")
     styles = {"regression": "bold red", "improvement": "bold green"}
-    for row in results:
-        interval = "-" if row.ci_low is None else f"[{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
-        table.add_row(
-            Text(row.metric),
-            f"{row.n_base}/{row.n_new}",
-            _fmt(row.base, 2),
-            _fmt(row.new, 2),
-            "-" if row.delta_pct is None else f"{row.delta_pct:+.1f}%",
-            interval,
-            Text(row.verdict, style=styles.get(row.verdict, "")),
-            "yes" if row.gated else "",
-        )
+    for row in rows:
+        table.add_row(*(Text(cell, style=styles.get(cell, "")) for cell in row))
     out_console.print(table)
     for message in [*problems, *sample_warnings(results)]:
         _warn(message)
     page = _html_path(html, new_run / "compare.html")
     if page is not None:
-        from flowperf.report import compare_html, write_html
+        from flowperf.compare import compare_html
+        from flowperf.report import write_html
 
         write_html(page, compare_html(base, new, results, alpha=alpha, threshold=threshold))
         err_console.print(f"HTML comparison: {page}")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flowperf import plots
 from flowperf.errors import UserError
-from flowperf.report import metric_samples
+from flowperf.report import data_uri, fmt, metric_samples, render_page
 from flowperf.rundata import RunData
 from flowperf.summary import resource_summary
 
@@ -197,6 +198,59 @@ def compare_runs(
         )
         for name, family, samples, higher in metric_extractors(base, new)
     ]
+
+
+def comparison_rows(results: list[Comparison], alpha: float) -> tuple[list[str], list[list[str]]]:
+    """The verdict table, as the terminal and the HTML page both show it."""
+    header = [
+        "metric",
+        "n",
+        "base p50",
+        "new p50",
+        "delta",
+        f"{1 - alpha:.0%} CI of diff",
+        "verdict",
+        "gated",
+        "note",
+    ]
+    rows = [
+        [
+            r.metric,
+            f"{r.n_base}/{r.n_new}",
+            fmt(r.base, 2),
+            fmt(r.new, 2),
+            "-" if r.delta_pct is None else f"{r.delta_pct:+.1f}%",
+            "-" if r.ci_low is None else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+            r.verdict,
+            "yes" if r.gated else "",
+            r.note,
+        ]
+        for r in results
+    ]
+    return header, rows
+
+
+def compare_html(
+    base: RunData, new: RunData, results: list[Comparison], *, alpha: float, threshold: float
+) -> str:
+    """The verdict table and both runs' distributions overlaid, per latency metric."""
+    header, rows = comparison_rows(results, alpha)
+    base_samples, new_samples = metric_samples(base), metric_samples(new)
+    figures = []
+    for metric, title in (
+        ("workflow_ms", "workflow latency"),
+        ("step_ms", "step latency"),
+        ("ttft_ms", "TTFT"),
+        ("itl_ms", "ITL"),
+    ):
+        png = plots.distribution({"base": base_samples[metric], "new": new_samples[metric]}, title)
+        if (uri := data_uri(png)) is not None:
+            figures.append((f"{title}: base vs new", uri))
+    sections = [
+        {"title": "Runs", "rows": [("base", str(base.run_dir)), ("new", str(new.run_dir))]},
+        {"title": f"Verdicts (alpha {alpha:g}, threshold {threshold:g}%)", "header": header, "rows": rows},
+    ]
+    return render_page(f"flowperf compare: {base.run_dir.name} -> {new.run_dir.name}", sections, figures)
 
 
 def sample_warnings(comparisons: list[Comparison]) -> list[str]:

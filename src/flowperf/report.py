@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def report_summary(run: RunData) -> dict[str, Any]:
     )
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for people: thousands separators, fixed decimals, '-' for no value."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -109,7 +111,7 @@ def timing_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     known = [value for _, value, _ in rows if value is not None]
     rows.append(("total of the above", sum(known) if known else None, ""))
-    return [(name, f"{_fmt(value)} ms", note) for name, value, note in rows]
+    return [(name, f"{fmt(value)} ms", note) for name, value, note in rows]
 
 
 def step_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -117,7 +119,7 @@ def step_rows(summary: dict[str, Any]) -> list[list[str]]:
     for step_id, block in summary["latency_by_step"].items():
         row = [step_id, str(block["step_ms"]["count"])]
         for metric in LATENCIES:
-            row += [_fmt(block[metric][p]) for p in PERCENTILES]
+            row += [fmt(block[metric][p]) for p in PERCENTILES]
         rows.append(row)
     return rows
 
@@ -163,17 +165,17 @@ def resource_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         gpu_text = f"not measured: {gpus.get('reason')}"
     else:
         gpu_text = "; ".join(
-            f"GPU {index}: util mean {_fmt(g['util_percent_mean'])}% peak {_fmt(g['util_percent_peak'])}%, "
-            f"memory mean {_fmt(g['mem_used_mb_mean'], 0)} MB peak {_fmt(g['mem_used_mb_peak'], 0)} MB"
+            f"GPU {index}: util mean {fmt(g['util_percent_mean'])}% peak {fmt(g['util_percent_peak'])}%, "
+            f"memory mean {fmt(g['mem_used_mb_mean'], 0)} MB peak {fmt(g['mem_used_mb_peak'], 0)} MB"
             for index, g in gpus.items()
         )
     return [
-        ("peak RSS", f"harness {_fmt(resources['peak_rss_mb'], 0)} MB, engine processes "
-                     f"{_fmt(resources['peak_engine_rss_mb'], 0)} MB"),
-        ("mean CPU", f"harness {_fmt(resources['cpu_percent_mean'])}%, engine processes "
-                     f"{_fmt(resources['engine_cpu_percent_mean'])}% (of one core)"),
-        ("RSS growth", f"harness {_fmt(resources['rss_growth_mb_per_100_steps'], 2)} MB, engine "
-                       f"{_fmt(resources['engine_rss_growth_mb_per_100_steps'], 2)} MB per 100 steps "
+        ("peak RSS", f"harness {fmt(resources['peak_rss_mb'], 0)} MB, engine processes "
+                     f"{fmt(resources['peak_engine_rss_mb'], 0)} MB"),
+        ("mean CPU", f"harness {fmt(resources['cpu_percent_mean'])}%, engine processes "
+                     f"{fmt(resources['engine_cpu_percent_mean'])}% (of one core)"),
+        ("RSS growth", f"harness {fmt(resources['rss_growth_mb_per_100_steps'], 2)} MB, engine "
+                       f"{fmt(resources['engine_rss_growth_mb_per_100_steps'], 2)} MB per 100 steps "
                        "(- = run too short to fit)"),
         ("GPU", gpu_text),
     ]  # fmt: skip
@@ -183,10 +185,10 @@ def throughput_text(summary: dict[str, Any]) -> str:
     throughput = summary["throughput"]
     concurrency = summary["load"]["achieved_concurrency"]
     return (
-        f"{_fmt(throughput['output_tokens_per_s'])} output tokens/s, "
-        f"{_fmt(throughput['steps_per_s'], 2)} steps/s, "
-        f"{_fmt(throughput['workflows_per_s'], 3)} workflows/s; "
-        f"workflows in flight: mean {_fmt(concurrency['mean'], 2)}, max {_fmt(concurrency['max'])}"
+        f"{fmt(throughput['output_tokens_per_s'])} output tokens/s, "
+        f"{fmt(throughput['steps_per_s'], 2)} steps/s, "
+        f"{fmt(throughput['workflows_per_s'], 3)} workflows/s; "
+        f"workflows in flight: mean {fmt(concurrency['mean'], 2)}, max {fmt(concurrency['max'])}"
     )
 
 
@@ -247,7 +249,7 @@ def json_report(run: RunData, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _data_uri(png: bytes | None) -> str | None:
+def data_uri(png: bytes | None) -> str | None:
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -264,21 +266,24 @@ def run_figures(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Resources", plots.resources(run.metrics)),
         ("Prefix-cache hits", plots.cache_hits(summary["prefix_cache"])),
     ]
-    return [(title, uri) for title, png in candidates if (uri := _data_uri(png)) is not None]
+    return [(title, uri) for title, png in candidates if (uri := data_uri(png)) is not None]
 
 
-PAGE = jinja2.Environment(
-    loader=jinja2.PackageLoader("flowperf", "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-).get_template("report.html.j2")
+@functools.cache
+def page_template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("flowperf", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return environment.get_template("report.html.j2")
 
 
 def render_page(title: str, sections: list[dict[str, Any]], figures: list[tuple[str, str]]) -> str:
     """One self-contained page: inline CSS, images as data URIs, nothing fetched from anywhere."""
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return PAGE.render(
+    return page_template().render(
         title=title,
         sections=sections,
         figures=figures,
@@ -309,51 +314,6 @@ def html_report(run: RunData, summary: dict[str, Any]) -> str:
     return render_page(
         f"flowperf report: {summary['run'].get('run_id')}", sections, run_figures(run, summary)
     )
-
-
-def compare_html(base: RunData, new: RunData, results: list[Any], *, alpha: float, threshold: float) -> str:
-    """The comparison table and both runs' distributions overlaid, per metric."""
-    rows = [
-        (
-            r.metric,
-            f"{r.n_base}/{r.n_new}",
-            _fmt(r.base, 2),
-            _fmt(r.new, 2),
-            "-" if r.delta_pct is None else f"{r.delta_pct:+.1f}%",
-            "-" if r.ci_low is None else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
-            r.verdict,
-            "yes" if r.gated else "",
-            r.note,
-        )
-        for r in results
-    ]
-    header = [
-        "metric",
-        "n",
-        "base p50",
-        "new p50",
-        "delta",
-        f"{1 - alpha:.0%} CI of diff",
-        "verdict",
-        "gated",
-        "note",
-    ]
-    base_samples, new_samples = metric_samples(base), metric_samples(new)
-    figures = []
-    for metric, title in (
-        ("workflow_ms", "workflow latency"),
-        ("ttft_ms", "TTFT"),
-        ("itl_ms", "ITL"),
-        ("step_ms", "step latency"),
-    ):
-        png = plots.distribution({"base": base_samples[metric], "new": new_samples[metric]}, title)
-        if (uri := _data_uri(png)) is not None:
-            figures.append((f"{title}: base vs new", uri))
-    sections = [
-        {"title": "Runs", "rows": [("base", str(base.run_dir)), ("new", str(new.run_dir))]},
-        {"title": f"Verdicts (alpha {alpha:g}, threshold {threshold:g}%)", "header": header, "rows": rows},
-    ]
-    return render_page(f"flowperf compare: {base.run_dir.name} -> {new.run_dir.name}", sections, figures)
 
 
 def write_html(path: Path, page: str) -> None:

@@ -30,19 +30,24 @@ def describe_validation_error(error: ValidationError) -> str:
     return text
 
 
-def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of a small specification file (template, config), or a UserError saying why not."""
+def read_file_bytes(path: Path, what: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a user's file, or a UserError naming the file and why it cannot be read."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_SPEC_FILE_BYTES:
-            raise UserError(f"{path}: {what} is larger than {MAX_SPEC_FILE_BYTES // (1024 * 1024)} MiB")
-        raw = path.read_bytes()
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise UserError(f"{path}: {what} is larger than {max_bytes // (1024 * 1024)} MiB")
+        return path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: {what} is a directory, expected a file") from None
     except PermissionError:
         raise UserError(f"{path}: {what} is not readable (permission denied)") from None
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a small specification file (template, config), or a UserError saying why not."""
+    raw = read_file_bytes(path, what, MAX_SPEC_FILE_BYTES)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:

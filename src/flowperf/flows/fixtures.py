@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError, create_model
 
 from flowperf.errors import UserError
-from flowperf.validation import describe_validation_error
+from flowperf.validation import describe_validation_error, read_file_bytes
 
 MAX_RECORD_BYTES = 1024 * 1024
 
@@ -44,14 +44,7 @@ def _record_model(fields: tuple[str, ...]) -> type[BaseModel]:
 def load_fixture_file(path: Path, required_fields: list[str] | tuple[str, ...]) -> FixtureFile:
     """Read a JSONL fixture file; each non-blank line must be a JSON object with the required fields."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: fixture file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: fixture path is a directory, expected a .jsonl file") from None
-    except PermissionError:
-        raise UserError(f"{path}: fixture file is not readable (permission denied)") from None
+    raw = read_file_bytes(path, "fixture file")
 
     model = _record_model(tuple(required_fields))
     records: list[dict[str, Any]] = []
