@@ -19,14 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RUN_COMMAND = """
-import sys, typer
-from flowperf.stress.cli import stress
-app = typer.Typer(add_completion=False)
-app.callback()(lambda: None)
-app.command("stress")(stress)
-app(["stress", *sys.argv[1:]])
-"""
+BENCH = [sys.executable, "-c", "from flowperf.cli import main; main()"]
 
 
 def main() -> None:
@@ -40,7 +33,7 @@ def main() -> None:
         env = os.environ | ({"NUMBA_CACHE_DIR": str(Path(scratch) / "numba")} if args.cold else {})
         flags = ["--workers", str(args.workers), "--out", str(out), *args.extra]
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", RUN_COMMAND, *flags], env=env, check=True)
+        subprocess.run([*BENCH, "stress", *flags], env=env, check=True)
         wall = time.perf_counter() - began
         with open(out / "stress_results.csv", newline="") as handle:
             results = list(csv.DictReader(handle))
