@@ -75,7 +75,7 @@ def test_cli_run_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     assert config["engine"]["init_count"] == 1
     assert config["versions"]["vllm"] and config["versions"]["torch"]
-    assert config["model"] == {"path": str(tiny_model), "tiny": True}
+    assert config["model"] == {"path": str(tiny_model), "name": str(tiny_model), "tiny": True}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete"
     assert summary["counts"]["workflows_ok"] == 3

@@ -2,7 +2,8 @@
 
 Only processes these tests start are signalled: each `bench run` gets its own process group (its engine
 processes are in it too), and that group is what receives Ctrl-C or SIGKILL, as from a terminal.
-`FLOWPERF_KILL_TRIALS` raises the number of SIGKILL trials for nightly runs (default 10) and
+The SIGKILL trials run against a managed vLLM server (the real engine, started once) so each costs seconds;
+`FLOWPERF_KILL_TRIALS` raises their number for nightly runs (default 10) and
 `FLOWPERF_KILL_SEED` varies where the kills land (scripts/nightly_faults.sh sets both).
 """
 
@@ -22,20 +23,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flowperf.engines.server import ServerRegistry
 from flowperf.store import STEPS, WORKFLOWS, RunStore
-from helpers import BENCH, ROOT
+from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 STEPS_PER_WORKFLOW = 3
-STARTED: list[BenchProcess] = []
+STARTED: list[subprocess.Popen] = []
 
 
 class BenchProcess:
     """`bench run` in its own process group, output captured to files."""
 
     def __init__(self, tmp_path: Path, name: str, *args: str) -> None:
-        STARTED.append(self)
         self.stdout_path = tmp_path / f"{name}.out"
         self.stderr_path = tmp_path / f"{name}.err"
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
@@ -46,6 +47,7 @@ class BenchProcess:
                 stderr=err,
                 start_new_session=True,
             )
+        STARTED.append(self.process)
 
     @property
     def stdout(self) -> str:
@@ -72,10 +74,10 @@ def kill_leftovers():
     """Whatever a test ends with, no process group it started survives it."""
     yield
     while STARTED:
-        bench = STARTED.pop()
+        process = STARTED.pop()
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(bench.process.pid, signal.SIGKILL)
-        bench.process.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -208,18 +210,51 @@ def test_engine_core_death_fails_the_rest_and_ends_the_run(tmp_path: Path, death
     assert all("engine.log" in row["error_message"] for row in failed)
 
 
+SERVER_FLAGS = [
+    "--engine",
+    "server",
+    "--max-model-len",
+    "1280",
+]  # a server configuration only these tests use
+
+
+def test_a_server_whose_starter_was_killed_is_reused_not_orphaned(tmp_path: Path) -> None:
+    registry = ServerRegistry()
+    starter = subprocess.Popen(
+        [*BENCH, "serve", "start", *SERVER_FLAGS[2:]], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    STARTED.append(starter)
+    deadline = time.monotonic() + 120
+    while not [record for record in registry.servers() if "1280" in record.argv]:
+        assert time.monotonic() < deadline and starter.poll() is None
+        time.sleep(0.1)
+    os.killpg(starter.pid, signal.SIGKILL)  # the starter dies; the server, in its own session, goes on
+    starter.wait()
+    (record,) = [record for record in registry.servers() if "1280" in record.argv]
+    assert not record.ready
+    again = run_bench("serve", "start", *SERVER_FLAGS[2:], timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"server {record.id} already running" in again.stdout
+    assert [r.id for r in registry.servers() if "1280" in r.argv] == [record.id]
+
+
 def test_sigkill_at_random_points_then_resume_exactly_once(tmp_path: Path) -> None:
     trials = int(os.environ.get("FLOWPERF_KILL_TRIALS", "10"))
     rng = random.Random(int(os.environ.get("FLOWPERF_KILL_SEED", "20261122")))
     total = 24
     out = tmp_path / "runs"
     run_dir = out / "kill"
-    fresh = ["-n", str(total), "--max-tokens", "8", "--out", str(out), "--run-id", "kill"]
+    # against a managed server (the real engine, started once before the trials), so that a trial costs
+    # seconds rather than an engine start-up; the in-process engine's kills are covered above
+    started = run_bench("serve", "start", *SERVER_FLAGS[2:], timeout=600)
+    assert started.returncode == 0, started.stderr
+    fresh = ["-n", str(total), "--max-tokens", "8", "--out", str(out), "--run-id", "kill", *SERVER_FLAGS]
     for trial in range(trials):
         args = ["--resume", str(run_dir)] if (run_dir / "config.json").exists() else fresh
         bench = BenchProcess(tmp_path, f"trial{trial}", *args)
         if rng.random() < 0.2:
-            time.sleep(rng.uniform(1.0, 25.0))  # often during engine start-up
+            time.sleep(rng.uniform(0.5, 3.0))  # often during start-up (imports, expansion, connecting)
         else:
             target = len(rows(run_dir)) + rng.randint(0, 2) if run_dir.exists() else rng.randint(0, 2)
             wait_until(lambda target=target: run_dir.exists() and len(rows(run_dir)) >= target, bench)
@@ -234,3 +269,6 @@ def test_sigkill_at_random_points_then_resume_exactly_once(tmp_path: Path) -> No
     final = BenchProcess(tmp_path, "final", "--resume", str(run_dir))
     assert final.wait(300) == 0, final.stderr[-2000:]
     assert_exactly_once(run_dir, total)
+    for record in ServerRegistry().servers():
+        if "1280" in record.argv:
+            ServerRegistry().stop(record.id)

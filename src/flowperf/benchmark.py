@@ -100,7 +100,7 @@ def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path) -> Engi
         model=model.name,
         api=settings.api,
         api_key_env=settings.api_key_env,
-        concurrency=config.concurrency or HTTP_POOL_WITHOUT_CAP,
+        concurrency=config.effective_concurrency or HTTP_POOL_WITHOUT_CAP,
         connect_timeout_s=settings.connect_timeout_s,
         read_timeout_s=settings.read_timeout_s,
     )
@@ -298,7 +298,7 @@ async def run_benchmark(
             "run_id": opened.run_id,
             "flow": expansion.flows.name,
             "mode": "open_loop" if config.rate else "closed_loop",
-            "concurrency": config.concurrency if config.rate else (config.concurrency or 1),
+            "concurrency": config.effective_concurrency,
             "rate_per_s": config.rate,
             "engine_kind": config.engine.kind,
             "config_sha256": config.fingerprint(),
@@ -309,7 +309,7 @@ async def run_benchmark(
     }
     settings = RunSettings(
         run_id=opened.run_id,
-        concurrency=config.concurrency if config.rate else (config.concurrency or 1),
+        concurrency=config.effective_concurrency,
         rate=config.rate,
         max_tokens=config.max_tokens,
         seed=config.seed,

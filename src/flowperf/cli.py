@@ -669,7 +669,7 @@ def serve_status(
             row["id"],
             str(row["pid"]),
             f"{row['host']}:{row['port']}",
-            "yes" if row["healthy"] else "NO",
+            "yes" if row["healthy"] else ("starting" if not row["ready"] else "NO"),
             f"{(now - row['started_at']) / 60:.0f} min",
             f"{(now - row['last_used_at']) / 60:.0f} min ago",
             row["model"],

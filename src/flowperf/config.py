@@ -118,6 +118,11 @@ class RunConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
+    @property
+    def effective_concurrency(self) -> int | None:
+        """Workflows in flight at most: 1 by default closed loop; no cap (None) open loop unless given."""
+        return self.concurrency if self.rate else (self.concurrency or 1)
+
     def shaping_settings(self) -> dict[str, Any]:
         """The settings that shape what a run measures (not where results go or how it stops)."""
         return self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)

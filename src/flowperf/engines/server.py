@@ -63,6 +63,7 @@ class ServerRecord(BaseModel):
     log_path: str
     started_at: float
     last_used_at: float
+    ready: bool = True
 
     @property
     def base_url(self) -> str:
@@ -191,13 +192,20 @@ class ServerRegistry:
         max_servers: int,
         start_timeout_s: float,
     ) -> tuple[ServerRecord, bool]:
-        """A healthy server for these settings: a running one (reused=True) or a newly started one."""
+        """A healthy server for these settings: a running one (reused=True) or a newly started one.
+
+        A matching server another run is still starting is waited for rather than started twice.
+        """
         wanted = config_hash(settings, model_path)
         with self._locked() as state:
-            for record in state.servers:
-                if record.config_hash == wanted and (port is None or record.port == port) and healthy(record):
-                    record.last_used_at = time.time()
-                    return record, True
+            matching = [r for r in state.servers if r.config_hash == wanted and port in (None, r.port)]
+        for record in matching:
+            if healthy(record) or (not record.ready and self._wait_until_healthy(record, start_timeout_s)):
+                with self._locked() as state:
+                    for stored in state.servers:
+                        if stored.id == record.id:
+                            stored.last_used_at, stored.ready = time.time(), True
+                return record, True
         record = self.start(
             settings, model_path, port=port, max_servers=max_servers, start_timeout_s=start_timeout_s
         )
@@ -212,7 +220,11 @@ class ServerRegistry:
         max_servers: int,
         start_timeout_s: float,
     ) -> ServerRecord:
-        """Start a server and wait until /health answers; evicts the least recently used beyond the cap."""
+        """Start a server and wait until /health answers; evicts the least recently used beyond the cap.
+
+        The server is recorded (as not ready) the moment it is spawned, so that a run killed while it
+        starts leaves no server nobody knows about: later runs wait for it, `bench serve stop` stops it.
+        """
         if port is not None and not port_is_free(port):
             raise UserError(f"--server-port {port}: 127.0.0.1:{port} is already in use by another process")
         with self._locked() as state:
@@ -246,28 +258,44 @@ class ServerRegistry:
             log_path=str(log_path),
             started_at=now,
             last_used_at=now,
+            ready=False,
         )
-        self._wait_until_healthy(record, process, start_timeout_s)
         with self._locked() as state:
             state.servers.append(record)
-        return record
-
-    @staticmethod
-    def _wait_until_healthy(record: ServerRecord, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        if not self._wait_until_healthy(record, start_timeout_s, process):
+            stop_server(record)
+            with self._locked() as state:
+                state.servers = [stored for stored in state.servers if stored.id != record.id]
             if process.poll() is not None:
                 raise EngineError(
                     f"the vLLM server exited during start-up (code {process.returncode}); "
                     f"last lines of {record.log_path}:\n{log_tail(record.log_path)}"
                 )
+            raise EngineError(
+                f"the vLLM server did not become healthy within {start_timeout_s:g} s "
+                f"(log: {record.log_path})"
+            )
+        with self._locked() as state:
+            for stored in state.servers:
+                if stored.id == record.id:
+                    stored.ready = True
+        record.ready = True
+        return record
+
+    @staticmethod
+    def _wait_until_healthy(
+        record: ServerRecord, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+    ) -> bool:
+        """Poll /health until it answers (True), or the server dies or the time is up (False)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = process.poll() is None if process is not None else is_our_server(record)
+            if not alive:
+                return False
             if healthy(record, timeout_s=HEALTH_POLL_S):
-                return
+                return True
             time.sleep(HEALTH_POLL_S)
-        stop_server(record)
-        raise EngineError(
-            f"the vLLM server did not become healthy within {timeout_s:g} s (log: {record.log_path})"
-        )
+        return False
 
     def stop(self, server_id: str | None, *, everything: bool = False) -> list[ServerRecord]:
         """Stop one server (by id, or the only one) or all of them; returns what was stopped."""
