@@ -72,11 +72,14 @@ async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[
         for _ in range(rounds):
             await one("in-process c=1", "vllm", 1)
             await one(f"in-process c={num_flows}", "vllm", num_flows)
+    finally:
+        # gone before the HTTP rounds: an idle engine's processes would share the 2 cores with the server
+        await local.shutdown()
+    try:
         for _ in range(rounds):
             await one("server c=1", "server", 1)
             await one(f"server c={num_flows}", "server", num_flows)
     finally:
-        await local.shutdown()
         ServerRegistry().stop(None, everything=True)
     return results
 
