@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowperf.engines.base import EngineError, GenerationParams
+from flowperf.engines.base import EngineError, GenerationParams, StepResult
 from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
 from flowperf.errors import UserError
 
@@ -59,18 +59,24 @@ def make_engine(monkeypatch: pytest.MonkeyPatch, seen: list, **server_options) -
     return engine
 
 
+def generate_once(engine: OpenAIHttpEngine, params: GenerationParams, request_id: str = "r") -> StepResult:
+    """One request on a started engine, shut down afterwards whatever happens."""
+
+    async def go() -> StepResult:
+        await engine.start()
+        try:
+            return await engine.generate("hello", params, request_id)
+        finally:
+            await engine.shutdown()
+
+    return asyncio.run(go())
+
+
 def test_streamed_completion_is_measured_from_token_ids_and_usage(monkeypatch, tmp_path: Path) -> None:
     seen: list[httpx.Request] = []
     engine = make_engine(monkeypatch, seen)
 
-    async def go():
-        await engine.start()
-        try:
-            return await engine.generate("hello", GenerationParams(max_tokens=3, seed=4), "req-1")
-        finally:
-            await engine.shutdown()
-
-    result = asyncio.run(go())
+    result = generate_once(engine, GenerationParams(max_tokens=3, seed=4), "req-1")
     assert (result.output_tokens, result.prompt_tokens, result.cached_prompt_tokens) == (3, 11, 8)
     assert result.text == "lo" and result.finish_reason == "length"
     assert len(result.itl_ms) == 1  # first event (2 tokens) gives TTFT, the second one gap
@@ -89,14 +95,7 @@ def test_non_vllm_servers_get_no_vllm_extensions(monkeypatch) -> None:
     seen: list[httpx.Request] = []
     engine = make_engine(monkeypatch, seen, vllm=False)
 
-    async def go():
-        await engine.start()
-        try:
-            await engine.generate("hello", GenerationParams(max_tokens=3), "r")
-        finally:
-            await engine.shutdown()
-
-    asyncio.run(go())
+    generate_once(engine, GenerationParams(max_tokens=3))
     body = json.loads(seen[-1].content)
     assert "ignore_eos" not in body and "return_token_ids" not in body
 
@@ -104,15 +103,8 @@ def test_non_vllm_servers_get_no_vllm_extensions(monkeypatch) -> None:
 def test_http_errors_fail_the_step_with_the_status(monkeypatch) -> None:
     engine = make_engine(monkeypatch, [], status=503)
 
-    async def go():
-        await engine.start()
-        try:
-            await engine.generate("hello", GenerationParams(max_tokens=3), "r")
-        finally:
-            await engine.shutdown()
-
     with pytest.raises(EngineError, match="HTTP 503 from /v1/completions: overloaded please retry"):
-        asyncio.run(go())
+        generate_once(engine, GenerationParams(max_tokens=3))
 
 
 def test_missing_key_variable_and_unreachable_server(monkeypatch) -> None:
