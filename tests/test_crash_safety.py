@@ -161,6 +161,19 @@ def test_reopen_cuts_torn_tails(tmp_path: Path) -> None:
     assert (run_dir / STEPS).read_text() == ""
 
 
+def test_reopen_finds_the_last_complete_line_behind_a_long_torn_tail(tmp_path: Path) -> None:
+    """A torn record longer than one read-back chunk, and a file with no complete line at all."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    complete = '{"flow_index": 0, "session": 0}\n'
+    (run_dir / STEPS).write_text(complete + '{"text": "' + "x" * 300_000)
+    (run_dir / WORKFLOWS).write_text("flow_index,sess")
+    RunStore.reopen(run_dir)
+    assert (run_dir / STEPS).read_text() == complete
+    assert (run_dir / WORKFLOWS).read_text() == ""
+
+
 def test_unwritable_output_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

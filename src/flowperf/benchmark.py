@@ -33,7 +33,7 @@ from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.monitor import ResourceMonitor
-from flowperf.runner import Runner, RunSettings, RunTotals, WorkflowOutcome
+from flowperf.runner import Runner, RunSettings, WorkflowOutcome
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore
 from flowperf.summary import build_summary, leak_warning
 from flowperf.timing import TimingLog
@@ -132,11 +132,16 @@ def git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def torch_version() -> str | None:
+    """torch's version once something imported it (the engine does); never imported just to ask."""
+    return getattr(sys.modules.get("torch"), "__version__", None)
+
+
 def config_document(
-    config: RunConfig, expansion: Expansion, model: ResolvedModel, run_id: str, engine: EngineInfo | None
+    config: RunConfig, expansion: Expansion, model: ResolvedModel, run_id: str
 ) -> dict[str, Any]:
-    """config.json: the resolved settings, their fingerprint, and everything that identifies the setup."""
-    torch_version = getattr(sys.modules.get("torch"), "__version__", None)
+    """config.json as written before the engine starts: the resolved settings, their fingerprint, and
+    everything that identifies the setup; `with_engine` completes it once the engine runs."""
     return {
         "run_id": run_id,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -156,14 +161,20 @@ def config_document(
         "versions": {
             "flowperf": flowperf.__version__,
             "python": platform.python_version(),
-            "vllm": engine.engine_version if engine else None,
-            "torch": torch_version,
+            "vllm": None,
+            "torch": torch_version(),
         },
         "host": {"platform": platform.platform(), "machine": platform.machine()},
-        "device": engine.device if engine else None,
+        "device": None,
         "git_commit": git_commit(),
-        "engine": engine.as_dict() if engine else None,
+        "engine": None,
     }
+
+
+def with_engine(document: dict[str, Any], engine: EngineInfo) -> dict[str, Any]:
+    """`document` completed with what only the running engine knows."""
+    versions = document["versions"] | {"vllm": engine.engine_version, "torch": torch_version()}
+    return document | {"versions": versions, "device": engine.device, "engine": engine.as_dict()}
 
 
 class PeriodicSummaries:
@@ -243,10 +254,10 @@ def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, 
     return OpenedRun(store, str(previous.get("run_id", store.run_dir.name)), store.next_session(), todo)
 
 
-def run_status(totals: RunTotals | None, interrupted: bool) -> str:
+def run_status(stopped: bool, interrupted: bool) -> str:
     if interrupted:
         return "interrupted"
-    if totals is not None and totals.stopped:
+    if stopped:
         return "stopped_on_failure"
     return "complete"
 
@@ -285,8 +296,10 @@ async def run_benchmark(
     store = opened.store
     timing.attach(store.path(TIMING_LOG))
     metrics.attach(store.append_metric)
+    document: dict[str, Any] | None = None  # a resumed run keeps the config.json it started with
     if resume_from is None:
-        store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=None))
+        document = config_document(config, expansion, model, opened.run_id)
+        store.write_json(CONFIG, document)
 
     if engine is None:
         engine = make_engine(config, model, store.path(ENGINE_LOG))
@@ -328,8 +341,7 @@ async def run_benchmark(
         periodic.workflow_done()
 
     runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done, phase=monitor.phase)
-    totals: RunTotals | None = None
-    interrupted = False
+    stopped = interrupted = False
     monitor.start(session=opened.session, steps_done=lambda: runner.steps_done)
     try:
         if interrupts is not None:
@@ -345,8 +357,8 @@ async def run_benchmark(
             monitor.track(info.details["server_pid"])
         summary_args["timings"]["engine_init_ms"] = init_ms
         summary_args["engine"] = info.as_dict()
-        if resume_from is None:
-            store.write_json(CONFIG, config_document(config, expansion, model, opened.run_id, engine=info))
+        if document is not None:
+            store.write_json(CONFIG, with_engine(document, info))
         if interrupts is not None:
             interrupts.on_request(runner.request_stop)
         if config.warmup:
@@ -356,7 +368,7 @@ async def run_benchmark(
             summary_args["run"]["prefix_cache_reset"] = await engine.reset_prefix_cache()
         hooks.on_start(len(expansion.flows), len(expansion.flows) - len(opened.todo))
         with monitor.phase("measured_window", workflows=len(opened.todo)):
-            totals = await runner.run(opened.todo)
+            stopped = await runner.run(opened.todo)
         interrupted = interrupts is not None and interrupts.requested
     except RunInterrupted:
         interrupted = True
@@ -370,7 +382,7 @@ async def run_benchmark(
                 await engine.shutdown()
         finally:
             store.close()
-    summary = build_summary(store, status=run_status(totals, interrupted), **summary_args)
+    summary = build_summary(store, status=run_status(stopped, interrupted), **summary_args)
     store.write_json(SUMMARY, summary)
     timing.emit(
         "benchmark_total_ms",

@@ -55,16 +55,6 @@ class WorkflowOutcome:
     output_tokens: int
 
 
-@dataclass(frozen=True)
-class RunTotals:
-    """The measured window of this execution and what finished in it."""
-
-    window_ms: float
-    workflows: int
-    failed: int
-    stopped: bool
-
-
 class StepTimeout(Exception):
     """A step took longer than --step-timeout-s."""
 
@@ -108,7 +98,6 @@ class Runner:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
-        self._finished = self._failed = 0
 
     def request_stop(self) -> None:
         """Start no new workflow; cancel what is still running after the grace period."""
@@ -133,19 +122,16 @@ class Runner:
         finally:
             self._recording = True
 
-    async def run(self, workflows: Iterable[ExpandedFlow]) -> RunTotals:
-        """Run `workflows` closed loop (up to `concurrency` in flight) or, with `rate`, open loop."""
-        self._finished = self._failed = 0
+    async def run(self, workflows: Iterable[ExpandedFlow]) -> bool:
+        """Run `workflows` closed loop (up to `concurrency` in flight) or, with `rate`, open loop.
+
+        Returns whether the run was stopped before every workflow had started.
+        """
         if self.settings.rate is None:
             await self._closed_loop(list(workflows), self.settings.concurrency or 1)
         else:
             await self._open_loop(list(workflows), self.settings.rate, self.settings.concurrency)
-        return RunTotals(
-            window_ms=self._offset_ms(time.perf_counter()),
-            workflows=self._finished,
-            failed=self._failed,
-            stopped=self._stopping,
-        )
+        return self._stopping
 
     async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int) -> None:
         pending = iter(workflows)
@@ -157,7 +143,8 @@ class Runner:
                 await self._run_and_count(flow, None)
 
         self._begin_window()
-        await self._gather([asyncio.create_task(worker()) for _ in range(workers)])
+        self._workers = [asyncio.create_task(worker()) for _ in range(workers)]
+        await self._gather_workers()
 
     async def _open_loop(self, workflows: list[ExpandedFlow], rate: float, cap: int | None) -> None:
         """Workflows arrive as a seeded Poisson process at `rate` per second, whatever is in flight;
@@ -176,7 +163,6 @@ class Runner:
                     await self._run_and_count(flow, arrival_ms)
 
         self._begin_window()
-        tasks: list[asyncio.Task[None]] = []
         for flow, arrival_s in zip(workflows, arrivals, strict=True):
             delay = self._window_start + float(arrival_s) - time.perf_counter()
             if delay > 0:
@@ -184,19 +170,17 @@ class Runner:
                     await asyncio.wait_for(self._stop_requested.wait(), delay)
             if self._stopping:
                 break
-            task = asyncio.create_task(admit(flow, float(arrival_s) * 1000.0))
-            tasks.append(task)
-            self._workers.append(task)
-        await self._gather(tasks)
+            self._workers.append(asyncio.create_task(admit(flow, float(arrival_s) * 1000.0)))
+        await self._gather_workers()
 
     def _begin_window(self) -> None:
         self.flows.prepare()
         self._workers = []
         self._window_start = time.perf_counter()
 
-    async def _gather(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._workers.extend(task for task in tasks if task not in self._workers)
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+    async def _gather_workers(self) -> None:
+        """Wait for every worker; `request_stop` cancels the same list after the grace period."""
+        for outcome in await asyncio.gather(*self._workers, return_exceptions=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
                 raise outcome
 
@@ -207,8 +191,6 @@ class Runner:
             self.on_workflow_done(outcome)
         else:
             outcome = await self._run_workflow(flow, arrival_ms)
-        self._finished += 1
-        self._failed += 0 if outcome.ok else 1
         if not outcome.ok and self.settings.fail_fast:
             self.request_stop()
 

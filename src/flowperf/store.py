@@ -58,15 +58,28 @@ class StoreWriteError(UserError):
     """The run directory cannot be written (disk full, permissions): what is already there stays valid."""
 
 
+TAIL_CHUNK = 64 * 1024
+
+
 def _cut_torn_tail(path: Path) -> None:
-    """Truncate an append-only file after its last complete line."""
+    """Truncate an append-only file after its last complete line, reading back from its end only as
+    far as that line (the files of a long run are large)."""
     try:
-        data = path.read_bytes()
+        handle = path.open("r+b")
     except FileNotFoundError:
         return
-    complete = data.rfind(b"\n") + 1
-    if complete != len(data):
-        with path.open("r+b") as handle:
+    with handle:
+        end = position = handle.seek(0, os.SEEK_END)
+        complete = 0
+        while position > 0:
+            start = max(0, position - TAIL_CHUNK)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                complete = start + newline + 1
+                break
+            position = start
+        if complete != end:
             handle.truncate(complete)
 
 
@@ -119,9 +132,9 @@ class RunStore:
         return {int(row["flow_index"]) for row in self.read_workflows()}
 
     def next_session(self) -> int:
-        sessions = [int(row["session"]) for row in self.read_workflows()]
-        sessions += [int(step.get("session", 0)) for step in self.read_steps()]
-        return max(sessions, default=-1) + 1
+        """One more than any session with a finished workflow: once `drop_unfinished_steps` ran, every
+        step left belongs to such a workflow, and its session."""
+        return max((int(row["session"]) for row in self.read_workflows()), default=-1) + 1
 
     def drop_unfinished_steps(self, completed: set[int]) -> int:
         """Rewrite steps.jsonl without the steps of workflows that have no row; returns how many went."""

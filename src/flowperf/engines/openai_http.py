@@ -36,16 +36,12 @@ class HttpSettings:
     read_timeout_s: float = 300.0
 
 
-def _event_payloads(lines: list[str]) -> list[dict[str, Any]]:
-    """The JSON payloads of complete server-sent-event `data:` lines ([DONE] ends the stream)."""
-    payloads = []
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data and data != "[DONE]":
-            payloads.append(json.loads(data))
-    return payloads
+def _event_payload(line: str) -> dict[str, Any] | None:
+    """The JSON payload of a server-sent-event `data:` line; None for other lines and [DONE]."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    return json.loads(data) if data and data != "[DONE]" else None
 
 
 class OpenAIHttpEngine:
@@ -159,7 +155,7 @@ class OpenAIHttpEngine:
                     detail = (await response.aread()).decode("utf-8", "replace")[:300]
                     raise EngineError(f"HTTP {response.status_code} from {path}: {' '.join(detail.split())}")
                 async for line in response.aiter_lines():
-                    for event in _event_payloads([line]):
+                    if (event := _event_payload(line)) is not None:
                         usage = event.get("usage") or usage
                         metrics = event.get("metrics") or metrics
                         for choice in event.get("choices") or []:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -174,10 +175,8 @@ class ServerRegistry:
     def _read(self) -> ServerState:
         try:
             return ServerState.model_validate_json(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return ServerState()
         except (OSError, ValueError, ValidationError):
-            return ServerState()  # a damaged state file only costs reuse; servers it named are found stale
+            return ServerState()  # missing or damaged: only costs reuse; servers it named are found stale
 
     def servers(self) -> list[ServerRecord]:
         with self._locked() as state:
@@ -201,10 +200,7 @@ class ServerRegistry:
             matching = [r for r in state.servers if r.config_hash == wanted and port in (None, r.port)]
         for record in matching:
             if healthy(record) or (not record.ready and self._wait_until_healthy(record, start_timeout_s)):
-                with self._locked() as state:
-                    for stored in state.servers:
-                        if stored.id == record.id:
-                            stored.last_used_at, stored.ready = time.time(), True
+                self._update(record.id, last_used_at=time.time(), ready=True)
                 return record, True
         record = self.start(
             settings, model_path, port=port, max_servers=max_servers, start_timeout_s=start_timeout_s
@@ -275,12 +271,17 @@ class ServerRegistry:
                 f"the vLLM server did not become healthy within {start_timeout_s:g} s "
                 f"(log: {record.log_path})"
             )
-        with self._locked() as state:
-            for stored in state.servers:
-                if stored.id == record.id:
-                    stored.ready = True
+        self._update(record.id, ready=True)
         record.ready = True
         return record
+
+    def _update(self, server_id: str, **fields: Any) -> None:
+        """Set `fields` on the stored record of `server_id`, if it is still recorded."""
+        with self._locked() as state:
+            for stored in state.servers:
+                if stored.id == server_id:
+                    for name, value in fields.items():
+                        setattr(stored, name, value)
 
     @staticmethod
     def _wait_until_healthy(

@@ -46,14 +46,16 @@ class PromptRenderer:
     def compile(self, steps: tuple[StepSpec, ...]) -> None:
         """Compile every template now, so that no measured request pays for it."""
         for step in steps:
-            if step.id not in self._compiled:
-                self._compiled[step.id] = ENVIRONMENT.from_string(step.prompt)
+            self._template(step)
 
-    def __call__(self, step: StepSpec, record: Mapping[str, Any], outputs: Mapping[str, str]) -> str:
+    def _template(self, step: StepSpec) -> Template:
         template = self._compiled.get(step.id)
         if template is None:
             template = self._compiled[step.id] = ENVIRONMENT.from_string(step.prompt)
-        return template.render(
+        return template
+
+    def __call__(self, step: StepSpec, record: Mapping[str, Any], outputs: Mapping[str, str]) -> str:
+        return self._template(step).render(
             fixture=record, steps={step_id: {"output": text} for step_id, text in outputs.items()}
         )
 
