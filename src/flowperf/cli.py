@@ -34,9 +34,9 @@ from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
 from flowperf.interrupts import InterruptController
-from flowperf.report import fmt
+from flowperf.report import print_run_table
 from flowperf.runner import WorkflowOutcome
-from flowperf.store import CONFIG, RunStore
+from flowperf.store import recorded_config
 from flowperf.stress.cli import stress
 from flowperf.timing import TimingLog
 
@@ -425,7 +425,7 @@ def run(
     if resume is not None:
         if config is not None:
             raise UserError("--resume uses the run's own config.json; --config cannot be combined with it")
-        base = RunStore.reopen(resume).read_json(CONFIG).get("config")
+        base = recorded_config(resume)
     settings = load_run_config(config, overrides, base=base)
     bar = Progress(
         TextColumn("[bold]workflows"),
@@ -470,34 +470,9 @@ def run(
         bar.stop()
     if result.summary["status"] == "interrupted":
         _warn(f"interrupted; continue with: bench run --resume {result.run_dir}")
-    _print_run_table(result.summary)
+    print_run_table(result.summary, err_console)
     err_console.print(f"results: {result.run_dir}")
     raise typer.Exit(result.exit_code)
-
-
-def _print_run_table(summary: dict[str, Any]) -> None:
-    table = Table(title="per step (ms unless noted)", title_justify="left")
-    columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "tok/s", "cache hit")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "step" else "right", no_wrap=column == "step")
-    hits = {row["step_id"]: row["hit_ratio"] for row in summary["prefix_cache"]}
-    for step_id, block in summary["latency_by_step"].items():
-        hit = hits.get(step_id)
-        table.add_row(
-            step_id,
-            *(fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
-            *(fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
-            fmt(block["output_tokens_per_s"]),
-            "-" if hit is None else f"{hit:.0%}",
-        )
-    err_console.print(table)
-    counts, throughput, resources = summary["counts"], summary["throughput"], summary["resources"]
-    err_console.print(
-        f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
-        f"{counts['workflows_failed']} failed; {fmt(throughput['output_tokens_per_s'])} output tokens/s; "
-        f"peak RSS {fmt(resources['peak_rss_mb'], 0)} MB harness, "
-        f"{fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
-    )
 
 
 @app.command()

@@ -320,3 +320,29 @@ def write_html(path: Path, page: str) -> None:
     from flowperf.durable import atomic_write_text
 
     atomic_write_text(path, page)
+
+
+def print_run_table(summary: dict[str, Any], console: Console) -> None:
+    """The end-of-run table: per step latency, decode rate and cache hits, then the run's totals."""
+    table = Table(title="per step (ms unless noted)", title_justify="left")
+    columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "tok/s", "cache hit")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "step" else "right", no_wrap=column == "step")
+    hits = {row["step_id"]: row["hit_ratio"] for row in summary["prefix_cache"]}
+    for step_id, block in summary["latency_by_step"].items():
+        hit = hits.get(step_id)
+        table.add_row(
+            step_id,
+            *(fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
+            *(fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
+            fmt(block["output_tokens_per_s"]),
+            "-" if hit is None else f"{hit:.0%}",
+        )
+    console.print(table)
+    counts, throughput, resources = summary["counts"], summary["throughput"], summary["resources"]
+    console.print(
+        f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
+        f"{counts['workflows_failed']} failed; {fmt(throughput['output_tokens_per_s'])} output tokens/s; "
+        f"peak RSS {fmt(resources['peak_rss_mb'], 0)} MB harness, "
+        f"{fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
+    )

@@ -83,6 +83,18 @@ def _cut_torn_tail(path: Path) -> None:
             handle.truncate(complete)
 
 
+def recorded_config(run_dir: Path) -> dict[str, Any]:
+    """The settings a run directory was started with (config.json's `config`), read without touching
+    anything in it, so a resume that is then refused leaves the directory exactly as it was."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
+    settings = RunStore(run_dir).read_json(CONFIG).get("config")
+    if not isinstance(settings, dict):
+        raise UserError(f"--resume {run_dir / CONFIG}: no `config` object in it")
+    return settings
+
+
 class RunStore:
     """Reads and writes one run directory."""
 
