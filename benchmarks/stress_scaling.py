@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from flowperf.stress.config import parse_flags
-from flowperf.stress.runner import run_test, warm_up
+from flowperf.stress.executors import run_test, warm_up
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.spec import Scheduler, TestSpec
 from flowperf.stress.workload import cached_workload
@@ -32,21 +32,21 @@ COLD_SCRIPT = """
 import sys, time
 began = time.perf_counter()
 from flowperf.stress.config import parse_flags
-from flowperf.stress.runner import run_test
+from flowperf.stress.executors import run_test
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.spec import Scheduler, TestSpec
-settings = parse_flags(rate=float(sys.argv[2])).settings(ServiceModel())
+test_config = parse_flags(rate=float(sys.argv[2])).test_config(ServiceModel())
 test = TestSpec(step="single", scheduler=Scheduler.parse(sys.argv[1]), n_gpus=100, num_requests=1_000_000)
-result = run_test(settings, test)
+result = run_test(test_config, test)
 print(f"{time.perf_counter() - began:.2f} {result.sim_s:.2f}")
 """
 
 
 def one_test(scheduler: str, requests: int, gpus: int, rate: float):
-    settings = parse_flags(rate=rate).settings(ServiceModel())
+    test_config = parse_flags(rate=rate).test_config(ServiceModel())
     test = TestSpec(step="single", scheduler=Scheduler.parse(scheduler), n_gpus=gpus, num_requests=requests)
     began = time.perf_counter()
-    result = run_test(settings, test)
+    result = run_test(test_config, test)
     return result, time.perf_counter() - began
 
 

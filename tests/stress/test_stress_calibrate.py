@@ -13,19 +13,32 @@ from flowperf.stress.calibrate import calibrate, fit_line
 A_S, B_S, C_S, D_S = 0.035, 2.0e-4, 0.018, 6.0e-4
 
 
+IDENTITY = {
+    "flow_index": 0,
+    "flow_id": "f-000000",
+    "session": 0,
+    "step_index": 0,
+    "step_id": "s",
+    "max_tokens": 200,
+    "inflight_at_start": 1,
+    "start_offset_ms": 0.0,
+}
+
+
 def write_run(run_dir, steps: int = 400, seed: int = 0, torn: bool = True) -> None:
     """A run directory whose steps follow the linear model with 3% noise, plus a failed step and a torn
     last line such as a crash leaves."""
     rng = np.random.default_rng(seed)
     lines = []
-    for _ in range(steps):
+    for index in range(steps):
         prompt = int(rng.integers(50, 6000))
         cached = int(rng.integers(0, prompt // 2))
         inflight = int(rng.integers(1, 33))
         output = int(rng.integers(2, 200))
         ttft = (A_S + B_S * (prompt - cached)) * rng.normal(1, 0.03)
         gaps = (C_S + D_S * inflight) * rng.normal(1, 0.03, output - 1)
-        record = {
+        record = IDENTITY | {
+            "flow_index": index,
             "status": "ok",
             "prompt_tokens": prompt,
             "output_tokens": output,
@@ -37,8 +50,13 @@ def write_run(run_dir, steps: int = 400, seed: int = 0, torn: bool = True) -> No
             "flow": "ignored extra field",
         }
         lines.append(json.dumps(record))
-    failed = {"status": "error", "prompt_tokens": 10, "output_tokens": 0, "cached_prompt_tokens": 0}
-    lines.append(json.dumps(failed | {"ttft_ms": 0, "step_ms": 1, "itl_ms": [], "inflight_at_start": 1}))
+    failed = IDENTITY | {
+        "status": "failed",
+        "step_ms": 1,
+        "inflight_at_start": 1,
+        "error_type": "EngineError",
+    }
+    lines.append(json.dumps(failed))
     text = "\n".join(lines) + "\n" + ('{"status": "ok", "prompt_tok' if torn else "")
     run_dir.mkdir(exist_ok=True)
     (run_dir / "steps.jsonl").write_text(text)
@@ -84,10 +102,11 @@ def test_the_calibrated_model_drives_the_suite(tmp_path, bench_stress):
     ("content", "message"),
     [
         (None, "steps.jsonl not found"),
-        ('{"status": "ok"}\n', "line 1: prompt_tokens: Field required"),
+        ('{"status": "ok"}\n', "line 1: flow_index: Field required"),
+        (json.dumps(IDENTITY | {"status": "ok", "step_ms": 1}) + "\n", "line 1: prompt_tokens: missing"),
+        (json.dumps(IDENTITY | {"status": "ok", "step_ms": -1}) + "\n", "line 1: step_ms: Input should be"),
         ("not json\n", "line 1: Invalid JSON"),
-        ('{"status": "error", "prompt_tokens": 1, "output_tokens": 1, "cached_prompt_tokens": 0, '
-         '"ttft_ms": 1, "step_ms": 1, "itl_ms": [], "inflight_at_start": 1}\n', "0 successful steps"),
+        (json.dumps(IDENTITY | {"status": "failed", "step_ms": 1}) + "\n", "0 successful steps"),
     ],
 )  # fmt: skip
 def test_bad_run_directories_are_user_errors(tmp_path, content, message):

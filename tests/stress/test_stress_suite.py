@@ -9,8 +9,8 @@ import pytest
 
 from flowperf.errors import UserError
 from flowperf.stress.config import parse_flags
+from flowperf.stress.executors import open_executor
 from flowperf.stress.results import INCREMENTAL, STEP_FILES
-from flowperf.stress.runner import executor
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.spec import TIMING_FIELDS
 from flowperf.stress.suite import planned_tests, run_suite
@@ -31,11 +31,11 @@ def figures(path):
 def run_api(out, **flags):
     """Run the suite through the Python API; returns (report, [(test_id, resumed)])."""
     config = parse_flags(out=out, max_requests=2000, max_gpus=4, rate=3.0, workers=1, **flags)
-    settings = config.settings(ServiceModel())
+    test_config = config.test_config(ServiceModel())
     seen = []
-    with executor(settings, config.executor, config.workers, config.ray_address) as run_many:
+    with open_executor(test_config, config.executor, config.workers, config.ray_address) as run_many:
         report = run_suite(
-            config, settings, run_many, lambda result, resumed: seen.append((result.test_id, resumed))
+            config, test_config, run_many, lambda result, resumed: seen.append((result.test_id, resumed))
         )
     return report, seen
 

@@ -13,26 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from flowperf.durable import read_complete_lines
 from flowperf.errors import UserError
+from flowperf.records import StepRecord
+from flowperf.store import STEPS
 from flowperf.stress.service import ServiceModel
 
-STEPS_FILE = "steps.jsonl"
-
-
-class StepRecord(BaseModel):
-    """The fields of a `bench run` step this fit relies on (others are ignored)."""
-
-    status: str
-    prompt_tokens: int = Field(ge=0)
-    output_tokens: int = Field(ge=0)
-    cached_prompt_tokens: int = Field(ge=0)
-    ttft_ms: float = Field(ge=0, allow_inf_nan=False)
-    step_ms: float = Field(ge=0, allow_inf_nan=False)
-    itl_ms: list[float]
-    inflight_at_start: int = Field(ge=1)
+FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
 
 
 @dataclass(frozen=True)
@@ -93,41 +82,50 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> LinearFit:
     )
 
 
-def read_steps(run_dir: Path) -> list[StepRecord]:
-    """Every complete line of the run's steps.jsonl (a torn last line from a crash is left out)."""
+def read_successful_steps(run_dir: Path) -> tuple[list[StepRecord], int]:
+    """The successful steps of a run's steps.jsonl, each with every field the fit uses, and how many
+    other steps it holds; a torn last line from a crash is left out, any other bad line is an error."""
     run_dir = Path(run_dir)
-    path = run_dir / STEPS_FILE
+    path = run_dir / STEPS
     if not run_dir.is_dir():
         raise UserError(f"--calibrate: {run_dir} is not a directory")
     if not path.is_file():
         raise UserError(f"--calibrate: {path} not found; expected a `bench run` output directory")
-    records = []
+    successful, others = [], 0
     for number, line in enumerate(read_complete_lines(path), start=1):
         try:
-            records.append(StepRecord.model_validate_json(line))
+            record = StepRecord.model_validate_json(line)
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(map(str, first["loc"]))
             raise UserError(f"{path}: line {number}: {field + ': ' if field else ''}{first['msg']}") from None
-    return records
+        if record.status != "ok":
+            others += 1
+            continue
+        missing = [name for name in FIT_FIELDS if getattr(record, name) is None]
+        if missing:
+            raise UserError(f"{path}: line {number}: {missing[0]}: missing in a successful step")
+        successful.append(record)
+    return successful, others
 
 
 def calibrate(run_dir: Path) -> Calibration:
     """Fit prefill and decode lines from a run's successful steps; times in the model are seconds."""
-    steps = read_steps(run_dir)
-    ok = [step for step in steps if step.status == "ok"]
+    ok, skipped = read_successful_steps(run_dir)
     if len(ok) < 2:
         raise UserError(
-            f"--calibrate: {Path(run_dir) / STEPS_FILE} has {len(ok)} successful steps; need 2 or more"
+            f"--calibrate: {Path(run_dir) / STEPS} has {len(ok)} successful steps; need 2 or more"
         )
-    computed = np.array([max(step.prompt_tokens - step.cached_prompt_tokens, 0) for step in ok], dtype=float)
-    prefill = fit_line(computed, np.array([step.ttft_ms for step in ok]) / 1000.0)
+    computed = np.array(
+        [max((step.prompt_tokens or 0) - (step.cached_prompt_tokens or 0), 0) for step in ok], dtype=float
+    )
+    prefill = fit_line(computed, np.array([step.ttft_ms for step in ok], dtype=float) / 1000.0)
     decoding = [step for step in ok if step.itl_ms]
     if not decoding:
         raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
     decode = fit_line(
         np.array([step.inflight_at_start for step in decoding], dtype=float),
-        np.array([np.mean(step.itl_ms) for step in decoding]) / 1000.0,
+        np.array([np.mean(step.itl_ms or [0.0]) for step in decoding]) / 1000.0,
     )
     service = ServiceModel(
         prefill_base_s=prefill.intercept,
@@ -135,4 +133,4 @@ def calibrate(run_dir: Path) -> Calibration:
         decode_base_s=decode.intercept,
         decode_per_request_s=decode.slope,
     )
-    return Calibration(service, prefill, decode, steps_used=len(ok), steps_skipped=len(steps) - len(ok))
+    return Calibration(service, prefill, decode, steps_used=len(ok), steps_skipped=skipped)

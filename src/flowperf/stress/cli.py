@@ -6,9 +6,11 @@ do not pay for them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -20,68 +22,101 @@ from flowperf.stress.config import StressConfig, parse_flags
 
 if TYPE_CHECKING:
     from flowperf.stress.calibrate import Calibration
-    from flowperf.stress.spec import TestResult
-    from flowperf.stress.suite import SuiteReport
+    from flowperf.stress.spec import TestResult, TestSpec
+    from flowperf.stress.suite import OnResult, SuiteReport
 
 console = Console()
 
 
-def _default(flag: str) -> Any:
-    """A flag's default is the config model's, so help text and behaviour cannot drift apart."""
-    return StressConfig.model_fields[flag].default
+# A flag's default is the config model's, so help text and behaviour cannot drift apart.
+_DEFAULTS = StressConfig.model_construct()
+
+
+WorkloadOption = Annotated[
+    str, typer.Option(help="azure-code, azure-conv, mooncake, synthetic, burstgpt:PATH or a PATH.")
+]
+RateOption = Annotated[float, typer.Option(help="Poisson arrival rate, requests/s (stress mode).")]
+UseRealTimestampsOption = Annotated[
+    bool,
+    typer.Option(
+        "--use-real-timestamps", help="Keep the trace's own arrival times instead of Poisson arrivals."
+    ),
+]
+RpsScalingOption = Annotated[
+    float, typer.Option(help="Speed-up of real timestamps (2 = twice the trace's rate).")
+]
+PredictorErrorOption = Annotated[
+    float, typer.Option(help="Sigma of lognormal noise on predicted output lengths (0 = exact).")
+]
+BatchSizeOption = Annotated[
+    int, typer.Option(help="Requests per static batch; slots per GPU for continuous.")
+]
+GpusOption = Annotated[int, typer.Option(help="GPU count of step 1 and of a --num-requests run.")]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="bins-K or continuous: the scheduler of a --num-requests run (default continuous); forces "
+        "step 2's scheduler."
+    ),
+]
+NumRequestsOption = Annotated[
+    int | None, typer.Option(help="Run one test of this many requests, not the suite.")
+]
+DSlaOption = Annotated[float, typer.Option(help="SLA on time to first token, seconds.")]
+SlaTargetOption = Annotated[
+    float, typer.Option(help="SLA attainment that step 2 asks of the best GPU count.")
+]
+Step1OnlyOption = Annotated[bool, typer.Option("--step1-only", help="Run step 1 (request scaling) only.")]
+Step2OnlyOption = Annotated[bool, typer.Option("--step2-only", help="Run step 2 (GPU scaling) only.")]
+Step3OnlyOption = Annotated[bool, typer.Option("--step3-only", help="Run step 3 (K sensitivity) only.")]
+MaxRequestsOption = Annotated[int, typer.Option(help="Cap on requests per test.")]
+MaxGpusOption = Annotated[int, typer.Option(help="Cap on GPUs per test.")]
+BestGpuCountOption = Annotated[
+    int | None, typer.Option(help="GPU count of step 3 instead of step 2's answer.")
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of every random stream.")]
+OutOption = Annotated[Path, typer.Option(help="Output directory.")]
+WorkersOption = Annotated[int | None, typer.Option(help="Worker processes (default: the cores available).")]
+ExecutorOption = Annotated[str, typer.Option(help="local (worker processes) or ray.")]
+RayAddressOption = Annotated[
+    str | None, typer.Option(help="Ray cluster for --executor ray (default: start one).")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Skip tests already in the incremental results.")
+]
+CalibrateOption = Annotated[
+    Path | None,
+    typer.Option(help="Fit the service model from this `bench run` directory's steps.jsonl first."),
+]
 
 
 def stress(
-    workload: str = typer.Option(
-        _default("workload").name,
-        help="azure-code, azure-conv, mooncake, synthetic, burstgpt:PATH or a PATH.",
-    ),
-    rate: float = typer.Option(_default("rate"), help="Poisson arrival rate, requests/s (stress mode)."),
-    use_real_timestamps: bool = typer.Option(
-        False, "--use-real-timestamps", help="Keep the trace's own arrival times instead of Poisson arrivals."
-    ),
-    rps_scaling: float = typer.Option(
-        _default("rps_scaling"), help="Speed-up of real timestamps (2 = twice the trace's rate)."
-    ),
-    predictor_error: float = typer.Option(
-        _default("predictor_error"), help="Sigma of lognormal noise on predicted output lengths (0 = exact)."
-    ),
-    batch_size: int = typer.Option(
-        _default("batch_size"), help="Requests per static batch; slots per GPU for continuous."
-    ),
-    gpus: int = typer.Option(_default("gpus"), help="GPU count of step 1 and of a --num-requests run."),
-    scheduler: str | None = typer.Option(
-        None,
-        help="bins-K or continuous: the scheduler of a --num-requests run (default continuous); forces "
-        "step 2's scheduler.",
-    ),
-    num_requests: int | None = typer.Option(None, help="Run one test of this many requests, not the suite."),
-    d_sla: float = typer.Option(_default("d_sla"), help="SLA on time to first token, seconds."),
-    sla_target: float = typer.Option(
-        _default("sla_target"), help="SLA attainment that step 2 asks of the best GPU count."
-    ),
-    step1_only: bool = typer.Option(False, "--step1-only", help="Run step 1 (request scaling) only."),
-    step2_only: bool = typer.Option(False, "--step2-only", help="Run step 2 (GPU scaling) only."),
-    step3_only: bool = typer.Option(False, "--step3-only", help="Run step 3 (K sensitivity) only."),
-    max_requests: int = typer.Option(_default("max_requests"), help="Cap on requests per test."),
-    max_gpus: int = typer.Option(_default("max_gpus"), help="Cap on GPUs per test."),
-    best_gpu_count: int | None = typer.Option(None, help="GPU count of step 3 instead of step 2's answer."),
-    seed: int = typer.Option(_default("seed"), help="Seed of every random stream."),
-    out: Path = typer.Option(_default("out"), help="Output directory."),
-    workers: int | None = typer.Option(None, help="Worker processes (default: the cores available)."),
-    executor: str = typer.Option(_default("executor"), help="local (worker processes) or ray."),
-    ray_address: str | None = typer.Option(None, help="Ray cluster for --executor ray (default: start one)."),
-    resume: bool = typer.Option(False, "--resume", help="Skip tests already in the incremental results."),
-    calibrate: Path | None = typer.Option(
-        None, help="Fit the service model from this `bench run` directory's steps.jsonl first."
-    ),
+    workload: WorkloadOption = _DEFAULTS.workload.name,
+    rate: RateOption = _DEFAULTS.rate,
+    use_real_timestamps: UseRealTimestampsOption = False,
+    rps_scaling: RpsScalingOption = _DEFAULTS.rps_scaling,
+    predictor_error: PredictorErrorOption = _DEFAULTS.predictor_error,
+    batch_size: BatchSizeOption = _DEFAULTS.batch_size,
+    gpus: GpusOption = _DEFAULTS.gpus,
+    scheduler: SchedulerOption = None,
+    num_requests: NumRequestsOption = None,
+    d_sla: DSlaOption = _DEFAULTS.d_sla,
+    sla_target: SlaTargetOption = _DEFAULTS.sla_target,
+    step1_only: Step1OnlyOption = False,
+    step2_only: Step2OnlyOption = False,
+    step3_only: Step3OnlyOption = False,
+    max_requests: MaxRequestsOption = _DEFAULTS.max_requests,
+    max_gpus: MaxGpusOption = _DEFAULTS.max_gpus,
+    best_gpu_count: BestGpuCountOption = None,
+    seed: SeedOption = _DEFAULTS.seed,
+    out: OutOption = _DEFAULTS.out,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = _DEFAULTS.executor,
+    ray_address: RayAddressOption = None,
+    resume: ResumeOption = False,
+    calibrate: CalibrateOption = None,
 ) -> None:
     """Simulate a GPU cluster under multi-bin or continuous batching: steps 1-3 of the stress suite."""
-    from flowperf.stress.calibrate import calibrate as fit_service
-    from flowperf.stress.runner import executor as open_executor
-    from flowperf.stress.service import ServiceModel
-    from flowperf.stress.suite import planned_tests, run_suite
-
     config = parse_flags(
         workload=workload,
         rate=rate,
@@ -108,11 +143,43 @@ def stress(
         resume=resume,
         calibrate=calibrate,
     )
-    calibration = fit_service(config.calibrate) if config.calibrate else None
-    if calibration:
-        _print_calibration(calibration)
-    settings = config.settings(calibration.service if calibration else ServiceModel())
-    tests = planned_tests(config)
+    calibration = _fit_calibration(config)
+    _print_summary(_run_with_progress(config, calibration))
+
+
+def _fit_calibration(config: StressConfig) -> Calibration | None:
+    """The service model fitted from `--calibrate`'s run, shown before the suite so a poor fit is seen
+    before the long part starts."""
+    if config.calibrate is None:
+        return None
+    from flowperf.stress.calibrate import calibrate
+
+    calibration = calibrate(config.calibrate)
+    _print_calibration(calibration)
+    return calibration
+
+
+def _run_with_progress(config: StressConfig, calibration: Calibration | None) -> SuiteReport:
+    """Run the suite with the fitted (or default) service model; the executor opens inside the bar so
+    "starting workers" shows while worker processes spawn and compile."""
+    from flowperf.stress.executors import open_executor
+    from flowperf.stress.service import ServiceModel
+    from flowperf.stress.suite import planned_tests, run_suite
+
+    test_config = config.test_config(calibration.service if calibration else ServiceModel())
+    with (
+        _progress_bar(planned_tests(config)) as on_result,
+        open_executor(test_config, config.executor, config.workers, config.ray_address) as run_many,
+    ):
+        return run_suite(
+            config, test_config, run_many, on_result, calibration.as_dict() if calibration else None
+        )
+
+
+@contextmanager
+def _progress_bar(tests: list[TestSpec]) -> Iterator[OnResult]:
+    """A bar over `tests`, measured in requests, which a test's time grows with, so the ETA is not fooled
+    by tiny tests; yields the callback that advances it as each result arrives."""
     columns = (
         TextColumn("{task.fields[done]}/{task.fields[tests]} tests"),
         BarColumn(),
@@ -121,7 +188,6 @@ def stress(
         TextColumn("{task.description}"),
     )
     with Progress(*columns, console=console, transient=True) as progress:
-        # Measured in requests, which a test's time grows with, so the ETA is not fooled by tiny tests.
         total = sum(test.num_requests for test in tests)
         bar = progress.add_task("starting workers", total=total, done=0, tests=len(tests))
         finished = count(1)
@@ -135,11 +201,7 @@ def stress(
                 description=f"{result.test_id} ({note})",
             )
 
-        with open_executor(settings, config.executor, config.workers, config.ray_address) as run_many:
-            report = run_suite(
-                config, settings, run_many, on_result, calibration.as_dict() if calibration else None
-            )
-    _print_summary(report)
+        yield on_result
 
 
 def _print_calibration(calibration: Calibration) -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flowperf.errors import UserError
 from flowperf.stress.service import ServiceModel
-from flowperf.stress.spec import Scheduler, TestSettings
+from flowperf.stress.spec import Scheduler, SimTestConfig
 from flowperf.stress.workload import WorkloadSource
 
 DEFAULT_OUT = Path("stress_out")
@@ -101,9 +101,9 @@ class StressConfig(BaseModel):
         ]
         return tuple(chosen) or ("step1", "step2", "step3")
 
-    def settings(self, service: ServiceModel) -> TestSettings:
+    def test_config(self, service: ServiceModel) -> SimTestConfig:
         """What every test of this run shares, with the service model (default or calibrated)."""
-        return TestSettings(
+        return SimTestConfig(
             source=self.workload,
             use_real_timestamps=self.use_real_timestamps,
             rate=self.rate,

@@ -15,7 +15,7 @@ from flowperf.stress.sim import Outcome
 from flowperf.stress.workload import Workload
 
 
-def summarize(workload: Workload, outcome: Outcome, n_gpus: int, d_sla: float) -> dict[str, Any]:
+def outcome_metrics(workload: Workload, outcome: Outcome, n_gpus: int, d_sla: float) -> dict[str, Any]:
     """SLA attainment (time to first token <= `d_sla`), TTFT and end-to-end statistics, rates, usage."""
     ttft = outcome.first_token - workload.arrival_s
     e2e = outcome.finish - workload.arrival_s

@@ -130,8 +130,9 @@ def _kernel_array(values: np.ndarray, dtype: type) -> np.ndarray:
     return np.require(values, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
+# One hot compiled loop, exempt from the size rules: splitting it costs a call per event in nopython mode.
 @njit(cache=True)
-def _bins_loop(
+def _bins_loop(  # noqa: C901
     arrival, prefill_tokens, work, bin_of, n_bins, n_gpus, batch_size, a, b, c, d, start, first, finish
 ):
     """Static batching from K FIFO queues; returns (busy GPU-s, batches, mean batch size, iterations, events).
@@ -214,8 +215,9 @@ def _bins_loop(
     return busy, batches, filled / max(batches, 1), iterations, events
 
 
+# One hot compiled loop, exempt from the size rules: splitting it costs a call per event in nopython mode.
 @njit(cache=True)
-def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d, start, first, finish):
+def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d, start, first, finish):  # noqa: C901
     """Iteration-level batching; returns (busy GPU-s, admissions, mean slots in use per iteration, iterations,
     events).
 

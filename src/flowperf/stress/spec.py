@@ -1,4 +1,4 @@
-"""The data model of a sweep: schedulers, the settings all tests share, one test, and one test's result.
+"""The data model of a sweep: schedulers, the config all tests share, one test, and one test's result.
 
 Tests travel to worker processes and Ray tasks, and results come back and go to CSV and are read back on
 resume, so each is a small frozen pydantic model: picklable, validated on the way in, one schema for all.
@@ -38,11 +38,10 @@ class Scheduler(BaseModel):
         return "continuous" if self.kind == "continuous" else f"bins-{self.k}"
 
 
-class TestSettings(BaseModel):
+class SimTestConfig(BaseModel):
     """What every test of a run shares: the workload recipe, the cluster's batch size and service model,
     and the SLA."""
 
-    __test__ = False  # not a pytest test class
     model_config = ConfigDict(frozen=True)
 
     source: WorkloadSource
@@ -67,7 +66,7 @@ class TestSettings(BaseModel):
         )
 
     def fingerprint(self) -> str:
-        """Short hash of these settings; a resumed run only reuses results with the same one."""
+        """Short hash of this config; a resumed run only reuses results with the same one."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from flowperf.stress import plan
 from flowperf.stress.config import StressConfig
+from flowperf.stress.executors import RunMany
 from flowperf.stress.results import IncrementalLog, write_outputs
-from flowperf.stress.runner import RunMany
-from flowperf.stress.spec import Scheduler, TestResult, TestSettings, TestSpec
+from flowperf.stress.spec import Scheduler, SimTestConfig, TestResult, TestSpec
 
 OnResult = Callable[[TestResult, bool], None]  # (result, whether it came from the resumed file)
 DEFAULT_STEP2_SCHEDULER = "continuous"
@@ -46,14 +46,14 @@ def planned_tests(config: StressConfig) -> list[TestSpec]:
 
 def run_suite(
     config: StressConfig,
-    settings: TestSettings,
+    test_config: SimTestConfig,
     run_many: RunMany,
     on_result: OnResult,
     calibration: dict[str, Any] | None = None,
 ) -> SuiteReport:
     """Run the steps `config` selects, appending each result to the incremental file as it arrives."""
     began = time.perf_counter()
-    log = IncrementalLog(config.out, settings.fingerprint(), config.resume)
+    log = IncrementalLog(config.out, test_config.fingerprint(), config.resume)
     try:
         resumed = dict(log.previous)
 
@@ -71,8 +71,8 @@ def run_suite(
     finally:
         log.close()
     analysis = {
-        "settings": settings.model_dump(mode="json"),
-        "fingerprint": settings.fingerprint(),
+        "settings": test_config.model_dump(mode="json"),  # a persisted key: analyses already written use it
+        "fingerprint": test_config.fingerprint(),
         "calibration": calibration,
         **analysis,
         "tests": len(results),

@@ -1,6 +1,6 @@
 """Run tests: one test end to end, and the three ways to run many (in process, worker processes, Ray).
 
-A test's figures are a pure function of (settings, test), so any executor gives the same results as a
+A test's figures are a pure function of (test config, test), so any executor gives the same results as a
 serial run; only the timing columns differ. Executors hand results back as tests finish so the caller can
 save each one at once.
 """
@@ -19,34 +19,36 @@ import numpy as np
 
 from flowperf.errors import UserError
 from flowperf.stress.bins import cached_bins
-from flowperf.stress.metrics import summarize
+from flowperf.stress.metrics import outcome_metrics
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
-from flowperf.stress.spec import TestResult, TestSettings, TestSpec
+from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
 from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
 
 
-def run_test(settings: TestSettings, test: TestSpec) -> TestResult:
+def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
     """Build (or reuse) the workload and bins, simulate, and summarise one test."""
     began = time.perf_counter()
-    spec = settings.workload(test.num_requests)
+    spec = test_config.workload(test.num_requests)
     workload = cached_workload(spec)
     scheduler = test.scheduler
     bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
-    config = SimConfig(test.n_gpus, settings.batch_size, scheduler.kind == "continuous", settings.service)
+    sim_config = SimConfig(
+        test.n_gpus, test_config.batch_size, scheduler.kind == "continuous", test_config.service
+    )
     sim_began = time.perf_counter()
     outcome = simulate(
         workload.arrival_s,
         workload.input_tokens,
         workload.output_tokens,
-        config,
+        sim_config,
         bin_of=None if bins is None else bins.bin_of,
     )
     sim_s = time.perf_counter() - sim_began
-    figures = summarize(workload, outcome, test.n_gpus, settings.d_sla)
+    figures = outcome_metrics(workload, outcome, test.n_gpus, test_config.d_sla)
     return TestResult(
         test_id=test.test_id,
         step=test.step,
@@ -55,13 +57,13 @@ def run_test(settings: TestSettings, test: TestSpec) -> TestResult:
         effective_k=None if bins is None else bins.effective_k,
         n_gpus=test.n_gpus,
         num_requests=test.num_requests,
-        batch_size=settings.batch_size,
-        d_sla_s=settings.d_sla,
+        batch_size=test_config.batch_size,
+        d_sla_s=test_config.d_sla,
         **figures,
         sim_s=sim_s,
         wall_s=time.perf_counter() - began,
         events_per_s=outcome.events / sim_s if sim_s > 0 else float("nan"),
-        fingerprint=settings.fingerprint(),
+        fingerprint=test_config.fingerprint(),
     )
 
 
@@ -74,8 +76,8 @@ def warm_up() -> None:
 
 
 @contextmanager
-def executor(
-    settings: TestSettings,
+def open_executor(
+    test_config: SimTestConfig,
     kind: Literal["local", "ray"],
     workers: int,
     ray_address: str | None = None,
@@ -85,19 +87,19 @@ def executor(
     The trace is parsed here first, so a bad trace file is reported before any worker starts or any
     output is written.
     """
-    trace = source_trace(settings.source)
+    trace = source_trace(test_config.source)
     warm_up()
     if kind == "ray":
-        with _ray_executor(settings, trace, workers, ray_address) as run_many:
+        with _ray_executor(test_config, trace, workers, ray_address) as run_many:
             yield run_many
     elif workers <= 1:
-        yield lambda tests: (run_test(settings, test) for test in tests)
+        yield lambda tests: (run_test(test_config, test) for test in tests)
     else:
         # Workers parse the trace themselves (it is on this machine): a large object in the initializer's
         # arguments would hang the parent, mid-write, if a worker died while starting.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=warm_up)
         try:
-            yield lambda tests: _pool_results(pool, settings, tests)
+            yield lambda tests: _pool_results(pool, test_config, tests)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -110,9 +112,9 @@ def _costliest_first(tests: Sequence[TestSpec]) -> list[TestSpec]:
 
 
 def _pool_results(
-    pool: ProcessPoolExecutor, settings: TestSettings, tests: Sequence[TestSpec]
+    pool: ProcessPoolExecutor, test_config: SimTestConfig, tests: Sequence[TestSpec]
 ) -> Iterator[TestResult]:
-    futures = [pool.submit(run_test, settings, test) for test in _costliest_first(tests)]
+    futures = [pool.submit(run_test, test_config, test) for test in _costliest_first(tests)]
     try:
         for future in as_completed(futures):
             yield future.result()
@@ -121,9 +123,9 @@ def _pool_results(
             future.cancel()
 
 
-def _ray_task(settings: TestSettings, test: TestSpec, trace: Trace | None) -> TestResult:
-    adopt_trace(settings.source, trace)
-    return run_test(settings, test)
+def _ray_task(test_config: SimTestConfig, test: TestSpec, trace: Trace | None) -> TestResult:
+    adopt_trace(test_config.source, trace)
+    return run_test(test_config, test)
 
 
 def _check_reachable(address: str) -> None:
@@ -139,7 +141,7 @@ def _check_reachable(address: str) -> None:
 
 @contextmanager
 def _ray_executor(
-    settings: TestSettings, trace: Trace | None, workers: int, address: str | None
+    test_config: SimTestConfig, trace: Trace | None, workers: int, address: str | None
 ) -> Iterator[RunMany]:
     """Run tests as Ray tasks: on the cluster at `address`, on the one this process is already connected
     to, or on a local one started here (and stopped on exit, as is a connection opened here)."""
@@ -160,7 +162,7 @@ def _ray_executor(
         trace_ref = ray.put(trace)
 
         def run_many(tests: Sequence[TestSpec]) -> Iterator[TestResult]:
-            pending = [task.remote(settings, test, trace_ref) for test in _costliest_first(tests)]
+            pending = [task.remote(test_config, test, trace_ref) for test in _costliest_first(tests)]
             try:
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
