@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -37,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flowperf.config import EngineConfig
 from flowperf.durable import atomic_write_text
 from flowperf.engines.base import EngineError, EngineInfo
-from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
+from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.vllm_local import engine_arguments
 from flowperf.errors import UserError
+from flowperf.locking import exclusive_lock
 from flowperf.paths import flowperf_home
 
 HOST = "127.0.0.1"
@@ -164,9 +164,7 @@ class ServerRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[ServerState]:
         """Read-modify-write of the state under an exclusive lock; stale records are dropped on read."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_lock(self.directory / ".lock"):
             state = self._read()
             state.servers = [record for record in state.servers if is_our_server(record)]
             yield state
@@ -356,7 +354,7 @@ class ManagedServerEngine(OpenAIHttpEngine):
         self,
         settings: EngineConfig,
         model_path: Path,
-        http: HttpSettings,
+        http: HttpClientConfig,
         *,
         port: int | None,
         max_servers: int,

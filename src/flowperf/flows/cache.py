@@ -5,6 +5,12 @@ num_flows and the expander's format version; each points at an expanded file und
 with that file's own sha256. A hit costs two file hashes and one JSON parse, no YAML, no Jinja. Anything
 wrong with the cache (unreadable, truncated, edited, pointing at a missing file) is a miss with a warning:
 the cache can only ever save time, never change a result or stop a run.
+
+Several runs may expand into one flows directory at once, so `store` does its whole read-modify-write
+(expanded file, index, removal of unreferenced files) under an exclusive lock on
+`flows/.expanded_cache.lock`. Lookups take no lock: both files are replaced atomically, so a reader sees
+a whole old or whole new version, and the worst a concurrent store can do to it is evict its entry (a
+miss with a warning).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from flowperf.errors import UserError
 from flowperf.flows.expand import FORMAT_VERSION, ExpandedFlowSet, expand
 from flowperf.flows.fixtures import load_fixture_file
 from flowperf.flows.schema import load_template
+from flowperf.locking import exclusive_lock
 
 CACHE_FILE_NAME = ".expanded_cache.json"
+LOCK_FILE_NAME = ".expanded_cache.lock"
 EXPANDED_DIR_NAME = ".expanded"
 MAX_ENTRIES = 32
 
@@ -75,6 +83,7 @@ class ExpansionCache:
     def __init__(self, flows_dir: Path, warn: Warn) -> None:
         self.flows_dir = Path(flows_dir)
         self.index_path = self.flows_dir / CACHE_FILE_NAME
+        self.lock_path = self.flows_dir / LOCK_FILE_NAME
         self.expanded_dir = self.flows_dir / EXPANDED_DIR_NAME
         self._warn = warn
 
@@ -131,7 +140,12 @@ class ExpansionCache:
         return flows
 
     def store(self, template_path: Path, fixture_path: str, flows: ExpandedFlowSet) -> None:
-        """Record `flows`; a cache that cannot be written costs a warning, never the run."""
+        """Record `flows`; a cache that cannot be written costs a warning, never the run.
+
+        Everything happens under the lock, the expanded file's write included: otherwise another process's
+        cleanup, working from an index that does not name that file yet, could delete it before it is
+        recorded.
+        """
         text = flows.to_json()
         relative = (
             f"{EXPANDED_DIR_NAME}/{flows.name}-{len(flows)}-"
@@ -148,13 +162,14 @@ class ExpansionCache:
             created_at=time.time(),
         )
         try:
-            atomic_write_text(self.flows_dir / relative, text)
-            index = self.load_index()
-            kept = [e for e in index.entries if e.expanded_path != relative][-(MAX_ENTRIES - 1) :]
-            atomic_write_text(
-                self.index_path, CacheIndex(entries=[*kept, entry]).model_dump_json(indent=1) + "\n"
-            )
-            self._remove_unreferenced({e.expanded_path for e in [*kept, entry]})
+            with exclusive_lock(self.lock_path):
+                atomic_write_text(self.flows_dir / relative, text)
+                index = self.load_index()
+                kept = [e for e in index.entries if e.expanded_path != relative][-(MAX_ENTRIES - 1) :]
+                atomic_write_text(
+                    self.index_path, CacheIndex(entries=[*kept, entry]).model_dump_json(indent=1) + "\n"
+                )
+                self._remove_unreferenced({e.expanded_path for e in [*kept, entry]})
         except OSError as error:
             self._warn(f"cannot write the expansion cache in {self.flows_dir} ({error.strerror}); continuing")
 
