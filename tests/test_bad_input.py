@@ -61,6 +61,21 @@ CASES = {
         "--model /no/such/model: no such model directory",
     ),
     "bad config": ([], None, ["--config", "missing.toml"], "missing.toml: config file not found"),
+    "kv cache not positive": (
+        [],
+        None,
+        ["--kv-cache-gib", "0"],
+        "Invalid value for '--kv-cache-gib': Input should be greater than 0",
+    ),
+    "capture sizes": ([], None, ["--cuda-graph-sizes", "1,x"], "--cuda-graph-sizes 1,x: expected comma-sep"),
+    "run id": ([], None, ["--run-id", "a b"], "Invalid value for '--run-id': String should match pattern"),
+    "unknown api": ([], None, ["--api", "soap"], "Invalid value for '--api'"),
+    "resume with config": (
+        [],
+        None,
+        ["--resume", "runs/x", "--config", "c.toml"],
+        "--config cannot be combined with it",
+    ),
 }
 
 

@@ -1,10 +1,12 @@
-"""Settings: defaults < config file < flags, validated once, errors naming the file and field."""
+"""RunConfig: defaults < config file < flags, validated once, errors naming the file and field."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from flowperf.config import RunConfig, load_run_config
 from flowperf.errors import UserError
@@ -57,3 +59,54 @@ def test_fingerprint_ignores_where_results_go() -> None:
     changed = RunConfig.model_validate({"num_flows": 26})
     assert base.fingerprint() == moved.fingerprint()
     assert base.fingerprint() != changed.fingerprint()
+
+
+def test_flags_by_dotted_path_nest_into_overrides() -> None:
+    flags = {"num_flows": 3, "engine.seed": 5, "engine.kv_cache_gib": 0.5, "monitor.sample_interval_s": 0}
+    assert RunConfig.overrides_from_flags(flags) == {
+        "num_flows": 3,
+        "engine": {"seed": 5, "kv_cache_gib": 0.5},
+        "monitor": {"sample_interval_s": 0},
+    }
+    merged = load_run_config(None, RunConfig.overrides_from_flags(flags))
+    assert (merged.num_flows, merged.engine.seed, merged.monitor.sample_interval_s) == (3, 5, 0)
+
+
+def test_one_value_is_checked_against_its_own_field() -> None:
+    RunConfig.check_value("engine.kv_cache_gib", 0.5)
+    RunConfig.check_value("output.run_id", "r-1")
+    with pytest.raises(ValidationError, match="greater than 0"):
+        RunConfig.check_value("engine.kv_cache_gib", 0)
+    with pytest.raises(ValidationError, match="pattern"):
+        RunConfig.check_value("output.run_id", "no spaces")
+
+
+PERSISTED_SHAPE = {
+    "flow", "flows_dir", "fixtures_dir", "num_flows", "max_tokens", "concurrency", "rate", "seed",
+    "step_timeout_s", "fail_fast", "grace_s", "warmup", "reset_prefix_cache",
+    "engine.kind", "engine.model", "engine.dtype", "engine.max_model_len", "engine.block_size",
+    "engine.kv_cache_gib", "engine.gpu_memory_utilization", "engine.enforce_eager", "engine.cuda_graphs",
+    "engine.cudagraph_capture_sizes", "engine.max_num_seqs", "engine.enable_prefix_caching", "engine.seed",
+    "engine.extra_engine_args", "engine.base_url", "engine.api", "engine.api_key_env",
+    "engine.connect_timeout_s", "engine.read_timeout_s", "engine.server_port", "engine.max_servers",
+    "engine.server_start_timeout_s",
+    "output.out_dir", "output.run_id", "output.save_text", "output.summary_every",
+    "output.summary_interval_s",
+    "monitor.sample_interval_s", "monitor.leak_threshold_mb",
+}  # fmt: skip
+
+
+def dotted_keys(document: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            keys |= dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_persisted_field_names_and_nesting_are_unchanged() -> None:
+    """config.json and the fingerprint `--resume` checks are built from these names: renaming or moving
+    one would make every earlier run directory impossible to resume."""
+    assert dotted_keys(RunConfig().model_dump(mode="json")) == PERSISTED_SHAPE

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,14 +28,32 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from flowperf.benchmark import RunHooks, RunResult, run_benchmark
-from flowperf.config import load_run_config
+from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
-from flowperf.interrupts import InterruptController
+from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController
+from flowperf.options import (
+    ENDPOINT,
+    ENGINE,
+    FLOW,
+    MEASUREMENT,
+    MEASUREMENT_PANEL,
+    MODEL,
+    MONITOR,
+    RESULTS,
+    RESULTS_PANEL,
+    ConfigFileOption,
+    ConfigFlags,
+    HtmlCommand,
+    HtmlOption,
+    html_path,
+    only,
+    with_options,
+)
+from flowperf.records import WorkflowRecord
 from flowperf.report import print_run_table
-from flowperf.runner import WorkflowOutcome
 from flowperf.store import recorded_config
 from flowperf.stress.cli import stress
 from flowperf.timing import TimingLog
@@ -87,303 +105,84 @@ def _echo(line: str) -> None:
     print(line, flush=True)
 
 
-def _csv_ints(value: str | None, flag: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        numbers = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{flag} {value}: expected comma-separated whole numbers, e.g. 1,2,4,8") from None
-    if not numbers or any(n < 1 for n in numbers):
-        raise UserError(f"{flag} {value}: expected positive whole numbers")
-    return numbers
+class _WorkflowBar:
+    """The progress bar on stderr, fed by the run's hooks; hidden until the run knows its total."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]workflows"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not enabled,
+            transient=False,
+        )
+        self.task_id = self.bar.add_task("workflows", total=None, failed=0, visible=False)
+        self.failed = 0
+
+    def on_start(self, total: int, already_done: int) -> None:
+        self.bar.reset(self.task_id, total=total, completed=already_done, visible=True)
+        self.bar.start()
+
+    def on_done(self, workflow: WorkflowRecord) -> None:
+        self.failed += 0 if workflow.ok else 1
+        self.bar.update(self.task_id, advance=1, failed=self.failed)
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
-ENGINE = "Engine"
-MEASUREMENT = "Measurement"
-RESULTS = "Results and crash safety"
+def _config(
+    flags: ConfigFlags, config_file: Path | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
+    """Defaults (or `base`), then the TOML file, then the flags: the one merge, done by config.py."""
+    return load_run_config(config_file, RunConfig.overrides_from_flags(flags), base=base)
 
-FlowOption = Annotated[
-    str | None, typer.Option("--flow", help="Flow name in --flows-dir, or a path to a flow template YAML.")
-]
-FlowsDirOption = Annotated[
-    Path | None, typer.Option("--flows-dir", help="Where flow templates live. [default: flows]")
-]
-NumFlowsOption = Annotated[
-    int | None, typer.Option("--num-flows", "-n", min=1, help="How many workflows to run. [default: 25]")
-]
-ConfigOption = Annotated[
+
+def _run_config(flags: ConfigFlags, config_file: Path | None, resume: Path | None) -> RunConfig:
+    """A resumed run starts from its own recorded config; flags may only restate it (the run checks)."""
+    if resume is None:
+        return _config(flags, config_file)
+    if config_file is not None:
+        raise UserError("--resume uses the run's own config.json; --config cannot be combined with it")
+    return _config(flags, base=recorded_config(resume))
+
+
+def _run_with_interrupts(config: RunConfig, hooks: RunHooks, resume: Path | None) -> RunResult:
+    """Run the benchmark with Ctrl-C owned by the run (graceful stop, then resumable) for its duration."""
+    interrupts = InterruptController()
+
+    async def run_once() -> RunResult:
+        interrupts.install(asyncio.get_running_loop())
+        try:
+            return await run_benchmark(config, hooks, resume_from=resume, interrupts=interrupts)
+        finally:
+            interrupts.uninstall()
+
+    return asyncio.run(run_once())
+
+
+ResumeOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (e.g. configs/default.toml); flags override it."),
-]
-ModelOption = Annotated[
-    str | None,
     typer.Option(
-        "--model",
-        rich_help_panel=ENGINE,
-        help="Local model directory (for --engine openai: the served model name). Default: the embedded "
-        "tiny model, built on first use.",
+        "--resume",
+        rich_help_panel=RESULTS_PANEL,
+        help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
+        "run. Uses the run's own settings; flags given must not change them.",
     ),
 ]
-EngineKindOption = Annotated[
-    Literal["vllm", "server", "openai"] | None,
-    typer.Option(
-        "--engine",
-        rich_help_panel=ENGINE,
-        help="vllm: in-process engine; server: a persistent local vLLM server, started once and reused "
-        "across runs; openai: any OpenAI-compatible server at --base-url. [default: vllm]",
-    ),
-]
-CudaGraphsOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--cuda-graphs/--no-cuda-graphs",
-        rich_help_panel=ENGINE,
-        help="CUDA graphs on GPU (on by default); --no-cuda-graphs runs eagerly for A/B.",
-    ),
-]
-CudaGraphSizesOption = Annotated[
-    str | None,
-    typer.Option(
-        "--cuda-graph-sizes",
-        rich_help_panel=ENGINE,
-        help="Batch sizes to capture CUDA graphs for, e.g. 1,2,4,8.",
-    ),
-]
-EagerOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--eager/--compiled",
-        rich_help_panel=ENGINE,
-        help="Eager execution or torch.compile. Default: eager on CPU, compiled on GPU.",
-    ),
-]
-MaxModelLenOption = Annotated[
-    int | None,
-    typer.Option("--max-model-len", rich_help_panel=ENGINE, min=16, help="Context length. [default: 2048]"),
-]
-BlockSizeOption = Annotated[
-    int | None,
-    typer.Option(
-        "--block-size", rich_help_panel=ENGINE, min=1, help="KV-cache block size. [default: 32 on CPU]"
-    ),
-]
-KvCacheOption = Annotated[
-    float | None,
-    typer.Option(
-        "--kv-cache-gib", rich_help_panel=ENGINE, min=0.01, help="KV-cache memory in GiB. [default: 1]"
-    ),
-]
-SeedOption = Annotated[
-    int | None,
-    typer.Option(
-        "--seed", rich_help_panel=MEASUREMENT, help="Seed for sampling and the engine. [default: 0]"
-    ),
-]
-ServerPortOption = Annotated[
-    int | None,
-    typer.Option(
-        "--server-port",
-        rich_help_panel=ENGINE,
-        min=1,
-        max=65535,
-        help="Port for a managed server. Default: a free one.",
-    ),
-]
-MaxServersOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-servers",
-        rich_help_panel=ENGINE,
-        min=1,
-        help="Managed servers kept alive; the least recently used goes. [default: 3]",
-    ),
-]
-
-
-def engine_overrides(
-    kind: str | None,
-    model: str | None,
-    cuda_graphs: bool | None,
-    cuda_graph_sizes: str | None,
-    eager: bool | None,
-    max_model_len: int | None,
-    block_size: int | None,
-    kv_cache_gib: float | None,
-    seed: int | None,
-    server_port: int | None,
-    max_servers: int | None,
-) -> dict[str, Any]:
-    """The `engine` part of the settings from the flags `run` and `serve start` share."""
-    return {
-        "kind": kind,
-        "model": model,
-        "cuda_graphs": cuda_graphs,
-        "cudagraph_capture_sizes": _csv_ints(cuda_graph_sizes, "--cuda-graph-sizes"),
-        "enforce_eager": eager,
-        "max_model_len": max_model_len,
-        "block_size": block_size,
-        "kv_cache_gib": kv_cache_gib,
-        "seed": seed,
-        "server_port": server_port,
-        "max_servers": max_servers,
-    }
 
 
 @app.command()
+@with_options(FLOW, MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR, RESULTS)
 def run(
-    config: ConfigOption = None,
-    flow: FlowOption = None,
-    num_flows: NumFlowsOption = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens",
-            rich_help_panel=MEASUREMENT,
-            min=1,
-            help="Output tokens per step for every step (overrides the template).",
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            rich_help_panel=MEASUREMENT,
-            min=1,
-            help="Workflows in flight at once (steps of one workflow stay in order). [default: 1, "
-            "or no cap with --rate]",
-        ),
-    ] = None,
-    rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate",
-            rich_help_panel=MEASUREMENT,
-            min=0.000001,
-            help="Open loop: workflows arrive as a Poisson process at this many per second (seeded).",
-        ),
-    ] = None,
-    engine: EngineKindOption = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            "--base-url", rich_help_panel=ENGINE, help="OpenAI-compatible server for --engine openai."
-        ),
-    ] = None,
-    api: Annotated[
-        str | None,
-        typer.Option(
-            "--api", help="completions, or chat for models with a chat template. [default: completions]"
-        ),
-    ] = None,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key-env",
-            rich_help_panel=ENGINE,
-            help="Environment variable holding the API key (never written anywhere).",
-        ),
-    ] = None,
-    model: ModelOption = None,
-    cuda_graphs: CudaGraphsOption = None,
-    cuda_graph_sizes: CudaGraphSizesOption = None,
-    eager: EagerOption = None,
-    max_model_len: MaxModelLenOption = None,
-    block_size: BlockSizeOption = None,
-    kv_cache_gib: KvCacheOption = None,
-    seed: SeedOption = None,
-    server_port: ServerPortOption = None,
-    max_servers: MaxServersOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", rich_help_panel=RESULTS, help="Root directory for run directories. [default: runs]"
-        ),
-    ] = None,
-    run_id: Annotated[
-        str | None,
-        typer.Option(
-            "--run-id", rich_help_panel=RESULTS, help="Name of the run directory. Default: time-flow-random."
-        ),
-    ] = None,
-    save_text: Annotated[
-        bool,
-        typer.Option(
-            "--save-text",
-            rich_help_panel=RESULTS,
-            help="Also store each step's prompt and output text in steps.jsonl.",
-        ),
-    ] = False,
-    flows_dir: FlowsDirOption = None,
-    fixtures_dir: Annotated[
-        Path | None,
-        typer.Option("--fixtures-dir", help="Corpus for the tiny model's tokenizer. [default: fixtures]"),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            "--resume",
-            rich_help_panel=RESULTS,
-            help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
-            "run. Uses the run's own settings; flags given must not change them.",
-        ),
-    ] = None,
-    step_timeout_s: Annotated[
-        float | None,
-        typer.Option(
-            "--step-timeout-s",
-            rich_help_panel=MEASUREMENT,
-            min=0.001,
-            help="Fail a step that takes longer than this.",
-        ),
-    ] = None,
-    fail_fast: Annotated[
-        bool, typer.Option("--fail-fast", rich_help_panel=RESULTS, help="Stop at the first failed workflow.")
-    ] = False,
-    grace_s: Annotated[
-        float | None,
-        typer.Option(
-            "--grace-s",
-            rich_help_panel=RESULTS,
-            min=0,
-            help="On Ctrl-C, how long in-flight steps may finish. [default: 30]",
-        ),
-    ] = None,
-    warmup: Annotated[
-        int | None,
-        typer.Option(
-            "--warmup",
-            rich_help_panel=MEASUREMENT,
-            min=0,
-            help="Extra workflows run first and left out of every statistic. [default: 1]",
-        ),
-    ] = None,
-    reset_prefix_cache: Annotated[
-        bool | None,
-        typer.Option(
-            "--reset-prefix-cache/--keep-prefix-cache",
-            rich_help_panel=MEASUREMENT,
-            help="Empty the prefix cache before the measured window (after warm-up). [default: reset]",
-        ),
-    ] = None,
-    sample_interval: Annotated[
-        float | None,
-        typer.Option(
-            "--sample-interval",
-            rich_help_panel=MEASUREMENT,
-            min=0,
-            help="Resource sampling period in seconds; 0 = off. [default: 0.25]",
-        ),
-    ] = None,
-    leak_threshold_mb: Annotated[
-        float | None,
-        typer.Option(
-            "--leak-threshold-mb",
-            rich_help_panel=MEASUREMENT,
-            min=0.001,
-            help="Warn when RSS grows faster, MB per 100 steps. [default: 2]",
-        ),
-    ] = None,
+    config_file: ConfigFileOption = None,
+    *,
+    flags: ConfigFlags,
+    resume: ResumeOption = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
     ] = True,
@@ -398,77 +197,18 @@ def run(
     Exit codes: 0 every workflow succeeded, 3 some failed, 2 usage error, 130 interrupted,
     1 the engine could not start.
     """
-    engine_settings = engine_overrides(
-        engine, model, cuda_graphs, cuda_graph_sizes, eager, max_model_len, block_size, kv_cache_gib, seed,
-        server_port, max_servers,
-    )  # fmt: skip
-    engine_settings |= {"base_url": base_url, "api": api, "api_key_env": api_key_env}
-    overrides: dict[str, Any] = {
-        "flow": flow,
-        "flows_dir": flows_dir,
-        "fixtures_dir": fixtures_dir,
-        "num_flows": num_flows,
-        "max_tokens": max_tokens,
-        "concurrency": concurrency,
-        "rate": rate,
-        "seed": seed,
-        "step_timeout_s": step_timeout_s,
-        "fail_fast": fail_fast or None,
-        "grace_s": grace_s,
-        "warmup": warmup,
-        "reset_prefix_cache": reset_prefix_cache,
-        "monitor": {"sample_interval_s": sample_interval, "leak_threshold_mb": leak_threshold_mb},
-        "engine": engine_settings,
-        "output": {"out_dir": out, "run_id": run_id, "save_text": save_text or None},
-    }
-    base = None
-    if resume is not None:
-        if config is not None:
-            raise UserError("--resume uses the run's own config.json; --config cannot be combined with it")
-        base = recorded_config(resume)
-    settings = load_run_config(config, overrides, base=base)
-    bar = Progress(
-        TextColumn("[bold]workflows"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not progress,
-        transient=False,
-    )
-    task_id = bar.add_task("workflows", total=None, failed=0, visible=False)
-    failed = 0
-
-    def on_start(total: int, already_done: int) -> None:
-        bar.reset(task_id, total=total, completed=already_done, visible=True)
-        bar.start()
-
-    def on_done(outcome: WorkflowOutcome) -> None:
-        nonlocal failed
-        failed += 0 if outcome.ok else 1
-        bar.update(task_id, advance=1, failed=failed)
-
-    hooks = RunHooks(echo=_echo, warn=_warn, on_start=on_start, on_workflow_done=on_done)
-    interrupts = InterruptController()
-
-    async def run_with_interrupts() -> RunResult:
-        interrupts.install(asyncio.get_running_loop())
-        try:
-            return await run_benchmark(settings, hooks, resume_from=resume, interrupts=interrupts)
-        finally:
-            interrupts.uninstall()
-
+    config = _run_config(flags, config_file, resume)
+    bar = _WorkflowBar(enabled=progress)
+    hooks = RunHooks(echo=_echo, warn=_warn, on_start=bar.on_start, on_workflow_done=bar.on_done)
     try:
-        result = asyncio.run(run_with_interrupts())
+        result = _run_with_interrupts(config, hooks, resume)
     except EngineError as error:
         bar.stop()
         _error(str(error))
         raise typer.Exit(EXIT_ENGINE_FAILED) from None
     finally:
         bar.stop()
-    if result.summary["status"] == "interrupted":
+    if result.exit_code == EXIT_INTERRUPTED:
         _warn(f"interrupted; continue with: bench run --resume {result.run_dir}")
     print_run_table(result.summary, err_console)
     err_console.print(f"results: {result.run_dir}")
@@ -476,17 +216,17 @@ def run(
 
 
 @app.command()
+@with_options(FLOW)
 def expand(
-    flow: FlowOption = None,
-    num_flows: NumFlowsOption = None,
-    flows_dir: FlowsDirOption = None,
+    *,
+    flags: ConfigFlags,
     force: Annotated[bool, typer.Option("--force", help="Ignore the cache and expand again.")] = False,
 ) -> None:
     """Expand a flow template over its fixtures (cached by content hash) without running anything."""
-    settings = load_run_config(None, {"flow": flow, "num_flows": num_flows, "flows_dir": flows_dir})
-    template_path = resolve_flow(settings.flow, settings.flows_dir)
+    config = _config(flags)
+    template_path = resolve_flow(config.flow, config.flows_dir)
     started = time.perf_counter()
-    expansion = expand_with_cache(template_path, settings.num_flows, force=force, warn=_warn)
+    expansion = expand_with_cache(template_path, config.num_flows, force=force, warn=_warn)
     elapsed_ms = (time.perf_counter() - started) * 1000.0
     TimingLog(_echo).emit(
         "flow_expansion_ms", elapsed_ms, source=expansion.source, flows=len(expansion.flows)
@@ -520,25 +260,10 @@ def build_tiny(
 
 
 @app.command()
+@with_options(FLOW, MODEL, only(MEASUREMENT, "--max-tokens"), only(ENGINE, "--kv-cache-gib", "--block-size"))
 def doctor(
-    flow: FlowOption = None,
-    num_flows: NumFlowsOption = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens",
-            rich_help_panel=MEASUREMENT,
-            min=1,
-            help="Output tokens per step, as for bench run.",
-        ),
-    ] = None,
-    model: ModelOption = None,
-    kv_cache_gib: KvCacheOption = None,
-    block_size: BlockSizeOption = None,
-    flows_dir: FlowsDirOption = None,
-    fixtures_dir: Annotated[
-        Path | None, typer.Option("--fixtures-dir", help="Corpus for the tiny model. [default: fixtures]")
-    ] = None,
+    *,
+    flags: ConfigFlags,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Show what the harness sees (Python, engine and torch versions, device, memory, GPUs, models) and
@@ -546,21 +271,11 @@ def doctor(
     from flowperf.benchmark import resolve_model
     from flowperf.doctor import capacity_findings, collect_findings
 
-    settings = load_run_config(
-        None,
-        {
-            "flow": flow,
-            "num_flows": num_flows,
-            "max_tokens": max_tokens,
-            "flows_dir": flows_dir,
-            "fixtures_dir": fixtures_dir,
-            "engine": {"model": model, "kv_cache_gib": kv_cache_gib, "block_size": block_size},
-        },
-    )
+    config = _config(flags)
     findings = collect_findings()
-    resolved = resolve_model(settings, TimingLog(lambda line: None))
+    resolved = resolve_model(config, TimingLog(lambda line: None))
     assert resolved.path is not None
-    findings |= capacity_findings(settings, resolved.path)
+    findings |= capacity_findings(config, resolved.path)
     if as_json:
         out_console.print_json(json.dumps(findings, default=str))
         return
@@ -573,42 +288,24 @@ def doctor(
 
 
 @serve_app.command("start")
-def serve_start(
-    config: ConfigOption = None,
-    model: ModelOption = None,
-    port: ServerPortOption = None,
-    max_servers: MaxServersOption = None,
-    cuda_graphs: CudaGraphsOption = None,
-    cuda_graph_sizes: CudaGraphSizesOption = None,
-    eager: EagerOption = None,
-    max_model_len: MaxModelLenOption = None,
-    block_size: BlockSizeOption = None,
-    kv_cache_gib: KvCacheOption = None,
-    seed: SeedOption = None,
-    fixtures_dir: Annotated[
-        Path | None, typer.Option("--fixtures-dir", help="Corpus for the tiny model. [default: fixtures]")
-    ] = None,
-) -> None:
+@with_options(MODEL, ENGINE)
+def serve_start(config_file: ConfigFileOption = None, *, flags: ConfigFlags) -> None:
     """Start a vLLM server on 127.0.0.1 for this model and engine configuration, or reuse a running one."""
     from flowperf.benchmark import resolve_model
     from flowperf.engines.server import ServerRegistry
 
-    engine_settings = engine_overrides(
-        "server", model, cuda_graphs, cuda_graph_sizes, eager, max_model_len, block_size, kv_cache_gib, seed,
-        port, max_servers,
-    )  # fmt: skip
-    settings = load_run_config(config, {"engine": engine_settings, "fixtures_dir": fixtures_dir})
-    resolved = resolve_model(settings, TimingLog(_echo))
+    config = _config(flags | {"engine.kind": "server"}, config_file)
+    resolved = resolve_model(config, TimingLog(_echo))
     assert resolved.path is not None
     started = time.perf_counter()
     with err_console.status("starting the vLLM server (waiting for /health) ..."):
         try:
             record, reused = ServerRegistry().acquire(
-                settings.engine,
+                config.engine,
                 resolved.path,
-                port=settings.engine.server_port,
-                max_servers=settings.engine.max_servers,
-                start_timeout_s=settings.engine.server_start_timeout_s,
+                port=config.engine.server_port,
+                max_servers=config.engine.max_servers,
+                start_timeout_s=config.engine.server_start_timeout_s,
             )
         except EngineError as error:
             _error(str(error))
@@ -681,18 +378,7 @@ def serve_logs(
     print(log_tail(record.log_path, lines))
 
 
-HTML_DEFAULT = "<default>"
-HtmlOption = Annotated[
-    str | None,
-    typer.Option("--html", help="Also write a self-contained HTML page: --html alone, or --html PATH."),
-]
-
-
-def _html_path(value: str | None, default: Path) -> Path | None:
-    return None if value is None else (default if value == HTML_DEFAULT else Path(value))
-
-
-@app.command()
+@app.command(cls=HtmlCommand)
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (complete, interrupted or crashed).")],
     html: HtmlOption = None,
@@ -714,13 +400,13 @@ def report(
         print(json.dumps(json_report(run_data, summary), default=str, indent=2))
     else:
         print_report(run_data, summary, out_console)
-    page = _html_path(html, run_dir / "report.html")
+    page = html_path(html, run_dir / "report.html")
     if page is not None:
         write_html(page, html_report(run_data, summary))
         err_console.print(f"HTML report: {page}")
 
 
-@app.command()
+@app.command(cls=HtmlCommand)
 def compare(
     base_run: Annotated[Path, typer.Argument(help="The baseline run directory.")],
     new_run: Annotated[Path, typer.Argument(help="The run to judge against it.")],
@@ -740,7 +426,7 @@ def compare(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option("--seed", rich_help_panel=MEASUREMENT, help="Seed of the bootstrap.")
+        int, typer.Option("--seed", rich_help_panel=MEASUREMENT_PANEL, help="Seed of the bootstrap.")
     ] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Compare runs of different flows or models anyway.")
@@ -780,7 +466,7 @@ def compare(
     out_console.print(table)
     for message in [*problems, *sample_warnings(results)]:
         _warn(message)
-    page = _html_path(html, new_run / "compare.html")
+    page = html_path(html, new_run / "compare.html")
     if page is not None:
         from flowperf.compare import compare_html
         from flowperf.report import write_html
@@ -796,19 +482,8 @@ def compare(
 app.command("stress")(stress)
 
 
-def _bare_html_flag(arguments: list[str]) -> list[str]:
-    """`--html` with no value (last, or before another option) means: the default page path."""
-    return [
-        f"--html={HTML_DEFAULT}"
-        if argument == "--html" and (index + 1 == len(arguments) or arguments[index + 1].startswith("-"))
-        else argument
-        for index, argument in enumerate(arguments)
-    ]
-
-
 def main() -> None:
     """Console entry point: run the app and turn user errors into one clear line and exit code 2."""
-    sys.argv[1:] = _bare_html_flag(sys.argv[1:])
     try:
         exit_code = app(standalone_mode=False)
     except UserError as error:
@@ -819,5 +494,5 @@ def main() -> None:
         _error(error.format_message())
         sys.exit(error.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)

@@ -1,7 +1,10 @@
-"""Run settings: one validated RunConfig built from a TOML file and command-line flags.
+"""Run configuration: one validated RunConfig built from a TOML file and command-line flags.
 
 Precedence is flags > config file > defaults, merged once here so no other module ever looks at flags or
-files. The fingerprint covers everything that changes what a run measures (not where it is written), so
+files. Flags name the field they set by its dotted path (`engine.kv_cache_gib`); the model resolves those
+paths, so the command line never restates the model's shape.
+
+The fingerprint covers everything that changes what a run measures (not where it is written), so
 a resumed run can prove it continues the same experiment.
 """
 
@@ -9,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error, load_toml_mapping
@@ -123,13 +128,54 @@ class RunConfig(BaseModel):
         """Workflows in flight at most: 1 by default closed loop; no cap (None) open loop unless given."""
         return self.concurrency if self.rate else (self.concurrency or 1)
 
-    def shaping_settings(self) -> dict[str, Any]:
+    @classmethod
+    def field_at(cls, path: str) -> FieldInfo:
+        """The leaf field a dotted path names; KeyError for anything else, so a mistyped path fails loudly
+        where options are declared instead of silently setting nothing."""
+        model: type[BaseModel] = cls
+        *parents, leaf = path.split(".")
+        for name in parents:
+            parent = model.model_fields.get(name)
+            if parent is None or not _is_model(parent.annotation):
+                raise KeyError(f"RunConfig has no section {name!r} (in {path!r})")
+            model = parent.annotation
+        field = model.model_fields.get(leaf)
+        if field is None or _is_model(field.annotation):
+            raise KeyError(f"RunConfig has no field {path!r}")
+        return field
+
+    @classmethod
+    def check_value(cls, path: str, value: Any) -> None:
+        """Validate one value against its field alone (ValidationError if it does not fit), so a bad flag
+        can be reported under its own name rather than as a field of the merged config."""
+        field = cls.field_at(path)
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        TypeAdapter(annotation).validate_python(value)
+
+    @classmethod
+    def overrides_from_flags(cls, flags: Mapping[str, Any]) -> dict[str, Any]:
+        """Nest `{"engine.seed": 1}` into `{"engine": {"seed": 1}}`, the shape `load_run_config` merges."""
+        overrides: dict[str, Any] = {}
+        for path, value in flags.items():
+            cls.field_at(path)
+            *parents, leaf = path.split(".")
+            section = overrides
+            for name in parents:
+                section = section.setdefault(name, {})
+            section[leaf] = value
+        return overrides
+
+    def shaping_config(self) -> dict[str, Any]:
         """The settings that shape what a run measures (not where results go or how it stops)."""
         return self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
 
     def fingerprint(self) -> str:
         """sha256 of the shaping settings: equal fingerprints measure the same experiment."""
-        return hashlib.sha256(json.dumps(self.shaping_settings(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.shaping_config(), sort_keys=True).encode()).hexdigest()
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
@@ -160,7 +206,8 @@ def load_run_config(
 ) -> RunConfig:
     """Defaults (or `base`, a resumed run's settings), then the TOML file, then the flags in `overrides`.
 
-    `overrides` mirrors RunConfig's shape; None values mean "flag not given".
+    `overrides` mirrors RunConfig's shape (see `RunConfig.overrides_from_flags`); None values mean "flag not
+    given".
     """
     from_file = load_toml_mapping(config_path) if config_path is not None else {}
     try:
