@@ -18,25 +18,29 @@ import asyncio
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from flowperf.summary_schema import RunSummary
+
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
 
-async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[dict[str, Any]]]:
+async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[RunSummary]]:
     from flowperf.benchmark import RunHooks, run_benchmark
     from flowperf.config import EngineConfig, RunConfig
     from flowperf.engines.server import ServerRegistry
     from flowperf.engines.tiny import build_tiny_model
     from flowperf.engines.vllm_local import get_vllm_engine
 
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[RunSummary]] = {}
     lines: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     local = get_vllm_engine(EngineConfig(), build_tiny_model(ROOT / "fixtures").path, out_dir / "engine.log")
@@ -62,10 +66,10 @@ async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[
         )
         summary = result.summary
         results.setdefault(label, []).append(summary)
-        timing, counts = summary["timing"], summary["counts"]
+        timing, counts = summary.timing, summary.counts
         console.print(
-            f"{label}: window {timing['measured_window_ms']:.0f} ms, "
-            f"engine_init {timing['engine_init_ms']:.1f} ms, failed {counts['workflows_failed']}"
+            f"{label}: window {timing.measured_window_ms:.0f} ms, "
+            f"engine_init {timing.engine_init_ms:.1f} ms, failed {counts.workflows_failed}"
         )
 
     try:
@@ -84,14 +88,28 @@ async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[
     return results
 
 
-def median_of(summaries: list[dict[str, Any]], *path: str) -> float:
-    values = []
-    for summary in summaries:
-        value: Any = summary
-        for key in path:
-            value = value[key]
-        values.append(value)
+def median_of(summaries: list[RunSummary], figure: Callable[[RunSummary], float | None]) -> float:
+    """The median of `figure` over the summaries; a summary without the figure is an error, not a zero."""
+    values = [figure(summary) for summary in summaries]
+    if any(value is None for value in values):
+        raise ValueError("a run's summary lacks the figure (did every workflow fail?)")
     return statistics.median(values)
+
+
+def window_ms(summary: RunSummary) -> float:
+    return summary.timing.measured_window_ms
+
+
+def workflows_per_s(summary: RunSummary) -> float | None:
+    return summary.throughput.workflows_per_s
+
+
+def step_ms_mean(summary: RunSummary) -> float | None:
+    return summary.latency.step_ms.mean
+
+
+def ttft_ms_mean(summary: RunSummary) -> float | None:
+    return summary.latency.ttft_ms.mean
 
 
 def main(
@@ -109,28 +127,28 @@ def main(
     for label, summaries in results.items():
         table.add_row(
             label,
-            f"{median_of(summaries, 'timing', 'measured_window_ms'):.0f}",
-            f"{median_of(summaries, 'throughput', 'workflows_per_s'):.2f}",
-            f"{median_of(summaries, 'latency', 'step_ms', 'mean'):.1f}",
-            f"{median_of(summaries, 'latency', 'ttft_ms', 'mean'):.1f}",
+            f"{median_of(summaries, window_ms):.0f}",
+            f"{median_of(summaries, workflows_per_s):.2f}",
+            f"{median_of(summaries, step_ms_mean):.1f}",
+            f"{median_of(summaries, ttft_ms_mean):.1f}",
         )
     console.print(table)
 
     for engine in ("in-process", "server"):
-        one = median_of(results[f"{engine} c=1"], "timing", "measured_window_ms")
-        many = median_of(results[f"{engine} {high}"], "timing", "measured_window_ms")
+        one = median_of(results[f"{engine} c=1"], window_ms)
+        many = median_of(results[f"{engine} {high}"], window_ms)
         console.print(f"{engine}: {high} is {one / many:.1f}x faster than c=1 (target >= 5x)")
-    cold = results["server c=1"][0]["timing"]["engine_init_ms"]
-    warm = results[f"server {high}"][0]["timing"]["engine_init_ms"]
+    cold = results["server c=1"][0].timing.engine_init_ms
+    warm = results[f"server {high}"][0].timing.engine_init_ms
     console.print(
         f"server: cold engine_init_ms {cold:.0f}, reused {warm:.1f} = {warm / cold * 100:.2f}% (target <= 1%)"
     )
     for level in ("c=1", high):
-        step = median_of(results[f"server {level}"], "latency", "step_ms", "mean") - median_of(
-            results[f"in-process {level}"], "latency", "step_ms", "mean"
+        step = median_of(results[f"server {level}"], step_ms_mean) - median_of(
+            results[f"in-process {level}"], step_ms_mean
         )
-        ttft = median_of(results[f"server {level}"], "latency", "ttft_ms", "mean") - median_of(
-            results[f"in-process {level}"], "latency", "ttft_ms", "mean"
+        ttft = median_of(results[f"server {level}"], ttft_ms_mean) - median_of(
+            results[f"in-process {level}"], ttft_ms_mean
         )
         console.print(f"HTTP overhead per step at {level}: step {step:+.1f} ms, TTFT {ttft:+.1f} ms")
 

@@ -57,9 +57,9 @@ async def measure(
             result = await run_benchmark(
                 config, RunHooks(echo=lambda _: None), engine=engine, shutdown_engine=False
             )
-            window = result.summary["timing"]["measured_window_ms"]
+            window = result.summary.timing.measured_window_ms
             windows[label].append(window)
-            sampler_share[label].append(result.summary["resources"]["monitor_cpu_ms"] / window * 100.0)
+            sampler_share[label].append(result.summary.resources.monitor_cpu_ms / window * 100.0)
             console.print(f"round {round_number + 1}/{rounds} {label}: {windows[label][-1]:.0f} ms")
     await engine.shutdown()
     return windows, sampler_share

@@ -10,7 +10,6 @@ harness RSS per 100 completed workflows, and the least-squares growth over the r
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,10 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from flowperf.records import ResourceSample
+from flowperf.store import RunStore
+from flowperf.summary_schema import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_WORKFLOW = 3
@@ -43,12 +46,12 @@ def main(
         if done.returncode != 0:
             raise SystemExit(f"bench run failed ({done.returncode}):\n{done.stderr[-3000:]}")
         run_dir = Path(scratch) / "soak"
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        summary = json.loads((run_dir / "summary.json").read_text())
-    samples = [r for r in records if r["type"] == "sample" and r["steps_done"] > 0]
-    done_workflows = np.array([s["steps_done"] / STEPS_PER_WORKFLOW for s in samples])
-    harness = np.array([s["rss_mb"] for s in samples])
-    engine = np.array([s["children_rss_mb"] for s in samples])
+        records = RunStore(run_dir).read_metrics()
+        summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())
+    samples = [r for r in records if isinstance(r, ResourceSample) and r.steps_done > 0]
+    done_workflows = np.array([s.steps_done / STEPS_PER_WORKFLOW for s in samples])
+    harness = np.array([s.rss_mb for s in samples])
+    engine = np.array([s.children_rss_mb for s in samples], dtype=float)  # None (no engine) is NaN
 
     table = Table(title=f"soak: {workflows} workflows, concurrency {concurrency}")
     for column in ("workflows done", "harness RSS MB", "engine processes RSS MB"):
@@ -71,9 +74,9 @@ def main(
         f"(target < {TARGET_MB_PER_1000:.0f}: {verdict}); engine processes: {slope_engine:+.2f} MB per 1,000"
     )
     console.print(
-        f"wall: measured window {summary['timing']['measured_window_ms'] / 1000:.0f} s, "
-        f"{summary['counts']['workflows_ok']} ok, {summary['counts']['workflows_failed']} failed; "
-        f"summary's own fit: {summary['resources']['rss_growth_mb_per_100_steps']} MB per 100 steps"
+        f"wall: measured window {summary.timing.measured_window_ms / 1000:.0f} s, "
+        f"{summary.counts.workflows_ok} ok, {summary.counts.workflows_failed} failed; "
+        f"summary's own fit: {summary.resources.rss_growth_mb_per_100_steps} MB per 100 steps"
     )
 
 

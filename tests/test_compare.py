@@ -38,7 +38,7 @@ def runs(engine, engine_loop, tmp_path_factory) -> dict[str, Path]:
             run("base"),
             run("same"),
             run("slow", delay_s=0.06),  # every step waits 60 ms before it reaches the engine
-            run("longer", max_tokens=32),  # twice the output per step
+            run("longer", max_tokens=64),  # four times the output per step: more than any interference
         )
 
     base, same, slow, longer = engine_loop.run(side_by_side())

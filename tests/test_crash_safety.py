@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
 from flowperf.durable import DurableLog
 from flowperf.errors import UserError
+from flowperf.records import StepRecord
 from flowperf.store import STEPS, WORKFLOWS, RunStore
 from helpers import ROOT, run_bench
 
@@ -39,8 +39,9 @@ def workflow_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def step_lines(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / STEPS).read_text().splitlines()]
+def step_lines(run_dir: Path) -> list[StepRecord]:
+    """Every line of steps.jsonl as a record; any line that is not a whole record fails the test."""
+    return [StepRecord.model_validate_json(line) for line in (run_dir / STEPS).read_text().splitlines()]
 
 
 def test_failures_are_isolated_and_recorded(engine, engine_loop, tmp_path: Path) -> None:
@@ -53,12 +54,12 @@ def test_failures_are_isolated_and_recorded(engine, engine_loop, tmp_path: Path)
     failed = rows[1]
     assert failed["error_type"] == "EngineError" and "injected failure in flow 1" in failed["error_message"]
     assert failed["steps_ok"] == "1"
-    steps = [s for s in step_lines(result.run_dir) if s["flow_index"] == 1]
-    assert [s["status"] for s in steps] == ["ok", "failed"]  # the third step never ran
-    assert steps[1]["error_type"] == "EngineError"
-    counts = result.summary["counts"]
-    assert counts["workflows_failed"] == 2 and counts["failures_by_type"] == {"EngineError": 2}
-    assert result.summary["status"] == "complete"
+    steps = [s for s in step_lines(result.run_dir) if s.flow_index == 1]
+    assert [s.status for s in steps] == ["ok", "failed"]  # the third step never ran
+    assert steps[1].error_type == "EngineError"
+    counts = result.summary.counts
+    assert counts.workflows_failed == 2 and counts.failures_by_type == {"EngineError": 2}
+    assert result.summary.status == "complete"
 
 
 def test_fail_fast_stops_at_the_first_failure(engine, engine_loop, tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_fail_fast_stops_at_the_first_failure(engine, engine_loop, tmp_path: Pat
     result = engine_loop.run(run_benchmark(config, RunHooks(echo=lambda _: None), engine=faulty))
     assert result.exit_code == 3
     assert [r["status"] for r in workflow_rows(result.run_dir)] == ["ok", "ok", "failed"]
-    assert result.summary["status"] == "stopped_on_failure"
+    assert result.summary.status == "stopped_on_failure"
 
 
 def test_step_timeout_fails_the_step(engine, engine_loop, tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_step_timeout_fails_the_step(engine, engine_loop, tmp_path: Path) -> Non
     assert rows[0]["status"] == "failed" and rows[0]["error_type"] == "StepTimeout"
     assert "--step-timeout-s 0.5" in rows[0]["error_message"]
     assert rows[1]["status"] == "ok"
-    assert result.summary["counts"]["failures_by_type"] == {"StepTimeout": 1}
+    assert result.summary.counts.failures_by_type == {"StepTimeout": 1}
 
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_results(
@@ -104,14 +105,14 @@ def test_full_disk_stops_with_a_clear_error_and_keeps_results(
     rows = workflow_rows(run_dir)
     assert rows and all(r["status"] == "ok" for r in rows)
     for step in step_lines(run_dir):
-        assert step["status"] == "ok"
+        assert step.status == "ok"
     # and the directory can be resumed to completion once there is space again
     resumed = engine_loop.run(
         run_benchmark(config, RunHooks(echo=lambda _: None), resume_from=run_dir, engine=FaultyEngine(engine))
     )
     assert resumed.exit_code == 0
     assert sorted(int(r["flow_index"]) for r in workflow_rows(run_dir)) == list(range(6))
-    assert resumed.summary["counts"]["workflows_ok"] == 6
+    assert resumed.summary.counts.workflows_ok == 6
 
 
 def test_resume_skips_done_workflows_and_reruns_unfinished_ones(engine, engine_loop, tmp_path: Path) -> None:
@@ -132,11 +133,11 @@ def test_resume_skips_done_workflows_and_reruns_unfinished_ones(engine, engine_l
     assert faulty.calls == 3  # only flow 3, from its first step
     rows = workflow_rows(run_dir)
     assert sorted(int(r["flow_index"]) for r in rows) == [0, 1, 2, 3]
-    keys = [(s["flow_index"], s["step_index"]) for s in step_lines(run_dir)]
+    keys = [(s.flow_index, s.step_index) for s in step_lines(run_dir)]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 12
-    assert resumed.summary["counts"]["workflows_ok"] == 4
-    assert resumed.summary["counts"]["sessions"] == 2
-    assert resumed.summary["counts"]["steps_ok"] == first.summary["counts"]["steps_ok"] == 12
+    assert resumed.summary.counts.workflows_ok == 4
+    assert resumed.summary.counts.sessions == 2
+    assert resumed.summary.counts.steps_ok == first.summary.counts.steps_ok == 12
 
 
 def test_resume_refuses_changed_settings(engine, engine_loop, tmp_path: Path) -> None:

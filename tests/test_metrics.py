@@ -10,7 +10,9 @@ import pytest
 from faults import FaultyEngine
 from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.store import STEPS, RunStore
+from flowperf.records import RUN_SCHEMA_VERSION
+from flowperf.store import STEPS, SUMMARY, RunStore
+from flowperf.summary_schema import Distribution, RunSummary
 from helpers import ROOT
 
 pytestmark = pytest.mark.engine
@@ -50,17 +52,33 @@ def test_every_step_record_is_complete_and_consistent(engine, engine_loop, tmp_p
         assert step["engine_queue_ms"] >= 0 and step["engine_ttft_ms"] > 0
     summary = result.summary
     for metric in ("workflow_ms", "step_ms", "ttft_ms", "itl_ms", "tpot_ms"):
-        assert {"mean", "std", "p50", "p90", "p95", "p99", "max"} <= set(summary["latency"][metric])
-    for block in summary["latency_by_step"].values():
-        assert block["step_ms"]["count"] == 4 and block["output_tokens_per_s"] > 0
-    hits = {row["step_index"]: row["hit_ratio"] for row in summary["prefix_cache"]}
+        block = getattr(summary.latency, metric)
+        assert isinstance(block, Distribution)
+        for stat in ("mean", "std", "p50", "p90", "p95", "p99", "max"):
+            assert getattr(block, stat) is not None, (metric, stat)
+    assert summary.latency_by_step.keys() == {"summarize", "critique", "refine"}
+    for block in summary.latency_by_step.values():
+        assert block.step_ms.count == 4 and block.request_output_tokens_per_s > 0
+    hits = {row.step_index: row.hit_ratio for row in summary.prefix_cache}
     assert hits[0] == 0.0  # first steps share no prefix across different documents (cache reset first)
     assert hits[1] > 0.5 and hits[2] > 0.5  # later steps reuse the document prefix of step 1
-    assert summary["throughput"]["steps_per_s"] > 0 and summary["throughput"]["workflows_per_s"] > 0
-    resources = summary["resources"]
-    assert resources["samples"] > 0 and resources["peak_rss_mb"] > 0
-    assert resources["peak_engine_rss_mb"] > 0  # the engine core and worker are this process's children
-    assert resources["phases_ms"]["workflow"]["count"] == 4
+    assert summary.throughput.steps_per_s > 0 and summary.throughput.workflows_per_s > 0
+    resources = summary.resources
+    assert resources.samples > 0 and resources.peak_rss_mb > 0
+    assert resources.peak_engine_rss_mb > 0  # the engine core and worker are this process's children
+    assert resources.phases_ms["workflow"].count == 4
+
+    # summary.json on disk is the same document, and reads back into the same model
+    on_disk = (result.run_dir / SUMMARY).read_text()
+    loaded = RunSummary.model_validate_json(on_disk)
+    assert loaded.schema_version == RUN_SCHEMA_VERSION == 2
+    assert loaded.to_json() == summary.to_json()
+    # the on-disk shape itself (what users script against): the renamed per-step rate, not the old name
+    document = json.loads(on_disk)
+    assert document["schema_version"] == 2
+    for block in document["latency_by_step"].values():
+        assert "request_output_tokens_per_s" in block and "output_tokens_per_s" not in block
+    assert "output_tokens_per_s" in document["throughput"]
 
 
 def test_warmup_is_logged_but_left_out_and_the_cache_is_reset(engine, engine_loop, tmp_path: Path) -> None:
@@ -72,16 +90,16 @@ def test_warmup_is_logged_but_left_out_and_the_cache_is_reset(engine, engine_loo
     ]
     store = RunStore(result.run_dir)
     assert sorted(store.completed_flow_indices()) == [0, 1, 2]
-    assert not [s for s in store.read_steps() if "warmup" in s["flow_id"]]
-    assert result.summary["counts"]["steps_done"] == 9
-    assert result.summary["run"]["warmup_workflows"] == 2 and result.summary["run"]["prefix_cache_reset"]
+    assert not [s for s in store.read_steps() if "warmup" in s.flow_id]
+    assert result.summary.counts.steps_done == 9
+    assert result.summary.run.warmup_workflows == 2 and result.summary.run.prefix_cache_reset
     assert (result.run_dir / "timing.log").read_text().count("warmup_") == 2
-    first = next(s for s in store.read_steps() if s["flow_index"] == 0 and s["step_index"] == 0)
-    assert first["cached_prompt_tokens"] == 0
+    first = next(s for s in store.read_steps() if s.flow_index == 0 and s.step_index == 0)
+    assert first.cached_prompt_tokens == 0
 
     kept = run(
         engine, engine_loop, tmp_path, "kept", num_flows=1, max_tokens=4, warmup=1, reset_prefix_cache=False
     )
-    first_kept = next(s for s in RunStore(kept.run_dir).read_steps() if s["step_index"] == 0)
-    assert first_kept["cached_prompt_tokens"] > 0  # the warm-up ran the same record, and the cache kept it
-    assert kept.summary["run"]["prefix_cache_reset"] is False
+    first_kept = next(s for s in RunStore(kept.run_dir).read_steps() if s.step_index == 0)
+    assert first_kept.cached_prompt_tokens > 0  # the warm-up ran the same record, and the cache kept it
+    assert kept.summary.run.prefix_cache_reset is False

@@ -9,11 +9,13 @@ import time
 import pytest
 
 from flowperf.monitor import ResourceMonitor
+from flowperf.records import GpuInfoRecord, GpuSample, PhaseRecord, ResourceSample
 from flowperf.summary import growth_per_100_steps, leak_warning, resource_summary
+from flowperf.summary_schema import GpusUnavailable
 
 
 def test_samples_cover_children_and_phases() -> None:
-    records: list[dict] = []
+    records: list[ResourceSample | GpuInfoRecord | PhaseRecord] = []
     monitor = ResourceMonitor(records.append, interval_s=0.05)
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 * 2**20); time.sleep(3)"])
     try:
@@ -25,52 +27,61 @@ def test_samples_cover_children_and_phases() -> None:
     finally:
         child.kill()
         child.wait()
-    samples = [r for r in records if r["type"] == "sample"]
+    assert all(isinstance(r, ResourceSample | GpuInfoRecord | PhaseRecord) for r in records)
+    samples = [r for r in records if isinstance(r, ResourceSample)]
+    assert all(s.type == "sample" for s in samples)
     assert len(samples) >= 5
-    assert all(s["session"] == 3 and s["rss_mb"] > 10 for s in samples)
-    assert max(s["children"] for s in samples) >= 1
-    assert max(s["children_rss_mb"] for s in samples) > 40
-    assert [s["steps_done"] for s in samples] == sorted(s["steps_done"] for s in samples)
-    (phase,) = [r for r in records if r["type"] == "phase"]
-    assert phase["name"] == "work" and phase["flow_index"] == 7 and 550 < phase["duration_ms"] < 2000
-    assert phase["rss_before_mb"] > 0 and phase["rss_after_mb"] > 0
-    (gpu,) = [r for r in records if r["type"] == "gpu_info"]
-    if not gpu["available"]:
-        assert gpu["reason"]  # absent NVML is reported as such, never as zero use
+    assert all(s.session == 3 and s.rss_mb > 10 for s in samples)
+    assert max(s.children for s in samples) >= 1
+    assert max(s.children_rss_mb or 0.0 for s in samples) > 40
+    assert [s.steps_done for s in samples] == sorted(s.steps_done for s in samples)
+    (phase,) = [r for r in records if isinstance(r, PhaseRecord)]
+    assert phase.name == "work" and phase.flow_index == 7 and 550 < phase.duration_ms < 2000
+    assert phase.rss_before_mb > 0 and phase.rss_after_mb > 0
+    (gpu,) = [r for r in records if isinstance(r, GpuInfoRecord)]
+    if not gpu.available:
+        assert gpu.reason  # absent NVML is reported as such, never as zero use
 
 
 def test_interval_zero_records_phases_only() -> None:
-    records: list[dict] = []
+    records: list[ResourceSample | GpuInfoRecord | PhaseRecord] = []
     monitor = ResourceMonitor(records.append, interval_s=0)
     monitor.start(session=0, steps_done=lambda: 0)
     with monitor.phase("p"):
         time.sleep(0.05)
     monitor.stop()
-    assert [r["type"] for r in records] == ["phase"]
+    assert [type(r) for r in records] == [PhaseRecord]
+    assert [r.type for r in records] == ["phase"]
 
 
-def sample(session: int, steps: int, rss: float, engine: float = 1000.0, gpus: list | None = None) -> dict:
-    record = {
-        "type": "sample",
-        "session": session,
-        "steps_done": steps,
-        "rss_mb": rss,
-        "children_rss_mb": engine,
-        "cpu_percent": 10.0,
-        "children_cpu_percent": 90.0,
-    }
-    return record | ({"gpus": gpus} if gpus is not None else {})
+def sample(
+    session: int, steps: int, rss: float, engine: float = 1000.0, gpus: list[GpuSample] | None = None
+) -> ResourceSample:
+    return ResourceSample(
+        session=session,
+        t_s=steps / 100.0,
+        steps_done=steps,
+        rss_mb=rss,
+        children_rss_mb=engine,
+        cpu_percent=10.0,
+        children_cpu_percent=90.0,
+        gpus=gpus,
+    )
 
 
 def test_leak_slope_is_fitted_on_the_longest_session() -> None:
     leaky = [sample(1, steps, 500 + 0.05 * steps) for steps in range(0, 2000, 50)]
     short = [sample(0, steps, 900.0) for steps in range(1, 30)]
-    info = {"type": "gpu_info", "available": False, "reason": "NVML unavailable: no driver", "devices": 0}
+    info = GpuInfoRecord(session=0, available=False, reason="NVML unavailable: no driver", devices=0)
     summary = resource_summary([info, *short, *leaky])
-    assert summary["rss_growth_mb_per_100_steps"] == pytest.approx(5.0)
-    assert summary["engine_rss_growth_mb_per_100_steps"] == pytest.approx(0.0, abs=1e-9)
-    assert summary["peak_rss_mb"] == pytest.approx(900.0)
-    assert summary["gpus"] == {"available": False, "reason": "NVML unavailable: no driver"}
+    assert summary.rss_growth_mb_per_100_steps == pytest.approx(5.0)
+    assert summary.engine_rss_growth_mb_per_100_steps == pytest.approx(0.0, abs=1e-9)
+    assert summary.peak_rss_mb == pytest.approx(900.0)
+    assert summary.gpus == GpusUnavailable(reason="NVML unavailable: no driver")
+    assert summary.model_dump(mode="json")["gpus"] == {
+        "available": False,
+        "reason": "NVML unavailable: no driver",
+    }
     assert "5.00 MB per 100 steps" in leak_warning(summary, threshold_mb=2.0)
     assert leak_warning(summary, threshold_mb=10.0) is None
 
@@ -81,14 +92,15 @@ def test_not_enough_steps_means_no_slope() -> None:
 
 
 def test_gpu_use_is_summarised_per_device() -> None:
-    info = {"type": "gpu_info", "available": True, "reason": None, "devices": 2}
+    info = GpuInfoRecord(session=0, available=True, reason=None, devices=2)
     records = [info] + [
         sample(0, step, 100.0, gpus=[
-            {"index": 0, "mem_used_mb": 1000 + step, "mem_total_mb": 8000, "util_percent": 50},
-            {"index": 1, "mem_used_mb": 10.0, "mem_total_mb": 8000, "util_percent": step % 2 * 100},
+            GpuSample(index=0, mem_used_mb=1000 + step, mem_total_mb=8000, util_percent=50),
+            GpuSample(index=1, mem_used_mb=10.0, mem_total_mb=8000, util_percent=step % 2 * 100),
         ])
         for step in range(4)
     ]  # fmt: skip
-    gpus = resource_summary(records)["gpus"]
-    assert gpus["0"]["mem_used_mb_peak"] == 1003 and gpus["0"]["util_percent_mean"] == 50
-    assert gpus["1"]["util_percent_peak"] == 100 and gpus["1"]["util_percent_mean"] == 50
+    gpus = resource_summary(records).gpus
+    assert isinstance(gpus, dict) and sorted(gpus) == ["0", "1"]
+    assert gpus["0"].mem_used_mb_peak == 1003 and gpus["0"].util_percent_mean == 50
+    assert gpus["1"].util_percent_peak == 100 and gpus["1"].util_percent_mean == 50

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from flowperf.engines.base import EngineError, GenerationParams, StepResult
-from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
+from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.errors import UserError
 
 SECRET = "sk-test-never-written-anywhere"
@@ -48,7 +48,9 @@ def scripted_server(seen: list[httpx.Request], *, vllm: bool = True, status: int
 
 def make_engine(monkeypatch: pytest.MonkeyPatch, seen: list, **server_options) -> OpenAIHttpEngine:
     monkeypatch.setenv("FLOWPERF_TEST_KEY", SECRET)
-    engine = OpenAIHttpEngine(HttpSettings(base_url="http://127.0.0.1:9", api_key_env="FLOWPERF_TEST_KEY"))
+    engine = OpenAIHttpEngine(
+        HttpClientConfig(base_url="http://127.0.0.1:9", api_key_env="FLOWPERF_TEST_KEY")
+    )
     transport = httpx.MockTransport(scripted_server(seen, **server_options))
     original = httpx.AsyncClient
 
@@ -109,11 +111,13 @@ def test_http_errors_fail_the_step_with_the_status(monkeypatch) -> None:
 
 def test_missing_key_variable_and_unreachable_server(monkeypatch) -> None:
     monkeypatch.delenv("FLOWPERF_ABSENT_KEY", raising=False)
-    absent = OpenAIHttpEngine(HttpSettings(base_url="http://127.0.0.1:9", api_key_env="FLOWPERF_ABSENT_KEY"))
+    absent = OpenAIHttpEngine(
+        HttpClientConfig(base_url="http://127.0.0.1:9", api_key_env="FLOWPERF_ABSENT_KEY")
+    )
     with pytest.raises(
         UserError, match="--api-key-env FLOWPERF_ABSENT_KEY: that environment variable is not set"
     ):
         asyncio.run(absent.start())
-    nobody = OpenAIHttpEngine(HttpSettings(base_url="http://127.0.0.1:9", connect_timeout_s=1))
+    nobody = OpenAIHttpEngine(HttpClientConfig(base_url="http://127.0.0.1:9", connect_timeout_s=1))
     with pytest.raises(EngineError, match="cannot reach the server"):
         asyncio.run(nobody.start())

@@ -10,6 +10,9 @@ import pytest
 
 from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
+from flowperf.records import StepRecord
+from flowperf.store import RunStore
+from flowperf.summary_schema import RunSummary
 from helpers import ROOT, run_bench
 
 pytestmark = pytest.mark.engine
@@ -32,14 +35,14 @@ def test_25_flows_reuse_the_one_engine(engine, engine_loop, tmp_path: Path) -> N
     result = engine_loop.run(run_benchmark(config, RunHooks(echo=lines.append), shutdown_engine=False))
     assert result.exit_code == 0
     assert engine.info().init_count == 1
-    assert result.summary["engine"]["init_count"] == 1
+    assert result.summary.engine is not None and result.summary.engine["init_count"] == 1
     assert any(line.startswith("[TIMING] engine_init_ms=") and "reused=true" in line for line in lines)
     with (result.run_dir / "workflows.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["flow_index"]) for r in rows] == list(range(25))
     assert all(r["status"] == "ok" and r["output_tokens"] == "48" for r in rows)
-    counts = result.summary["counts"]
-    assert counts["workflows_ok"] == 25 and counts["steps_ok"] == 75
+    counts = result.summary.counts
+    assert counts.workflows_ok == 25 and counts.steps_ok == 75
     # sequential: a workflow's steps account for (nearly) all of its time
     for row in rows:
         assert float(row["step_ms_sum"]) <= float(row["workflow_ms"])
@@ -76,23 +79,24 @@ def test_cli_run_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     assert config["engine"]["init_count"] == 1
     assert config["versions"]["vllm"] and config["versions"]["torch"]
     assert config["model"] == {"path": str(tiny_model), "name": str(tiny_model), "tiny": True}
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "complete"
-    assert summary["counts"]["workflows_ok"] == 3
+    summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())
+    assert summary.schema_version == 2
+    assert summary.status == "complete"
+    assert summary.counts.workflows_ok == 3
     for metric in ("workflow_ms", "step_ms", "ttft_ms"):
-        block = summary["latency"][metric]
-        assert block["p50"] <= block["p95"] <= block["p99"] <= block["max"]
-    assert summary["throughput"]["output_tokens_per_s"] > 0
+        block = getattr(summary.latency, metric)
+        assert block.p50 <= block.p95 <= block.p99 <= block.max
+    assert summary.throughput.output_tokens_per_s > 0
 
-    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
-    assert len(steps) == 9
-    by_flow: dict[int, dict[str, dict]] = {}
+    steps = RunStore(run_dir).read_steps()
+    assert len(steps) == len((run_dir / "steps.jsonl").read_text().splitlines()) == 9
+    by_flow: dict[int, dict[str, StepRecord]] = {}
     for step in steps:
-        by_flow.setdefault(step["flow_index"], {})[step["step_id"]] = step
+        by_flow.setdefault(step.flow_index, {})[step.step_id] = step
     for flow_steps in by_flow.values():
         summarize, critique, refine = flow_steps["summarize"], flow_steps["critique"], flow_steps["refine"]
-        assert summarize["output_tokens"] == 64
-        assert summarize["output_text"] and summarize["output_text"] in critique["prompt_text"]
-        assert critique["output_text"] in refine["prompt_text"]
-        assert summarize["output_text"] in refine["prompt_text"]
+        assert summarize.output_tokens == 64
+        assert summarize.output_text and summarize.output_text in critique.prompt_text
+        assert critique.output_text in refine.prompt_text
+        assert summarize.output_text in refine.prompt_text
     assert "results:" in done.stderr

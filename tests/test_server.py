@@ -23,9 +23,10 @@ from tokenizers import Tokenizer
 
 from flowperf.config import EngineConfig
 from flowperf.engines.base import GenerationParams
-from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
+from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.server import ServerRecord, ServerRegistry, server_arguments
 from flowperf.errors import UserError
+from flowperf.summary_schema import RunSummary
 from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -46,7 +47,7 @@ def server(registry: ServerRegistry, tiny_model: Path):
 
 
 def http_engine(record: ServerRecord, **options) -> OpenAIHttpEngine:
-    return OpenAIHttpEngine(HttpSettings(base_url=record.base_url, **options))
+    return OpenAIHttpEngine(HttpClientConfig(base_url=record.base_url, **options))
 
 
 def generate(engine: OpenAIHttpEngine, prompts: list[str], max_tokens: int = 16) -> list:
@@ -148,9 +149,10 @@ def test_second_run_reuses_the_server_and_a_killed_server_ends_the_run(
     warm = next(t for t in second.timing() if "engine_init_ms" in t)
     assert (cold["engine"], cold["reused"], warm["reused"]) == ("server", "false", "true")
     assert float(warm["engine_init_ms"]) <= 0.05 * float(cold["engine_init_ms"])
-    summary = json.loads((tmp_path / "runs" / "second" / "summary.json").read_text())
-    assert summary["engine"]["engine"] == "server" and summary["engine"]["reused"] is True
-    (private,) = [r for r in registry.servers() if r.pid == summary["engine"]["details"]["server_pid"]]
+    summary = RunSummary.model_validate_json((tmp_path / "runs" / "second" / "summary.json").read_text())
+    engine = summary.engine
+    assert engine is not None and engine["engine"] == "server" and engine["reused"] is True
+    (private,) = [r for r in registry.servers() if r.pid == engine["details"]["server_pid"]]
 
     out = tmp_path / "runs"
     process = subprocess.Popen(
@@ -174,7 +176,7 @@ def test_second_run_reuses_the_server_and_a_killed_server_ends_the_run(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == 3, stderr[-2000:]
-    killed = json.loads((out / "killed" / "summary.json").read_text())
-    assert killed["counts"]["workflows_done"] == 40 and killed["counts"]["workflows_failed"] >= 1
+    killed = RunSummary.model_validate_json((out / "killed" / "summary.json").read_text())
+    assert killed.counts.workflows_done == 40 and killed.counts.workflows_failed >= 1
     assert not psutil.pid_exists(private.pid) or psutil.Process(private.pid).status() == psutil.STATUS_ZOMBIE
     assert private.id not in [r.id for r in registry.servers()]  # found stale and dropped

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import random
 import signal
@@ -24,7 +23,9 @@ import psutil
 import pytest
 
 from flowperf.engines.server import ServerRegistry
-from flowperf.store import STEPS, WORKFLOWS, RunStore
+from flowperf.records import StepRecord
+from flowperf.store import STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.summary_schema import RunSummary
 from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -84,6 +85,10 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
     return RunStore(run_dir).read_workflows()
 
 
+def read_summary(run_dir: Path) -> RunSummary:
+    return RunSummary.model_validate_json((run_dir / SUMMARY).read_text())
+
+
 def wait_until(condition: Callable[[], bool], process: BenchProcess, timeout: float = 180) -> bool:
     """True once `condition` holds; False if the process ended first."""
     deadline = time.monotonic() + timeout
@@ -101,14 +106,14 @@ def assert_exactly_once(run_dir: Path, total: int) -> None:
         indices = [int(row["flow_index"]) for row in csv.DictReader(handle)]
     assert sorted(indices) == list(range(total)), indices
     keys = [
-        (s["flow_index"], s["step_index"])
-        for s in map(json.loads, (run_dir / STEPS).read_text().splitlines())
+        (s.flow_index, s.step_index)
+        for s in map(StepRecord.model_validate_json, (run_dir / STEPS).read_text().splitlines())
     ]
     assert len(keys) == len(set(keys)) == total * STEPS_PER_WORKFLOW
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "complete"
-    assert summary["counts"]["workflows_ok"] == summary["counts"]["workflows_done"] == total
-    assert summary["counts"]["steps_ok"] == total * STEPS_PER_WORKFLOW
+    summary = read_summary(run_dir)
+    assert summary.status == "complete"
+    assert summary.counts.workflows_ok == summary.counts.workflows_done == total
+    assert summary.counts.steps_ok == total * STEPS_PER_WORKFLOW
 
 
 def engine_pids(process: BenchProcess) -> list[int]:
@@ -137,8 +142,7 @@ def test_ctrl_c_stops_gracefully_and_the_run_resumes(tmp_path: Path) -> None:
     assert wait_until(lambda: len(rows(run_dir)) >= 3, bench)
     bench.signal_group(signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     assert bench.wait(120) == 130, bench.stderr[-2000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted"
+    assert read_summary(run_dir).status == "interrupted"
     done = rows(run_dir)
     assert 3 <= len(done) < 30
     # in-flight steps were allowed to finish on an engine that Ctrl-C did not kill
@@ -185,7 +189,7 @@ def test_second_ctrl_c_exits_at_once_leaving_a_resumable_directory(tmp_path: Pat
     store = RunStore.reopen(run_dir)
     assert store.completed_flow_indices()
     for line in (run_dir / STEPS).read_text().splitlines():
-        json.loads(line)
+        StepRecord.model_validate_json(line)  # every line left is a whole record
 
 
 @pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "exited"])
@@ -200,9 +204,9 @@ def test_engine_core_death_fails_the_rest_and_ends_the_run(tmp_path: Path, death
     assert len(core) == 1
     os.kill(core[0], death)
     assert bench.wait(120) == 3, bench.stderr[-2000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["counts"]["workflows_done"] == 40
-    assert summary["counts"]["failures_by_type"].get("EngineError", 0) >= 1
+    summary = read_summary(run_dir)
+    assert summary.counts.workflows_done == 40
+    assert summary.counts.failures_by_type.get("EngineError", 0) >= 1
     failed = [row for row in rows(run_dir) if row["status"] == "failed"]
     assert failed and all(
         "EngineDeadError: the vLLM engine core process has died" in r["error_message"] for r in failed

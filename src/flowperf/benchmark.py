@@ -23,7 +23,7 @@ import flowperf
 from flowperf.config import RunConfig, differences
 from flowperf.deferred import DeferredSink
 from flowperf.engines.base import Engine, EngineInfo
-from flowperf.engines.openai_http import HttpSettings, OpenAIHttpEngine
+from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
@@ -33,9 +33,12 @@ from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.monitor import ResourceMonitor
-from flowperf.runner import Runner, RunSettings, WorkflowOutcome
+from flowperf.records import RUN_SCHEMA_VERSION, WorkflowRecord, check_schema_version
+from flowperf.runner import ExecutionConfig, Runner
+from flowperf.sinks import MeasuredSink, WarmupSink
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore
-from flowperf.summary import build_summary, leak_warning
+from flowperf.summary import SummaryContext, build_summary, leak_warning
+from flowperf.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.timing import TimingLog
 
 EXIT_OK = 0
@@ -50,13 +53,13 @@ class RunHooks:
     echo: Callable[[str], None] = print
     warn: Callable[[str], None] = print
     on_start: Callable[[int, int], None] = lambda total, already_done: None
-    on_workflow_done: Callable[[WorkflowOutcome], None] = lambda outcome: None
+    on_workflow_done: Callable[[WorkflowRecord], None] = lambda record: None
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     exit_code: int
 
 
@@ -95,7 +98,7 @@ def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path) -> Engi
     if settings.kind == "vllm":
         assert model.path is not None
         return get_vllm_engine(settings, model.path, log_path)
-    http = HttpSettings(
+    http = HttpClientConfig(
         base_url=settings.base_url or "",
         model=model.name,
         api=settings.api,
@@ -143,6 +146,7 @@ def config_document(
     """config.json as written before the engine starts: the resolved settings, their fingerprint, and
     everything that identifies the setup; `with_engine` completes it once the engine runs."""
     return {
+        "schema_version": RUN_SCHEMA_VERSION,
         "run_id": run_id,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "config": config.model_dump(mode="json"),
@@ -184,11 +188,11 @@ class PeriodicSummaries:
     request in flight, is never held up by it.
     """
 
-    def __init__(self, store: RunStore, every: int, interval_s: float, summary_args: dict[str, Any]) -> None:
+    def __init__(self, store: RunStore, every: int, interval_s: float, context: SummaryContext) -> None:
         self._store = store
         self._every = every
         self._interval_s = interval_s
-        self._summary_args = summary_args
+        self._context = context
         self._done = 0
         self._last = time.perf_counter()
         self._task: asyncio.Future[None] | None = None
@@ -204,7 +208,8 @@ class PeriodicSummaries:
         self._task = asyncio.ensure_future(asyncio.to_thread(self._write))
 
     def _write(self) -> None:
-        self._store.write_json(SUMMARY, build_summary(self._store, status="running", **self._summary_args))
+        summary = build_summary(self._store, "running", self._context)
+        self._store.write_json(SUMMARY, summary.to_json())
 
     async def finish(self) -> None:
         """Wait for a summary being written, so the final one is written last."""
@@ -228,22 +233,8 @@ def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, 
     if resume_from is None:
         run_id = config.output.run_id or new_run_id(flows.name)
         return OpenedRun(RunStore.create(config.output.out_dir, run_id), run_id, 0, list(flows))
+    previous = check_resumable(config, expansion, resume_from)
     store = RunStore.reopen(resume_from)
-    previous = store.read_json(CONFIG)
-    if previous.get("config_sha256") != config.fingerprint():
-        changed = differences(
-            RunConfig.model_validate(previous.get("config", {})).shaping_settings(), config.shaping_settings()
-        )
-        raise UserError(f"--resume {resume_from}: settings differ from the run's: {'; '.join(changed)}")
-    recorded = previous.get("flow", {})
-    if (recorded.get("template_sha256"), recorded.get("fixture_sha256")) != (
-        flows.template_sha256,
-        flows.fixture_sha256,
-    ):
-        raise UserError(
-            f"--resume {resume_from}: the flow template or its fixtures changed since the run started; "
-            "start a new run instead"
-        )
     completed = store.completed_flow_indices()
     dropped = store.drop_unfinished_steps(completed)
     todo = [flow for flow in flows if flow.index not in completed]
@@ -254,7 +245,30 @@ def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, 
     return OpenedRun(store, str(previous.get("run_id", store.run_dir.name)), store.next_session(), todo)
 
 
-def run_status(stopped: bool, interrupted: bool) -> str:
+def check_resumable(config: RunConfig, expansion: Expansion, resume_from: Path) -> dict[str, Any]:
+    """`resume_from`'s config.json, once it is proven to be the same experiment as `config` over the
+    same flows; read-only, so a refused resume leaves the directory as it was."""
+    previous = RunStore(resume_from).read_json(CONFIG)
+    check_schema_version(previous, f"--resume {resume_from}")
+    if previous.get("config_sha256") != config.fingerprint():
+        changed = differences(
+            RunConfig.model_validate(previous.get("config", {})).shaping_config(), config.shaping_config()
+        )
+        raise UserError(f"--resume {resume_from}: settings differ from the run's: {'; '.join(changed)}")
+    recorded = previous.get("flow", {})
+    flows = expansion.flows
+    if (recorded.get("template_sha256"), recorded.get("fixture_sha256")) != (
+        flows.template_sha256,
+        flows.fixture_sha256,
+    ):
+        raise UserError(
+            f"--resume {resume_from}: the flow template or its fixtures changed since the run started; "
+            "start a new run instead"
+        )
+    return previous
+
+
+def run_status(stopped: bool, interrupted: bool) -> RunStatus:
     if interrupted:
         return "interrupted"
     if stopped:
@@ -262,10 +276,186 @@ def run_status(stopped: bool, interrupted: bool) -> str:
     return "complete"
 
 
-def exit_code_for(summary: dict[str, Any]) -> int:
-    if summary["status"] == "interrupted":
+def exit_code_for(summary: RunSummary) -> int:
+    if summary.status == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if summary["counts"]["workflows_failed"] else EXIT_OK
+    return EXIT_SOME_FAILED if summary.counts.workflows_failed else EXIT_OK
+
+
+@dataclass
+class RunContext:
+    """One session of a run, from prepared to finalized: everything the phases hand each other."""
+
+    config: RunConfig
+    hooks: RunHooks
+    timing: TimingLog
+    monitor: ResourceMonitor
+    expansion: Expansion
+    opened: OpenedRun
+    engine: Engine
+    runner: Runner
+    sink: MeasuredSink
+    periodic: PeriodicSummaries
+    summary_context: SummaryContext
+    document: dict[str, Any] | None  # config.json to complete once the engine runs; None on resume
+
+    @property
+    def store(self) -> RunStore:
+        return self.opened.store
+
+
+def expand_flows(
+    config: RunConfig, timing: TimingLog, monitor: ResourceMonitor, hooks: RunHooks
+) -> tuple[Expansion, float]:
+    """The run's flows (from the cache when it holds them) and how long that took, in ms."""
+    template_path = resolve_flow(config.flow, config.flows_dir)
+    started = time.perf_counter()
+    with monitor.phase("flow_expansion"):
+        expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
+    expansion_ms = (time.perf_counter() - started) * 1000.0
+    timing.emit("flow_expansion_ms", expansion_ms, source=expansion.source, flows=len(expansion.flows))
+    return expansion, expansion_ms
+
+
+def run_info(config: RunConfig, expansion: Expansion, run_id: str) -> RunInfo:
+    return RunInfo(
+        run_id=run_id,
+        flow=expansion.flows.name,
+        mode="open_loop" if config.rate else "closed_loop",
+        concurrency=config.effective_concurrency,
+        rate_per_s=config.rate,
+        engine_kind=config.engine.kind,
+        config_sha256=config.fingerprint(),
+        warmup_workflows=config.warmup,
+        sample_interval_s=config.monitor.sample_interval_s,
+    )
+
+
+def execution_config(config: RunConfig, opened: OpenedRun) -> ExecutionConfig:
+    return ExecutionConfig(
+        run_id=opened.run_id,
+        concurrency=config.effective_concurrency,
+        rate=config.rate,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+        save_text=config.output.save_text,
+        step_timeout_s=config.step_timeout_s,
+        fail_fast=config.fail_fast,
+        grace_s=config.grace_s,
+        session=opened.session,
+    )
+
+
+def prepare(
+    config: RunConfig, hooks: RunHooks, resume_from: Path | None, engine: Engine | None
+) -> RunContext:
+    """Flows expanded, model found, run directory open and config.json written, engine made (not
+    started): every check of the user's input is behind us."""
+    timing = TimingLog(hooks.echo)
+    metrics: DeferredSink[Any] = DeferredSink()
+    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
+    expansion, expansion_ms = expand_flows(config, timing, monitor, hooks)
+    with monitor.phase("model"):
+        model = resolve_model(config, timing)
+    opened = open_run(config, expansion, resume_from, hooks)
+    timing.attach(opened.store.path(TIMING_LOG))
+    metrics.attach(opened.store.append_metric)
+    document = None
+    if resume_from is None:
+        document = config_document(config, expansion, model, opened.run_id)
+        opened.store.write_json(CONFIG, document)
+    summary_context = SummaryContext(
+        planned_workflows=len(expansion.flows),
+        run=run_info(config, expansion, opened.run_id),
+        timings=Timings(flow_expansion_ms=expansion_ms, expansion_source=expansion.source),
+    )
+    periodic = PeriodicSummaries(
+        opened.store, config.output.summary_every, config.output.summary_interval_s, summary_context
+    )
+
+    def workflow_done(record: WorkflowRecord) -> None:
+        hooks.on_workflow_done(record)
+        periodic.workflow_done()
+
+    sink = MeasuredSink(opened.store, timing, monitor.phase, workflow_done)
+    engine = engine or make_engine(config, model, opened.store.path(ENGINE_LOG))
+    runner = Runner(expansion.flows, engine, execution_config(config, opened))
+    return RunContext(
+        config, hooks, timing, monitor, expansion, opened, engine, runner, sink, periodic, summary_context,
+        document,
+    )  # fmt: skip
+
+
+async def start_engine(run: RunContext) -> None:
+    """Start (or reuse) the engine, timed, and record what it really is."""
+    already_started = run.engine.started
+    started = time.perf_counter()
+    with run.monitor.phase("engine_init"):
+        await run.engine.start()
+    init_ms = (time.perf_counter() - started) * 1000.0
+    info = run.engine.info()
+    run.timing.emit("engine_init_ms", init_ms, engine=info.engine, reused=already_started or info.reused)
+    if "server_pid" in info.details:
+        run.monitor.track(info.details["server_pid"])
+    run.summary_context.timings.engine_init_ms = init_ms
+    run.summary_context.engine = info.as_dict()
+    if run.document is not None:
+        run.store.write_json(CONFIG, with_engine(run.document, info))
+
+
+async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:
+    """Engine start, warm-up, prefix-cache reset and the measured window; how the session ended."""
+    config, runner = run.config, run.runner
+    stopped = interrupted = False
+    try:
+        await start_engine(run)
+        if interrupts is not None:
+            interrupts.on_request(runner.request_stop)
+        if config.warmup:
+            with run.monitor.phase("warmup", workflows=config.warmup):
+                await runner.warm_up(run.expansion.flows.warmup_flows(config.warmup), WarmupSink(run.timing))
+        if config.reset_prefix_cache:
+            run.summary_context.run.prefix_cache_reset = await run.engine.reset_prefix_cache()
+        total = len(run.expansion.flows)
+        run.hooks.on_start(total, total - len(run.opened.todo))
+        with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
+            stopped = await runner.run(run.opened.todo, run.sink)
+        interrupted = interrupts is not None and interrupts.requested
+    except RunInterrupted:
+        interrupted = True
+    return run_status(stopped, interrupted)
+
+
+async def release(run: RunContext, interrupts: InterruptController | None, shutdown_engine: bool) -> None:
+    """Whatever ended the session: the last periodic summary written, sampling stopped, the engine shut
+    down (unless the caller keeps it), every file closed."""
+    if interrupts is not None:
+        interrupts.on_request(None)
+    await run.periodic.finish()
+    run.monitor.stop()
+    try:
+        if shutdown_engine:
+            await run.engine.shutdown()
+    finally:
+        run.store.close()
+
+
+def finalize(run: RunContext, status: RunStatus) -> RunResult:
+    """The final summary.json, the closing timing line and any leak warning."""
+    summary = build_summary(run.store, status, run.summary_context)
+    run.store.write_json(SUMMARY, summary.to_json())
+    run.timing.emit(
+        "benchmark_total_ms",
+        summary.timing.measured_window_ms,
+        avg_workflow_ms=float(summary.latency.workflow_ms.mean or 0.0),
+        workflows=summary.counts.workflows_done,
+        failed=summary.counts.workflows_failed,
+    )
+    run.timing.close()
+    warning = leak_warning(summary.resources, run.config.monitor.leak_threshold_mb)
+    if warning:
+        run.hooks.warn(warning)
+    return RunResult(run_dir=run.store.run_dir, summary=summary, exit_code=exit_code_for(summary))
 
 
 async def run_benchmark(
@@ -281,118 +471,12 @@ async def run_benchmark(
 
     `engine` replaces the engine `config` would create (library use, fault injection in tests).
     """
-    timing = TimingLog(hooks.echo)
-    metrics: DeferredSink[dict[str, Any]] = DeferredSink()
-    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
-    template_path = resolve_flow(config.flow, config.flows_dir)
-    started = time.perf_counter()
-    with monitor.phase("flow_expansion"):
-        expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
-    expansion_ms = (time.perf_counter() - started) * 1000.0
-    timing.emit("flow_expansion_ms", expansion_ms, source=expansion.source, flows=len(expansion.flows))
-    with monitor.phase("model"):
-        model = resolve_model(config, timing)
-    opened = open_run(config, expansion, resume_from, hooks)
-    store = opened.store
-    timing.attach(store.path(TIMING_LOG))
-    metrics.attach(store.append_metric)
-    document: dict[str, Any] | None = None  # a resumed run keeps the config.json it started with
-    if resume_from is None:
-        document = config_document(config, expansion, model, opened.run_id)
-        store.write_json(CONFIG, document)
-
-    if engine is None:
-        engine = make_engine(config, model, store.path(ENGINE_LOG))
-    summary_args: dict[str, Any] = {
-        "planned_workflows": len(expansion.flows),
-        "timings": {"flow_expansion_ms": expansion_ms, "expansion_source": expansion.source},
-        "engine": None,
-        "run": {
-            "run_id": opened.run_id,
-            "flow": expansion.flows.name,
-            "mode": "open_loop" if config.rate else "closed_loop",
-            "concurrency": config.effective_concurrency,
-            "rate_per_s": config.rate,
-            "engine_kind": config.engine.kind,
-            "config_sha256": config.fingerprint(),
-            "warmup_workflows": config.warmup,
-            "prefix_cache_reset": False,
-            "sample_interval_s": config.monitor.sample_interval_s,
-        },
-    }
-    settings = RunSettings(
-        run_id=opened.run_id,
-        concurrency=config.effective_concurrency,
-        rate=config.rate,
-        max_tokens=config.max_tokens,
-        seed=config.seed,
-        save_text=config.output.save_text,
-        step_timeout_s=config.step_timeout_s,
-        fail_fast=config.fail_fast,
-        grace_s=config.grace_s,
-        session=opened.session,
-    )
-    periodic = PeriodicSummaries(
-        store, config.output.summary_every, config.output.summary_interval_s, summary_args
-    )
-
-    def workflow_done(outcome: WorkflowOutcome) -> None:
-        hooks.on_workflow_done(outcome)
-        periodic.workflow_done()
-
-    runner = Runner(expansion.flows, engine, store, timing, settings, workflow_done, phase=monitor.phase)
-    stopped = interrupted = False
-    monitor.start(session=opened.session, steps_done=lambda: runner.steps_done)
+    run = prepare(config, hooks, resume_from, engine)
+    run.monitor.start(session=run.opened.session, steps_done=lambda: run.sink.steps_done)
+    if interrupts is not None:
+        interrupts.on_request(None)
     try:
-        if interrupts is not None:
-            interrupts.on_request(None)
-        already_started = engine.started
-        started = time.perf_counter()
-        with monitor.phase("engine_init"):
-            await engine.start()
-        init_ms = (time.perf_counter() - started) * 1000.0
-        info = engine.info()
-        timing.emit("engine_init_ms", init_ms, engine=info.engine, reused=already_started or info.reused)
-        if "server_pid" in info.details:
-            monitor.track(info.details["server_pid"])
-        summary_args["timings"]["engine_init_ms"] = init_ms
-        summary_args["engine"] = info.as_dict()
-        if document is not None:
-            store.write_json(CONFIG, with_engine(document, info))
-        if interrupts is not None:
-            interrupts.on_request(runner.request_stop)
-        if config.warmup:
-            with monitor.phase("warmup", workflows=config.warmup):
-                await runner.warm_up(expansion.flows.warmup_flows(config.warmup))
-        if config.reset_prefix_cache:
-            summary_args["run"]["prefix_cache_reset"] = await engine.reset_prefix_cache()
-        hooks.on_start(len(expansion.flows), len(expansion.flows) - len(opened.todo))
-        with monitor.phase("measured_window", workflows=len(opened.todo)):
-            stopped = await runner.run(opened.todo)
-        interrupted = interrupts is not None and interrupts.requested
-    except RunInterrupted:
-        interrupted = True
+        status = await execute(run, interrupts)
     finally:
-        if interrupts is not None:
-            interrupts.on_request(None)
-        await periodic.finish()
-        monitor.stop()
-        try:
-            if shutdown_engine:
-                await engine.shutdown()
-        finally:
-            store.close()
-    summary = build_summary(store, status=run_status(stopped, interrupted), **summary_args)
-    store.write_json(SUMMARY, summary)
-    timing.emit(
-        "benchmark_total_ms",
-        summary["timing"]["measured_window_ms"],
-        avg_workflow_ms=float(summary["latency"]["workflow_ms"]["mean"] or 0.0),
-        workflows=summary["counts"]["workflows_done"],
-        failed=summary["counts"]["workflows_failed"],
-    )
-    timing.close()
-    warning = leak_warning(summary["resources"], config.monitor.leak_threshold_mb)
-    if warning:
-        hooks.warn(warning)
-    return RunResult(run_dir=store.run_dir, summary=summary, exit_code=exit_code_for(summary))
+        await release(run, interrupts, shutdown_engine)
+    return finalize(run, status)

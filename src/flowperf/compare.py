@@ -131,7 +131,7 @@ def _tokens_per_s(run: RunData) -> np.ndarray:
 
 
 def _peak_rss(run: RunData) -> np.ndarray:
-    peak = resource_summary(run.metrics)["peak_rss_mb"]
+    peak = resource_summary(run.metrics).peak_rss_mb
     return np.array([] if peak is None else [peak])
 
 

@@ -18,10 +18,11 @@ from typing import Any
 import psutil
 
 from flowperf.errors import UserError
+from flowperf.records import GpuInfoRecord, GpuSample, PhaseRecord, ResourceSample
 
 MB = 1024 * 1024
 
-Sink = Callable[[dict[str, Any]], None]
+Sink = Callable[[ResourceSample | GpuInfoRecord | PhaseRecord], None]
 
 
 def nvml_devices() -> tuple[Any, list[Any], str | None]:
@@ -142,40 +143,35 @@ class ResourceMonitor:
         tree.tracked = self._tracked
         nvml, devices, unavailable = nvml_devices()
         self._sink(
-            {
-                "type": "gpu_info",
-                "session": self._session,
-                "available": nvml is not None,
-                "reason": unavailable,
-                "devices": len(devices),
-            }
+            GpuInfoRecord(
+                session=self._session, available=nvml is not None, reason=unavailable, devices=len(devices)
+            )
         )
         try:
             while not self._stop.wait(self.interval_s):
-                sampling_started = time.thread_time()
-                record: dict[str, Any] = {
-                    "type": "sample",
-                    "session": self._session,
-                    "t_s": round(time.perf_counter() - self._origin, 4),
-                    "steps_done": self._steps_done(),
-                    **{
-                        key: None if value is None else round(value, 3)
-                        for key, value in tree.sample().items()
-                    },
-                }
-                memory = psutil.virtual_memory()
-                record["system_mem_used_mb"] = round((memory.total - memory.available) / MB, 1)
-                record["system_mem_percent"] = memory.percent
-                if nvml is not None:
-                    record["gpus"] = [
-                        _gpu_sample(nvml, index, handle) for index, handle in enumerate(devices)
-                    ]
-                # the monitor's own cost: CPU time this thread spent taking the sample
-                record["sample_cpu_ms"] = round((time.thread_time() - sampling_started) * 1000.0, 4)
-                self._sink(record)
+                self._sink(self._sample(tree, nvml, devices))
         finally:
             if nvml is not None:
                 nvml.nvmlShutdown()
+
+    def _sample(self, tree: ProcessTree, nvml: Any, devices: list[Any]) -> ResourceSample:
+        sampling_started = time.thread_time()
+        memory = psutil.virtual_memory()
+        processes = {key: None if value is None else round(value, 3) for key, value in tree.sample().items()}
+        gpus = None
+        if nvml is not None:
+            gpus = [_gpu_sample(nvml, index, handle) for index, handle in enumerate(devices)]
+        return ResourceSample(
+            session=self._session,
+            t_s=round(time.perf_counter() - self._origin, 4),
+            steps_done=self._steps_done(),
+            **processes,
+            system_mem_used_mb=round((memory.total - memory.available) / MB, 1),
+            system_mem_percent=memory.percent,
+            gpus=gpus,
+            # the monitor's own cost: CPU time this thread spent taking the sample
+            sample_cpu_ms=round((time.thread_time() - sampling_started) * 1000.0, 4),
+        )
 
     @contextlib.contextmanager
     def phase(self, name: str, **fields: Any) -> Iterator[None]:
@@ -186,25 +182,24 @@ class ResourceMonitor:
             yield
         finally:
             self._sink(
-                {
-                    "type": "phase",
-                    "session": self._session,
-                    "name": name,
-                    "start_s": round(started - self._origin, 4),
-                    "duration_ms": round((time.perf_counter() - started) * 1000.0, 3),
-                    "rss_before_mb": round(before, 3),
-                    "rss_after_mb": round(rss_mb(), 3),
+                PhaseRecord(
+                    session=self._session,
+                    name=name,
+                    start_s=round(started - self._origin, 4),
+                    duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
+                    rss_before_mb=round(before, 3),
+                    rss_after_mb=round(rss_mb(), 3),
                     **fields,
-                }
+                )
             )
 
 
-def _gpu_sample(nvml: Any, index: int, handle: Any) -> dict[str, float | int]:
+def _gpu_sample(nvml: Any, index: int, handle: Any) -> GpuSample:
     memory = nvml.nvmlDeviceGetMemoryInfo(handle)
     utilisation = nvml.nvmlDeviceGetUtilizationRates(handle)
-    return {
-        "index": index,
-        "mem_used_mb": round(memory.used / MB, 1),
-        "mem_total_mb": round(memory.total / MB, 1),
-        "util_percent": utilisation.gpu,
-    }
+    return GpuSample(
+        index=index,
+        mem_used_mb=round(memory.used / MB, 1),
+        mem_total_mb=round(memory.total / MB, 1),
+        util_percent=utilisation.gpu,
+    )

@@ -7,11 +7,15 @@ for it (a report never shows an empty chart as if it were a measurement).
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from flowperf.records import GpuInfoRecord, PhaseRecord, ResourceSample
+from flowperf.summary_schema import CachePosition
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -110,51 +114,55 @@ def gantt(workflows: pd.DataFrame, steps: pd.DataFrame) -> bytes | None:
     return _png(figure)
 
 
-def resources(metrics: Sequence[dict[str, Any]]) -> bytes | None:
-    samples = [record for record in metrics if record.get("type") == "sample"]
+def _busiest_session(samples: list[ResourceSample]) -> list[ResourceSample]:
+    """The samples of the session with most of them: sessions' clocks restart, so one is plotted."""
+    counts = Counter(sample.session for sample in samples)
+    session = counts.most_common(1)[0][0]
+    return [sample for sample in samples if sample.session == session]
+
+
+def _plot_gpus(axis: Any, times: list[float], samples: list[ResourceSample]) -> None:
+    for index in sorted({device.index for sample in samples for device in sample.gpus or []}):
+        devices = [next(d for d in sample.gpus or [] if d.index == index) for sample in samples]
+        used = np.asarray([device.mem_used_mb for device in devices])
+        axis.plot(times, [device.util_percent for device in devices], label=f"GPU {index} util %")
+        axis.plot(
+            times, used / max(used.max(), 1.0) * 100.0, linestyle="--", label=f"GPU {index} mem % of peak"
+        )
+    axis.set(title="GPU", xlabel="s", ylabel="%")
+
+
+def resources(metrics: Sequence[ResourceSample | GpuInfoRecord | PhaseRecord]) -> bytes | None:
+    samples = [record for record in metrics if isinstance(record, ResourceSample)]
     if not samples:
         return None
-    session = max(
-        {s["session"] for s in samples}, key=lambda value: sum(s["session"] == value for s in samples)
-    )
-    samples = [s for s in samples if s["session"] == session]
-    gpus = any(s.get("gpus") for s in samples)
+    samples = _busiest_session(samples)
+    gpus = any(sample.gpus for sample in samples)
     figure, axes = _figure(1, 3 if gpus else 2, size=(12.0 if gpus else 9.0, 3.4))
-    times = [s["t_s"] for s in samples]
+    times = [s.t_s for s in samples]
     memory, cpu = axes[0][0], axes[0][1]
-    memory.plot(times, [s["rss_mb"] for s in samples], label="harness")
-    memory.plot(times, [s["children_rss_mb"] or 0.0 for s in samples], label="engine processes")
+    memory.plot(times, [s.rss_mb for s in samples], label="harness")
+    memory.plot(times, [s.children_rss_mb or 0.0 for s in samples], label="engine processes")
     memory.set(title="RSS", xlabel="s", ylabel="MB")
-    cpu.plot(times, [s["cpu_percent"] for s in samples], label="harness")
-    cpu.plot(times, [s["children_cpu_percent"] or 0.0 for s in samples], label="engine processes")
+    cpu.plot(times, [s.cpu_percent for s in samples], label="harness")
+    cpu.plot(times, [s.children_cpu_percent or 0.0 for s in samples], label="engine processes")
     cpu.set(title="CPU", xlabel="s", ylabel="% of one core")
     if gpus:
-        gpu = axes[0][2]
-        for index in sorted({d["index"] for s in samples for d in s.get("gpus", [])}):
-            util = [next(d["util_percent"] for d in s["gpus"] if d["index"] == index) for s in samples]
-            used = [next(d["mem_used_mb"] for d in s["gpus"] if d["index"] == index) for s in samples]
-            gpu.plot(times, util, label=f"GPU {index} util %")
-            gpu.plot(
-                times,
-                np.asarray(used) / max(max(used), 1.0) * 100.0,
-                linestyle="--",
-                label=f"GPU {index} mem % of peak",
-            )
-        gpu.set(title="GPU", xlabel="s", ylabel="%")
+        _plot_gpus(axes[0][2], times, samples)
     for axis in axes[0]:
         axis.grid(alpha=0.3)
         axis.legend()
     return _png(figure)
 
 
-def cache_hits(prefix_cache: Sequence[dict[str, Any]]) -> bytes | None:
-    rows = [row for row in prefix_cache if row.get("hit_ratio") is not None]
+def cache_hits(prefix_cache: Sequence[CachePosition]) -> bytes | None:
+    rows = [row for row in prefix_cache if row.hit_ratio is not None]
     if not rows:
         return None
     figure, axes = _figure(size=(7.0, 3.2))
     axis = axes[0][0]
-    labels = [f"{row['step_index'] + 1}: {row['step_id']}" for row in rows]
-    axis.bar(labels, [row["hit_ratio"] * 100.0 for row in rows], color=COLOURS[2])
+    labels = [f"{row.step_index + 1}: {row.step_id}" for row in rows]
+    axis.bar(labels, [(row.hit_ratio or 0.0) * 100.0 for row in rows], color=COLOURS[2])
     axis.set(title="prompt tokens served from the prefix cache, by step position", ylabel="%", ylim=(0, 100))
     axis.grid(alpha=0.3, axis="y")
     return _png(figure)

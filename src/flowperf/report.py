@@ -20,7 +20,8 @@ from rich.table import Table
 
 from flowperf import plots
 from flowperf.rundata import RunData
-from flowperf.summary import summarize
+from flowperf.summary import SummaryContext, summarize_run
+from flowperf.summary_schema import CachePosition, GpusUnavailable, RunInfo, RunSummary, Timings
 
 PERCENTILES = ("p50", "p95", "p99")
 LATENCIES = ("step_ms", "ttft_ms", "itl_ms", "tpot_ms")
@@ -32,31 +33,31 @@ STATUS_NOTES = {
 }
 
 
-def report_summary(run: RunData) -> dict[str, Any]:
+def report_summary(run: RunData) -> RunSummary:
     """The summary, recomputed from the files; metadata (engine, timings) from what the run wrote."""
     saved = run.summary or {}
     status = saved.get("status", "partial")
     if status == "running":
         status = "partial"
-    timings = {k: v for k, v in saved.get("timing", {}).items() if k != "measured_window_ms"}
+    timings = Timings.model_validate(saved.get("timing") or {})
     settings = run.config.get("config", {})
-    run_block = saved.get("run") or {
-        "run_id": run.config.get("run_id"),
-        "flow": run.config.get("flow", {}).get("name"),
-        "mode": "open_loop" if settings.get("rate") else "closed_loop",
-        "concurrency": settings.get("concurrency"),
-        "rate_per_s": settings.get("rate"),
-    }
-    return summarize(
-        run.workflows,
-        run.steps,
-        run.metrics,
-        status=status,
+    run_info = RunInfo.model_validate(
+        saved.get("run")
+        or {
+            "run_id": run.config.get("run_id"),
+            "flow": run.config.get("flow", {}).get("name"),
+            "mode": "open_loop" if settings.get("rate") else "closed_loop",
+            "concurrency": settings.get("concurrency"),
+            "rate_per_s": settings.get("rate"),
+        }
+    )
+    context = SummaryContext(
         planned_workflows=int(settings.get("num_flows", len(run.workflows))),
+        run=run_info,
         timings=timings,
         engine=saved.get("engine") or run.config.get("engine"),
-        run=run_block,
     )
+    return summarize_run(run.workflows, run.steps, run.metrics, status, context)
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -68,25 +69,23 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def header_rows(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
-    engine = summary.get("engine") or {}
-    info = summary["run"]
-    mode = info.get("mode", "closed_loop")
+def header_rows(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
+    engine = summary.engine or {}
+    info, counts = summary.run, summary.counts
     load = (
-        f"open loop, {info.get('rate_per_s')} workflows/s, cap {info.get('concurrency') or 'none'}"
-        if mode == "open_loop"
-        else f"closed loop, concurrency {info.get('concurrency')}"
+        f"open loop, {info.rate_per_s} workflows/s, cap {info.concurrency or 'none'}"
+        if info.mode == "open_loop"
+        else f"closed loop, concurrency {info.concurrency}"
     )
     model = run.config.get("model", {})
-    counts = summary["counts"]
     tiny = " (embedded tiny model)" if model.get("tiny") else ""
     return [
-        ("run", f"{info.get('run_id')} ({run.run_dir})"),
-        ("status", STATUS_NOTES.get(summary["status"], summary["status"])),
+        ("run", f"{info.run_id} ({run.run_dir})"),
+        ("status", STATUS_NOTES.get(summary.status, summary.status)),
         (
             "flow",
-            f"{info.get('flow')}: {counts['workflows_done']} of {counts['workflows_planned']} workflows "
-            f"done, {counts['sessions']} session(s)",
+            f"{info.flow}: {counts.workflows_done} of {counts.workflows_planned} workflows "
+            f"done, {counts.sessions} session(s)",
         ),
         ("model", f"{model.get('name') or model.get('path')}{tiny}"),
         (
@@ -100,37 +99,38 @@ def header_rows(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def timing_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    timing = summary["timing"]
-    phases = summary["resources"]["phases_ms"]
+def timing_rows(summary: RunSummary) -> list[tuple[str, str]]:
+    timing = summary.timing
+    warmup = summary.resources.phases_ms.get("warmup")
     rows = [
-        ("flow expansion", timing.get("flow_expansion_ms"), f"source: {timing.get('expansion_source', '-')}"),
-        ("engine start-up", timing.get("engine_init_ms"), ""),
-        ("warm-up", phases.get("warmup", {}).get("total_ms"), ""),
-        ("measured window", timing.get("measured_window_ms"), "sum over sessions"),
+        ("flow expansion", timing.flow_expansion_ms, f"source: {timing.expansion_source or '-'}"),
+        ("engine start-up", timing.engine_init_ms, ""),
+        ("warm-up", warmup.total_ms if warmup else None, ""),
+        ("measured window", timing.measured_window_ms, "sum over sessions"),
     ]
     known = [value for _, value, _ in rows if value is not None]
     rows.append(("total of the above", sum(known) if known else None, ""))
     return [(name, f"{fmt(value)} ms", note) for name, value, note in rows]
 
 
-def step_rows(summary: dict[str, Any]) -> list[list[str]]:
+def step_rows(summary: RunSummary) -> list[list[str]]:
     rows = []
-    for step_id, block in summary["latency_by_step"].items():
-        row = [step_id, str(block["step_ms"]["count"])]
+    for step_id, block in summary.latency_by_step.items():
+        row = [step_id, str(block.step_ms.count)]
         for metric in LATENCIES:
-            row += [fmt(block[metric][p]) for p in PERCENTILES]
+            distribution = getattr(block, metric)
+            row += [fmt(getattr(distribution, p)) for p in PERCENTILES]
         rows.append(row)
     return rows
 
 
-def cache_row(row: dict[str, Any]) -> list[str]:
-    hit = row["hit_ratio"]
+def cache_row(row: CachePosition) -> list[str]:
+    hit = row.hit_ratio
     return [
-        str(row["step_index"] + 1),
-        row["step_id"],
-        f"{row['prompt_tokens']:,}",
-        f"{row['cached_prompt_tokens']:,}",
+        str(row.step_index + 1),
+        row.step_id,
+        f"{row.prompt_tokens:,}",
+        f"{row.cached_prompt_tokens:,}",
         "-" if hit is None else f"{hit:.1%}",
     ]
 
@@ -158,87 +158,82 @@ def failure_rows(run: RunData) -> list[tuple[str, int, str]]:
     return rows
 
 
-def resource_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    resources = summary["resources"]
-    gpus = resources["gpus"]
-    if gpus.get("available") is False:
-        gpu_text = f"not measured: {gpus.get('reason')}"
+def resource_rows(summary: RunSummary) -> list[tuple[str, str]]:
+    resources = summary.resources
+    gpus = resources.gpus
+    if isinstance(gpus, GpusUnavailable):
+        gpu_text = f"not measured: {gpus.reason}"
     else:
         gpu_text = "; ".join(
-            f"GPU {index}: util mean {fmt(g['util_percent_mean'])}% peak {fmt(g['util_percent_peak'])}%, "
-            f"memory mean {fmt(g['mem_used_mb_mean'], 0)} MB peak {fmt(g['mem_used_mb_peak'], 0)} MB"
+            f"GPU {index}: util mean {fmt(g.util_percent_mean)}% peak {fmt(g.util_percent_peak)}%, "
+            f"memory mean {fmt(g.mem_used_mb_mean, 0)} MB peak {fmt(g.mem_used_mb_peak, 0)} MB"
             for index, g in gpus.items()
         )
     return [
-        ("peak RSS", f"harness {fmt(resources['peak_rss_mb'], 0)} MB, engine processes "
-                     f"{fmt(resources['peak_engine_rss_mb'], 0)} MB"),
-        ("mean CPU", f"harness {fmt(resources['cpu_percent_mean'])}%, engine processes "
-                     f"{fmt(resources['engine_cpu_percent_mean'])}% (of one core)"),
-        ("RSS growth", f"harness {fmt(resources['rss_growth_mb_per_100_steps'], 2)} MB, engine "
-                       f"{fmt(resources['engine_rss_growth_mb_per_100_steps'], 2)} MB per 100 steps "
+        ("peak RSS", f"harness {fmt(resources.peak_rss_mb, 0)} MB, engine processes "
+                     f"{fmt(resources.peak_engine_rss_mb, 0)} MB"),
+        ("mean CPU", f"harness {fmt(resources.cpu_percent_mean)}%, engine processes "
+                     f"{fmt(resources.engine_cpu_percent_mean)}% (of one core)"),
+        ("RSS growth", f"harness {fmt(resources.rss_growth_mb_per_100_steps, 2)} MB, engine "
+                       f"{fmt(resources.engine_rss_growth_mb_per_100_steps, 2)} MB per 100 steps "
                        "(- = run too short to fit)"),
         ("GPU", gpu_text),
     ]  # fmt: skip
 
 
-def throughput_text(summary: dict[str, Any]) -> str:
-    throughput = summary["throughput"]
-    concurrency = summary["load"]["achieved_concurrency"]
+def throughput_text(summary: RunSummary) -> str:
+    throughput = summary.throughput
+    concurrency = summary.load.achieved_concurrency
     return (
-        f"{fmt(throughput['output_tokens_per_s'])} output tokens/s, "
-        f"{fmt(throughput['steps_per_s'], 2)} steps/s, "
-        f"{fmt(throughput['workflows_per_s'], 3)} workflows/s; "
-        f"workflows in flight: mean {fmt(concurrency['mean'], 2)}, max {fmt(concurrency['max'])}"
+        f"{fmt(throughput.output_tokens_per_s)} output tokens/s, "
+        f"{fmt(throughput.steps_per_s, 2)} steps/s, "
+        f"{fmt(throughput.workflows_per_s, 3)} workflows/s; "
+        f"workflows in flight: mean {fmt(concurrency.mean, 2)}, max {fmt(concurrency.max)}"
     )
 
 
-def print_report(run: RunData, summary: dict[str, Any], console: Console) -> None:
-    header = Table.grid(padding=(0, 2))
-    for name, value in header_rows(run, summary):
-        header.add_row(f"[bold]{name}", value)
-    console.print(Panel(header, title="flowperf run", title_align="left"))
+def _table(title: str, columns: tuple[str, ...], rows: list[Any], right: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=column == "step")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
-    timing = Table(title="timing", title_justify="left")
-    for column in ("phase", "time", "note"):
-        timing.add_column(column, justify="right" if column == "time" else "left")
-    for row in timing_rows(summary):
-        timing.add_row(*row)
 
-    steps = Table(title="latency by step (ms)", title_justify="left")
-    steps.add_column("step", no_wrap=True)
-    steps.add_column("n", justify="right")
-    for metric in LATENCIES:
-        for p in PERCENTILES:
-            steps.add_column(f"{metric.removesuffix('_ms')} {p}", justify="right")
-    for row in step_rows(summary):
-        steps.add_row(*row)
+def _grid(rows: list[tuple[str, str]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    for name, value in rows:
+        grid.add_row(f"[bold]{name}", value)
+    return grid
 
-    cache = Table(title="prefix cache by step position", title_justify="left")
-    for column in ("position", "step", "prompt tokens", "cached", "hit ratio"):
-        cache.add_column(column, justify="left" if column == "step" else "right")
-    for row in summary["prefix_cache"]:
-        cache.add_row(*cache_row(row))
 
-    resources = Table.grid(padding=(0, 2))
-    for name, value in resource_rows(summary):
-        resources.add_row(f"[bold]{name}", value)
-    parts: list[Any] = [timing, steps, f"[bold]throughput[/] {throughput_text(summary)}", cache]
-    parts.append(Panel(resources, title="resources", title_align="left"))
-    failures = failure_rows(run)
+def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
+    console.print(Panel(_grid(header_rows(run, summary)), title="flowperf run", title_align="left"))
+    step_columns = ("step", "n", *(f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES))
+    cache_columns = ("position", "step", "prompt tokens", "cached", "hit ratio")
+    parts: list[Any] = [
+        _table("timing", ("phase", "time", "note"), timing_rows(summary), right=("time",)),
+        _table("latency by step (ms)", step_columns, step_rows(summary), right=step_columns[1:]),
+        f"[bold]throughput[/] {throughput_text(summary)}",
+        _table(
+            "prefix cache by step position",
+            cache_columns,
+            [cache_row(row) for row in summary.prefix_cache],
+            right=tuple(c for c in cache_columns if c != "step"),
+        ),
+        Panel(_grid(resource_rows(summary)), title="resources", title_align="left"),
+    ]
+    failures = [(kind, str(count), message) for kind, count, message in failure_rows(run)]
     if failures:
-        table = Table(title="failures", title_justify="left")
-        for column in ("error type", "workflows", "first message"):
-            table.add_column(column)
-        for error_type, count, message in failures:
-            table.add_row(error_type, str(count), message)
-        parts.append(table)
+        parts.append(_table("failures", ("error type", "workflows", "first message"), failures))
     console.print(Group(*parts))
 
 
-def json_report(run: RunData, summary: dict[str, Any]) -> dict[str, Any]:
+def json_report(run: RunData, summary: RunSummary) -> dict[str, Any]:
     """The summary plus derived tables, for other tools."""
     columns = ["step", "n"] + [f"{m}_{p}" for m in LATENCIES for p in PERCENTILES]
-    return summary | {
+    return summary.to_json() | {
         "tables": {
             "per_step": [dict(zip(columns, row, strict=True)) for row in step_rows(summary)],
             "failures": [
@@ -253,7 +248,7 @@ def data_uri(png: bytes | None) -> str | None:
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def run_figures(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
+def run_figures(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
     """(title, data URI) of every plot the run has data for."""
     ok_workflows, ok_steps = run.ok_workflows, run.ok_steps
     samples = metric_samples(run)
@@ -264,7 +259,7 @@ def run_figures(run: RunData, summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("Inter-token latency", plots.distribution({"ITL": samples["itl_ms"]}, "ITL")),
         ("Timeline", plots.gantt(ok_workflows, ok_steps)),
         ("Resources", plots.resources(run.metrics)),
-        ("Prefix-cache hits", plots.cache_hits(summary["prefix_cache"])),
+        ("Prefix-cache hits", plots.cache_hits(summary.prefix_cache)),
     ]
     return [(title, uri) for title, png in candidates if (uri := data_uri(png)) is not None]
 
@@ -292,7 +287,7 @@ def render_page(title: str, sections: list[dict[str, Any]], figures: list[tuple[
     )
 
 
-def html_report(run: RunData, summary: dict[str, Any]) -> str:
+def html_report(run: RunData, summary: RunSummary) -> str:
     step_header = ["step", "n"] + [f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES]
     sections = [
         {"title": "Run", "rows": header_rows(run, summary)},
@@ -302,7 +297,7 @@ def html_report(run: RunData, summary: dict[str, Any]) -> str:
         {
             "title": "Prefix cache by step position",
             "header": ["position", "step", "prompt tokens", "cached", "hit ratio"],
-            "rows": [cache_row(row) for row in summary["prefix_cache"]],
+            "rows": [cache_row(row) for row in summary.prefix_cache],
         },
         {"title": "Resources", "rows": resource_rows(summary)},
     ]
@@ -311,9 +306,7 @@ def html_report(run: RunData, summary: dict[str, Any]) -> str:
         sections.append(
             {"title": "Failures", "header": ["error type", "workflows", "first message"], "rows": failures}
         )
-    return render_page(
-        f"flowperf report: {summary['run'].get('run_id')}", sections, run_figures(run, summary)
-    )
+    return render_page(f"flowperf report: {summary.run.run_id}", sections, run_figures(run, summary))
 
 
 def write_html(path: Path, page: str) -> None:
@@ -322,27 +315,28 @@ def write_html(path: Path, page: str) -> None:
     atomic_write_text(path, page)
 
 
-def print_run_table(summary: dict[str, Any], console: Console) -> None:
-    """The end-of-run table: per step latency, decode rate and cache hits, then the run's totals."""
-    table = Table(title="per step (ms unless noted)", title_justify="left")
-    columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "tok/s", "cache hit")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "step" else "right", no_wrap=column == "step")
-    hits = {row["step_id"]: row["hit_ratio"] for row in summary["prefix_cache"]}
-    for step_id, block in summary["latency_by_step"].items():
+def print_run_table(summary: RunSummary, console: Console) -> None:
+    """The end-of-run table: per step latency, each request's output rate and cache hits, then the
+    run's totals (throughput there is the engine's: all output tokens over the measured window)."""
+    columns = ("step", "p50", "p95", "p99", "ttft p50", "ttft p95", "ttft p99", "req tok/s", "cache hit")
+    hits = {row.step_id: row.hit_ratio for row in summary.prefix_cache}
+    rows = []
+    for step_id, block in summary.latency_by_step.items():
         hit = hits.get(step_id)
-        table.add_row(
-            step_id,
-            *(fmt(block["step_ms"][p]) for p in ("p50", "p95", "p99")),
-            *(fmt(block["ttft_ms"][p]) for p in ("p50", "p95", "p99")),
-            fmt(block["output_tokens_per_s"]),
-            "-" if hit is None else f"{hit:.0%}",
+        rows.append(
+            (
+                step_id,
+                *(fmt(getattr(block.step_ms, p)) for p in PERCENTILES),
+                *(fmt(getattr(block.ttft_ms, p)) for p in PERCENTILES),
+                fmt(block.request_output_tokens_per_s),
+                "-" if hit is None else f"{hit:.0%}",
+            )
         )
-    console.print(table)
-    counts, throughput, resources = summary["counts"], summary["throughput"], summary["resources"]
+    console.print(_table("per step (ms unless noted)", columns, rows, right=columns[1:]))
+    counts, resources = summary.counts, summary.resources
     console.print(
-        f"{counts['workflows_ok']}/{counts['workflows_planned']} workflows ok, "
-        f"{counts['workflows_failed']} failed; {fmt(throughput['output_tokens_per_s'])} output tokens/s; "
-        f"peak RSS {fmt(resources['peak_rss_mb'], 0)} MB harness, "
-        f"{fmt(resources['peak_engine_rss_mb'], 0)} MB engine processes"
+        f"{counts.workflows_ok}/{counts.workflows_planned} workflows ok, "
+        f"{counts.workflows_failed} failed; {fmt(summary.throughput.output_tokens_per_s)} output tokens/s; "
+        f"peak RSS {fmt(resources.peak_rss_mb, 0)} MB harness, "
+        f"{fmt(resources.peak_engine_rss_mb, 0)} MB engine processes"
     )

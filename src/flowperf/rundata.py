@@ -16,66 +16,60 @@ import pandas as pd
 
 from flowperf.durable import iter_complete_lines
 from flowperf.errors import UserError
+from flowperf.records import (
+    GpuInfoRecord,
+    PhaseRecord,
+    ResourceSample,
+    StepRecord,
+    WorkflowRecord,
+    check_schema_version,
+    column_kinds,
+)
 from flowperf.store import CONFIG, STEPS, SUMMARY, RunStore
 
-NUMERIC_WORKFLOW_COLUMNS = (
-    "flow_index",
-    "session",
-    "workflow_ms",
-    "step_ms_sum",
-    "output_tokens",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "arrival_offset_ms",
-    "start_offset_ms",
-    "end_offset_ms",
-)
+TEXT_FIELDS = {"prompt_text", "output_text"}  # kept in the file, never loaded into tables
+KEY_COLUMNS = {"flow_index", "session", "step_index"}
+WORKFLOW_KINDS = column_kinds(WorkflowRecord)
+STEP_KINDS = {name: kind for name, kind in column_kinds(StepRecord).items() if name not in TEXT_FIELDS}
+
+
+def typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """`frame` with one fixed dtype per record field: keys int64, other numbers float64 (a missing value
+    is NaN, never 0), text as object; a field the file predates is added, all missing."""
+    for column, kind in kinds.items():
+        if column not in frame:
+            frame[column] = float("nan") if kind in ("int", "float") else None
+        elif column in KEY_COLUMNS:
+            frame[column] = pd.to_numeric(frame[column]).astype("int64")
+        elif kind in ("int", "float"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    return frame
 
 
 def workflow_frame(store: RunStore) -> pd.DataFrame:
-    """Counted workflows, numeric columns as numbers."""
-    frame = pd.DataFrame(store.read_workflows())
-    if frame.empty:
-        return frame
-    for column in NUMERIC_WORKFLOW_COLUMNS:
-        # a column added after the directory was written reads as empty
-        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else float("nan")
+    """Counted workflows: one row per flow_index (the first, should a damaged directory hold two)."""
+    rows = [row for row in store.read_workflows() if _has_int_keys(row)]
+    if not rows:
+        return pd.DataFrame()
+    frame = typed(pd.DataFrame(rows), WORKFLOW_KINDS)
     return frame.drop_duplicates(subset=["flow_index"], keep="first")
 
 
-STEP_COLUMNS = (
-    "flow_index",
-    "session",
-    "step_index",
-    "step_id",
-    "status",
-    "error_type",
-    "start_offset_ms",
-    "step_ms",
-    "ttft_ms",
-    "tpot_ms",
-    "prompt_tokens",
-    "output_tokens",
-    "cached_prompt_tokens",
-    "engine_queue_ms",
-    "engine_ttft_ms",
-    "inflight_at_start",
-)
-
-
 def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
-    """Steps of counted workflows, from the session that completed each: the fields statistics use.
+    """Steps of counted workflows, from the session that completed each: every StepRecord field but the
+    texts, with the inter-token gaps as one float array per step.
 
-    The file is read a line at a time and each record is cut down to STEP_COLUMNS plus its inter-token
-    gaps as a float array, so the memory this takes is a small fraction of the file, whatever its length
-    (a summary is recomputed during long runs, and must not make the harness grow with them).
+    The file is read a line at a time and each record cut down at once, so the memory this takes is a
+    small fraction of the file, whatever its length (a summary is recomputed during long runs, and must
+    not make the harness grow with them).
     """
     if counted.empty:
         return pd.DataFrame()
-    wanted = set(zip(counted["flow_index"].astype(int), counted["session"].astype(int), strict=True))
+    wanted = set(zip(counted["flow_index"], counted["session"], strict=True))
     seen: set[tuple[int, int]] = set()
     rows: list[tuple[Any, ...]] = []
     gaps: list[np.ndarray] = []
+    columns = list(STEP_KINDS)
     for line in iter_complete_lines(store.path(STEPS)):
         try:
             record = json.loads(line)
@@ -86,11 +80,19 @@ def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
         if counted_key not in wanted or key in seen:
             continue
         seen.add(key)
-        rows.append(tuple(record.get(column) for column in STEP_COLUMNS))
+        rows.append(tuple(record.get(column) for column in columns))
         gaps.append(np.asarray(record.get("itl_ms") or (), dtype=float))
-    frame = pd.DataFrame.from_records(rows, columns=list(STEP_COLUMNS))
+    frame = typed(pd.DataFrame.from_records(rows, columns=columns), STEP_KINDS)
     frame["itl_ms"] = gaps
     return frame
+
+
+def _has_int_keys(row: dict[str, str]) -> bool:
+    try:
+        int(row["flow_index"]), int(row["session"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class RunData:
     summary: dict[str, Any] | None
     workflows: pd.DataFrame
     steps: pd.DataFrame
-    metrics: list[dict[str, Any]]
+    metrics: list[ResourceSample | GpuInfoRecord | PhaseRecord]
 
     @property
     def ok_workflows(self) -> pd.DataFrame:
@@ -124,6 +126,7 @@ def load_run(run_dir: Path, flag: str = "RUN_DIR") -> RunData:
     if not store.path(CONFIG).is_file():
         raise UserError(f"{flag} {run_dir}: not a run directory (no {CONFIG})")
     config = store.read_json(CONFIG)
+    check_schema_version(config, f"{flag} {run_dir}")
     summary = store.read_json(SUMMARY) if store.path(SUMMARY).is_file() else None
     workflows = workflow_frame(store)
     return RunData(

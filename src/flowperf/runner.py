@@ -16,21 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from flowperf.engines.base import Engine, GenerationParams, StepResult
 from flowperf.flows.expand import ExpandedFlow, ExpandedFlowSet, StepSpec
-from flowperf.store import RunStore
-from flowperf.timing import TimingLog
+from flowperf.records import StepRecord, WorkflowRecord
+from flowperf.sinks import RecordSink
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class ExecutionConfig:
     """How to execute: identical for every workflow of a run."""
 
     run_id: str
@@ -45,54 +43,30 @@ class RunSettings:
     session: int = 0
 
 
-@dataclass(frozen=True)
-class WorkflowOutcome:
-    """What a finished workflow reports to whoever shows progress."""
-
-    flow: ExpandedFlow
-    ok: bool
-    workflow_ms: float
-    output_tokens: int
-
-
 class StepTimeout(Exception):
     """A step took longer than --step-timeout-s."""
 
 
 def generation_params(
-    step: StepSpec, settings: RunSettings, flow: ExpandedFlow, position: int
+    step: StepSpec, config: ExecutionConfig, flow: ExpandedFlow, position: int
 ) -> GenerationParams:
     """Fixed-length generation per the template, with a per-request seed that is stable across runs."""
     return GenerationParams(
-        max_tokens=settings.max_tokens or step.max_tokens,
+        max_tokens=config.max_tokens or step.max_tokens,
         temperature=step.temperature,
         ignore_eos=step.ignore_eos,
-        seed=(settings.seed * 1_000_003 + flow.index * 97 + position) % (2**31),
+        seed=(config.seed * 1_000_003 + flow.index * 97 + position) % (2**31),
     )
 
 
 class Runner:
-    """Drives workflows through an engine and writes their results to a RunStore."""
+    """Drives workflows through an engine; every finished step and workflow goes to the sink of the call
+    (the run directory for measured workflows, only the timing log for warm-up)."""
 
-    def __init__(
-        self,
-        flows: ExpandedFlowSet,
-        engine: Engine,
-        store: RunStore,
-        timing: TimingLog,
-        settings: RunSettings,
-        on_workflow_done: Callable[[WorkflowOutcome], None] = lambda outcome: None,
-        phase: Callable[..., AbstractContextManager[None]] = lambda name, **fields: nullcontext(),
-    ) -> None:
+    def __init__(self, flows: ExpandedFlowSet, engine: Engine, config: ExecutionConfig) -> None:
         self.flows = flows
         self.engine = engine
-        self.store = store
-        self.timing = timing
-        self.settings = settings
-        self.on_workflow_done = on_workflow_done
-        self.phase = phase
-        self.steps_done = 0
-        self._recording = True
+        self.config = config
         self._window_start = 0.0
         self._inflight = 0
         self._stopping = False
@@ -105,7 +79,7 @@ class Runner:
             return
         self._stopping = True
         self._stop_requested.set()
-        asyncio.get_running_loop().call_later(self.settings.grace_s, self._cancel_workers)
+        asyncio.get_running_loop().call_later(self.config.grace_s, self._cancel_workers)
 
     def _cancel_workers(self) -> None:
         for task in self._workers:
@@ -114,53 +88,49 @@ class Runner:
     def _offset_ms(self, moment: float) -> float:
         return (moment - self._window_start) * 1000.0
 
-    async def warm_up(self, workflows: Iterable[ExpandedFlow]) -> None:
-        """Run `workflows` to warm the engine: timed on stdout and timing.log, never in the results."""
-        self._recording = False
-        try:
-            await self._closed_loop(list(workflows), self.settings.concurrency or 1)
-        finally:
-            self._recording = True
+    async def warm_up(self, workflows: Iterable[ExpandedFlow], sink: RecordSink) -> None:
+        """Run `workflows` closed loop to warm the engine; `sink` decides what of them is kept."""
+        await self._closed_loop(list(workflows), self.config.concurrency or 1, sink)
 
-    async def run(self, workflows: Iterable[ExpandedFlow]) -> bool:
+    async def run(self, workflows: Iterable[ExpandedFlow], sink: RecordSink) -> bool:
         """Run `workflows` closed loop (up to `concurrency` in flight) or, with `rate`, open loop.
 
         Returns whether the run was stopped before every workflow had started.
         """
-        if self.settings.rate is None:
-            await self._closed_loop(list(workflows), self.settings.concurrency or 1)
+        if self.config.rate is None:
+            await self._closed_loop(list(workflows), self.config.concurrency or 1, sink)
         else:
-            await self._open_loop(list(workflows), self.settings.rate, self.settings.concurrency)
+            await self._open_loop(list(workflows), self.config.rate, self.config.concurrency, sink)
         return self._stopping
 
-    async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int) -> None:
+    async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int, sink: RecordSink) -> None:
         pending = iter(workflows)
 
         async def worker() -> None:
             for flow in pending:
                 if self._stopping:
                     return
-                await self._run_and_count(flow, None)
+                await self._run_and_count(flow, None, sink)
 
         self._begin_window()
         self._workers = [asyncio.create_task(worker()) for _ in range(workers)]
         await self._gather_workers()
 
-    async def _open_loop(self, workflows: list[ExpandedFlow], rate: float, cap: int | None) -> None:
+    async def _open_loop(
+        self, workflows: list[ExpandedFlow], rate: float, cap: int | None, sink: RecordSink
+    ) -> None:
         """Workflows arrive as a seeded Poisson process at `rate` per second, whatever is in flight;
         with a cap, an arrival beyond it waits for a free slot (its wait shows as arrival-to-start)."""
-        arrivals = np.cumsum(
-            np.random.default_rng(self.settings.seed).exponential(1.0 / rate, len(workflows))
-        )
+        arrivals = np.cumsum(np.random.default_rng(self.config.seed).exponential(1.0 / rate, len(workflows)))
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def admit(flow: ExpandedFlow, arrival_ms: float) -> None:
             if slots is None:
-                await self._run_and_count(flow, arrival_ms)
+                await self._run_and_count(flow, arrival_ms, sink)
                 return
             async with slots:
                 if not self._stopping:
-                    await self._run_and_count(flow, arrival_ms)
+                    await self._run_and_count(flow, arrival_ms, sink)
 
         self._begin_window()
         for flow, arrival_s in zip(workflows, arrivals, strict=True):
@@ -174,7 +144,7 @@ class Runner:
         await self._gather_workers()
 
     def _begin_window(self) -> None:
-        self.flows.prepare()
+        self.flows.compile_templates()
         self._workers = []
         self._window_start = time.perf_counter()
 
@@ -184,127 +154,120 @@ class Runner:
             if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
                 raise outcome
 
-    async def _run_and_count(self, flow: ExpandedFlow, arrival_ms: float | None) -> None:
-        if self._recording:
-            with self.phase("workflow", flow_index=flow.index):
-                outcome = await self._run_workflow(flow, arrival_ms)
-            self.on_workflow_done(outcome)
-        else:
-            outcome = await self._run_workflow(flow, arrival_ms)
-        if not outcome.ok and self.settings.fail_fast:
+    async def _run_and_count(self, flow: ExpandedFlow, arrival_ms: float | None, sink: RecordSink) -> None:
+        with sink.workflow_scope(flow):
+            record = await self._run_workflow(flow, arrival_ms, sink)
+        sink.workflow(record)
+        if record.status != "ok" and self.config.fail_fast:
             self.request_stop()
 
-    async def _run_workflow(self, flow: ExpandedFlow, arrival_ms: float | None) -> WorkflowOutcome:
+    async def _run_workflow(
+        self, flow: ExpandedFlow, arrival_ms: float | None, sink: RecordSink
+    ) -> WorkflowRecord:
         outputs: dict[str, str] = {}
-        totals = {"prompt_tokens": 0, "output_tokens": 0, "cached_prompt_tokens": 0, "step_ms_sum": 0.0}
-        error: BaseException | None = None
-        steps_ok = 0
+        steps: list[StepRecord] = []
         started = time.perf_counter()
         for position, step in enumerate(self.flows.steps):
-            record, result, error = await self._run_step(flow, step, position, outputs)
-            if self._recording:
-                self.store.append_step(record)
-                self.steps_done += 1
-            totals["step_ms_sum"] += record["step_ms"]
-            if result is None:
+            record, text = await self._run_step(flow, step, position, outputs)
+            sink.step(record)
+            steps.append(record)
+            if text is None:
                 break
-            steps_ok += 1
-            outputs[step.id] = result.text
-            totals["prompt_tokens"] += result.prompt_tokens
-            totals["output_tokens"] += result.output_tokens
-            totals["cached_prompt_tokens"] += result.cached_prompt_tokens or 0
+            outputs[step.id] = text
         ended = time.perf_counter()
-        workflow_ms = (ended - started) * 1000.0
-        status = "ok" if error is None else "failed"
-        if not self._recording:
-            self.timing.emit(
-                f"warmup_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status
-            )
-        else:
-            self.store.append_workflow(
-                {
-                    "flow_index": flow.index,
-                    "flow_id": flow.flow_id,
-                    "session": self.settings.session,
-                    "status": status,
-                    "workflow_ms": round(workflow_ms, 3),
-                    "step_ms_sum": round(totals["step_ms_sum"], 3),
-                    "steps": len(self.flows.steps),
-                    "steps_ok": steps_ok,
-                    "prompt_tokens": totals["prompt_tokens"],
-                    "output_tokens": totals["output_tokens"],
-                    "cached_prompt_tokens": totals["cached_prompt_tokens"],
-                    "arrival_offset_ms": "" if arrival_ms is None else round(arrival_ms, 3),
-                    "start_offset_ms": round(self._offset_ms(started), 3),
-                    "end_offset_ms": round(self._offset_ms(ended), 3),
-                    "error_type": type(error).__name__ if error else "",
-                    "error_message": str(error) if error else "",
-                }
-            )
-            self.timing.emit(
-                f"workflow_{flow.index}_ms", workflow_ms, steps=len(self.flows.steps), status=status
-            )
-        return WorkflowOutcome(
-            flow=flow, ok=error is None, workflow_ms=workflow_ms, output_tokens=int(totals["output_tokens"])
+        ok = [record for record in steps if record.status == "ok"]
+        failed = steps[-1] if len(ok) < len(steps) else None
+        return WorkflowRecord(
+            flow_index=flow.index,
+            flow_id=flow.flow_id,
+            session=self.config.session,
+            status="ok" if failed is None else "failed",
+            workflow_ms=round((ended - started) * 1000.0, 3),
+            step_ms_sum=round(sum(record.step_ms for record in steps), 3),
+            steps=len(self.flows.steps),
+            steps_ok=len(ok),
+            prompt_tokens=sum(record.prompt_tokens or 0 for record in ok),
+            output_tokens=sum(record.output_tokens or 0 for record in ok),
+            cached_prompt_tokens=sum(record.cached_prompt_tokens or 0 for record in ok),
+            arrival_offset_ms=None if arrival_ms is None else round(arrival_ms, 3),
+            start_offset_ms=round(self._offset_ms(started), 3),
+            end_offset_ms=round(self._offset_ms(ended), 3),
+            error_type=failed.error_type or "" if failed else "",
+            error_message=failed.error_message or "" if failed else "",
         )
 
     async def _run_step(
         self, flow: ExpandedFlow, step: StepSpec, position: int, outputs: dict[str, str]
-    ) -> tuple[dict[str, Any], StepResult | None, Exception | None]:
-        """Run one step; never raises for a failure of the step itself, it records it."""
-        params = generation_params(step, self.settings, flow, position)
-        record: dict[str, Any] = {
-            "flow_index": flow.index,
-            "flow_id": flow.flow_id,
-            "session": self.settings.session,
-            "step_index": position,
-            "step_id": step.id,
-            "max_tokens": params.max_tokens,
-        }
+    ) -> tuple[StepRecord, str | None]:
+        """Run one step: its record, and its output text (None if it failed). Never raises for a failure
+        of the step itself; it records it."""
+        params = generation_params(step, self.config, flow, position)
         started = time.perf_counter()
         self._inflight += 1
-        record["inflight_at_start"] = self._inflight
+        inflight_at_start = self._inflight
         result: StepResult | None = None
         error: Exception | None = None
         prompt = ""
         try:
             prompt = self.flows.render(flow, step, outputs)
-            request = self.engine.generate(prompt, params, f"{self.settings.run_id}-{flow.flow_id}-{step.id}")
-            timeout = self.settings.step_timeout_s
-            try:
-                result = await asyncio.wait_for(request, timeout) if timeout else await request
-            except TimeoutError:
-                raise StepTimeout(f"step took longer than --step-timeout-s {timeout:g}") from None
+            result = await self._generate(prompt, params, f"{self.config.run_id}-{flow.flow_id}-{step.id}")
         except Exception as failure:
             error = failure
         finally:
             self._inflight -= 1
-        record["start_offset_ms"] = round(self._offset_ms(started), 3)
+        identity = {
+            "flow_index": flow.index,
+            "flow_id": flow.flow_id,
+            "session": self.config.session,
+            "step_index": position,
+            "step_id": step.id,
+            "max_tokens": params.max_tokens,
+            "inflight_at_start": inflight_at_start,
+            "start_offset_ms": round(self._offset_ms(started), 3),
+        }
+        texts = (
+            {"prompt_text": prompt, "output_text": result.text if result else ""}
+            if self.config.save_text
+            else {}
+        )
         if result is None:
-            record |= {
-                "status": "failed",
-                "step_ms": round((time.perf_counter() - started) * 1000.0, 3),
-                "error_type": type(error).__name__,
-                "error_message": str(error),
-            }
-        else:
-            record |= {
-                "status": "ok",
-                "step_ms": round(result.e2e_ms, 3),
-                "ttft_ms": _rounded(result.ttft_ms),
-                "tpot_ms": _rounded(result.tpot_ms),
-                "itl_ms": [round(gap, 3) for gap in result.itl_ms],
-                "prompt_tokens": result.prompt_tokens,
-                "output_tokens": result.output_tokens,
-                "cached_prompt_tokens": result.cached_prompt_tokens,
-                "finish_reason": result.finish_reason,
-                "engine_queue_ms": _rounded(result.engine_queue_ms),
-                "engine_ttft_ms": _rounded(result.engine_ttft_ms),
-            }
-        if self.settings.save_text:
-            record["prompt_text"] = prompt
-            record["output_text"] = result.text if result else ""
-        return record, result, error
+            assert error is not None
+            failure_ms = round((time.perf_counter() - started) * 1000.0, 3)
+            return StepRecord(
+                **identity,
+                **texts,
+                status="failed",
+                step_ms=failure_ms,
+                error_type=type(error).__name__,
+                error_message=str(error),
+            ), None
+        return StepRecord(**identity, **texts, status="ok", **measured_fields(result)), result.text
+
+    async def _generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
+        request = self.engine.generate(prompt, params, request_id)
+        timeout = self.config.step_timeout_s
+        if not timeout:
+            return await request
+        try:
+            return await asyncio.wait_for(request, timeout)
+        except TimeoutError:
+            raise StepTimeout(f"step took longer than --step-timeout-s {timeout:g}") from None
+
+
+def measured_fields(result: StepResult) -> dict[str, object]:
+    """What a successful step's record says about the engine's answer (rounded to the microsecond)."""
+    return {
+        "step_ms": round(result.e2e_ms, 3),
+        "ttft_ms": _rounded(result.ttft_ms),
+        "tpot_ms": _rounded(result.tpot_ms),
+        "itl_ms": [round(gap, 3) for gap in result.itl_ms],
+        "prompt_tokens": result.prompt_tokens,
+        "output_tokens": result.output_tokens,
+        "cached_prompt_tokens": result.cached_prompt_tokens,
+        "finish_reason": result.finish_reason,
+        "engine_queue_ms": _rounded(result.engine_queue_ms),
+        "engine_ttft_ms": _rounded(result.engine_ttft_ms),
+    }
 
 
 def _rounded(value: float | None) -> float | None:

@@ -14,11 +14,22 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flowperf.durable import DurableLog, atomic_write_text, read_complete_lines
 from flowperf.errors import UserError
+from flowperf.records import (
+    METRIC_RECORD,
+    GpuInfoRecord,
+    PhaseRecord,
+    ResourceSample,
+    StepRecord,
+    WorkflowRecord,
+    check_schema_version,
+    metric_line,
+)
 
 CONFIG = "config.json"
 STEPS = "steps.jsonl"
@@ -30,28 +41,7 @@ ENGINE_LOG = "engine.log"
 
 APPEND_ONLY_FILES = (STEPS, WORKFLOWS, METRICS, TIMING_LOG)
 
-WORKFLOW_COLUMNS = (
-    "flow_index",
-    "flow_id",
-    "session",
-    "status",
-    "workflow_ms",
-    "step_ms_sum",
-    "steps",
-    "steps_ok",
-    "prompt_tokens",
-    "output_tokens",
-    "cached_prompt_tokens",
-    "arrival_offset_ms",
-    "start_offset_ms",
-    "end_offset_ms",
-    "error_type",
-    "error_message",
-)
-
-
-def _one_line(value: Any) -> Any:
-    return " ".join(value.split()) if isinstance(value, str) else value
+WORKFLOW_COLUMNS = tuple(WorkflowRecord.model_fields)
 
 
 class StoreWriteError(UserError):
@@ -59,6 +49,7 @@ class StoreWriteError(UserError):
 
 
 TAIL_CHUNK = 64 * 1024
+T = TypeVar("T")
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -89,7 +80,9 @@ def recorded_config(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"--resume {run_dir}: not a run directory (no {CONFIG})")
-    settings = RunStore(run_dir).read_json(CONFIG).get("config")
+    document = RunStore(run_dir).read_json(CONFIG)
+    check_schema_version(document, f"--resume {run_dir}")
+    settings = document.get("config")
     if not isinstance(settings, dict):
         raise UserError(f"--resume {run_dir / CONFIG}: no `config` object in it")
     return settings
@@ -187,28 +180,26 @@ class RunStore:
                 f"cannot write {self.path(name)} ({error.strerror}); the results written so far are intact"
             ) from None
 
-    def append_step(self, record: dict[str, Any]) -> None:
-        line = json.dumps(
-            {k: _one_line(v) for k, v in record.items()}, ensure_ascii=False, separators=(",", ":")
-        )
-        self._append(STEPS, line + "\n")
+    def append_step(self, record: StepRecord) -> None:
+        self._append(STEPS, record.to_line())
 
-    def append_metric(self, record: dict[str, Any]) -> None:
-        self._append(METRICS, json.dumps(record, separators=(",", ":")) + "\n")
+    def append_metric(self, record: ResourceSample | GpuInfoRecord | PhaseRecord) -> None:
+        self._append(METRICS, metric_line(record))
 
-    def append_workflow(self, row: dict[str, Any]) -> None:
+    def append_workflow(self, record: WorkflowRecord) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n")
         if self._is_empty(WORKFLOWS):
             writer.writeheader()
-        writer.writerow({column: _one_line(row.get(column, "")) for column in WORKFLOW_COLUMNS})
+        writer.writerow(record.csv_cells())
         self._append(WORKFLOWS, buffer.getvalue())
 
-    def read_steps(self) -> list[dict[str, Any]]:
-        return _read_json_lines(self.path(STEPS))
+    def read_steps(self) -> list[StepRecord]:
+        """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
+        return _read_records(self.path(STEPS), StepRecord.model_validate_json)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return _read_json_lines(self.path(METRICS))
+    def read_metrics(self) -> list[ResourceSample | GpuInfoRecord | PhaseRecord]:
+        return _read_records(self.path(METRICS), METRIC_RECORD.validate_json)
 
     def read_workflows(self) -> list[dict[str, str]]:
         lines = read_complete_lines(self.path(WORKFLOWS))
@@ -224,13 +215,12 @@ class RunStore:
         self._logs.clear()
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+def _read_records(path: Path, parse: Callable[[str], T]) -> list[T]:
+    """The lines of `path` that parse as records; a damaged or foreign line is skipped, not fatal."""
     records = []
     for line in read_complete_lines(path):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        with contextlib.suppress(ValueError):
+            records.append(parse(line))
     return records
 
 

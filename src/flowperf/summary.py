@@ -9,21 +9,54 @@ the sum of each session's window (a session is one `bench run` or `--resume` of 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from flowperf.records import RUN_SCHEMA_VERSION, GpuInfoRecord, PhaseRecord, ResourceSample
 from flowperf.rundata import step_frame, workflow_frame
 from flowperf.stats import describe
 from flowperf.store import RunStore
+from flowperf.summary_schema import (
+    AchievedConcurrency,
+    CachePosition,
+    Counts,
+    Distribution,
+    GpusUnavailable,
+    GpuUse,
+    Load,
+    PhaseTotal,
+    Resources,
+    RunInfo,
+    RunLatencies,
+    RunStatus,
+    RunSummary,
+    StepIdLatencies,
+    Throughput,
+    Timings,
+)
 
-LATENCY_METRICS = ("step_ms", "ttft_ms", "tpot_ms")
+MetricRecords = list[ResourceSample | GpuInfoRecord | PhaseRecord]
 MIN_STEPS_FOR_LEAK_FIT = 100
 MIN_SAMPLES_FOR_LEAK_FIT = 8
-
-
 CONCURRENCY_SERIES_POINTS = 100
+
+
+@dataclass
+class SummaryContext:
+    """What a summary needs beyond the run directory's records: known only to the process running it
+    (a report recomputing a summary takes these from the saved one)."""
+
+    planned_workflows: int
+    run: RunInfo
+    timings: Timings = field(default_factory=Timings)
+    engine: dict[str, Any] | None = None
+
+
+def distribution(samples: Any) -> Distribution:
+    return Distribution(**describe(samples))
 
 
 def measured_window_ms(workflows: pd.DataFrame) -> float:
@@ -39,39 +72,49 @@ def _itl_samples(steps: pd.DataFrame) -> np.ndarray:
     return np.concatenate([np.asarray(gaps, dtype=float) for gaps in steps["itl_ms"]])
 
 
-def _latency_block(steps: pd.DataFrame) -> dict[str, Any]:
-    block = {
-        metric: describe(steps[metric].dropna()) if metric in steps else describe([])
-        for metric in LATENCY_METRICS
-    }
-    block["itl_ms"] = describe(_itl_samples(steps))
-    return block
+def _latencies(steps: pd.DataFrame) -> dict[str, Distribution]:
+    columns = ("step_ms", "ttft_ms", "tpot_ms")
+    block = {name: distribution(steps[name].dropna() if name in steps else []) for name in columns}
+    return block | {"itl_ms": distribution(_itl_samples(steps))}
 
 
-def _cache_by_position(ok_steps: pd.DataFrame) -> list[dict[str, Any]]:
+def _by_step(ok_steps: pd.DataFrame) -> dict[str, StepIdLatencies]:
+    by_step: dict[str, StepIdLatencies] = {}
+    if ok_steps.empty:
+        return by_step
+    for step_id, group in ok_steps.groupby("step_id", sort=False):
+        step_seconds = group["step_ms"].sum() / 1000.0
+        rate = float(group["output_tokens"].sum() / step_seconds) if step_seconds else None
+        by_step[str(step_id)] = StepIdLatencies(**_latencies(group), request_output_tokens_per_s=rate)
+    return by_step
+
+
+def _cache_by_position(ok_steps: pd.DataFrame) -> list[CachePosition]:
     rows = []
+    if ok_steps.empty:
+        return rows
     for (position, step_id), group in ok_steps.groupby(["step_index", "step_id"], sort=True):
         prompt = int(group["prompt_tokens"].sum())
         cached = int(group["cached_prompt_tokens"].fillna(0).sum())
         rows.append(
-            {
-                "step_index": int(position),
-                "step_id": step_id,
-                "prompt_tokens": prompt,
-                "cached_prompt_tokens": cached,
-                "hit_ratio": cached / prompt if prompt else None,
-            }
+            CachePosition(
+                step_index=int(position),
+                step_id=str(step_id),
+                prompt_tokens=prompt,
+                cached_prompt_tokens=cached,
+                hit_ratio=cached / prompt if prompt else None,
+            )
         )
     return rows
 
 
 def achieved_concurrency(
     starts: np.ndarray, ends: np.ndarray, points: int = CONCURRENCY_SERIES_POINTS
-) -> dict:
+) -> AchievedConcurrency:
     """Workflows in flight over one session's window (which starts at offset 0): time-weighted mean,
     peak, and a series sampled at `points` evenly spaced instants."""
     if len(starts) == 0:
-        return {"mean": None, "max": None, "series": []}
+        return AchievedConcurrency()
     window = float(ends.max())
     times = np.concatenate([starts, ends])
     changes = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
@@ -80,31 +123,28 @@ def achieved_concurrency(
     instants = np.linspace(0.0, window, points)
     index = np.searchsorted(times[order], instants, side="right") - 1
     in_flight = np.where(index >= 0, running[np.clip(index, 0, None)], 0)
-    return {
-        "mean": float((ends - starts).sum() / window) if window > 0 else None,
-        "max": int(running.max()),
-        "series": [[round(float(t), 1), int(n)] for t, n in zip(instants, in_flight, strict=True)],
-    }
+    return AchievedConcurrency(
+        mean=float((ends - starts).sum() / window) if window > 0 else None,
+        max=int(running.max()),
+        series=[(round(float(t), 1), int(n)) for t, n in zip(instants, in_flight, strict=True)],
+    )
 
 
-def load_summary(workflows: pd.DataFrame) -> dict[str, Any]:
+def load_summary(workflows: pd.DataFrame) -> Load:
     """How much load the run really applied: concurrency achieved, and for open loop the wait from a
     workflow's scheduled arrival to its start (non-zero only when a --concurrency cap held it back)."""
     if workflows.empty:
-        return {
-            "achieved_concurrency": achieved_concurrency(np.array([]), np.array([])),
-            "start_delay_ms": None,
-        }
+        return Load()
     session = workflows[workflows["session"] == workflows["session"].value_counts().idxmax()]
     arrived = session.dropna(subset=["arrival_offset_ms"])
-    return {
-        "achieved_concurrency": achieved_concurrency(
+    return Load(
+        achieved_concurrency=achieved_concurrency(
             session["start_offset_ms"].to_numpy(float), session["end_offset_ms"].to_numpy(float)
         ),
-        "start_delay_ms": describe(arrived["start_offset_ms"] - arrived["arrival_offset_ms"])
+        start_delay_ms=distribution(arrived["start_offset_ms"] - arrived["arrival_offset_ms"])
         if not arrived.empty
         else None,
-    }
+    )
 
 
 def _peak(values: list[float]) -> float | None:
@@ -123,59 +163,64 @@ def growth_per_100_steps(steps: list[float], rss: list[float]) -> float | None:
     return float(slope * 100.0)
 
 
-def resource_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Peaks, means, GPU use and the RSS leak slope from the monitor's records (all sessions)."""
-    samples = [r for r in records if r.get("type") == "sample"]
-    harness = [r["rss_mb"] for r in samples]
-    engine = [r["children_rss_mb"] for r in samples if r["children_rss_mb"] is not None]
-    total = [r["rss_mb"] + (r["children_rss_mb"] or 0.0) for r in samples]
-    gpu_info = [r for r in records if r.get("type") == "gpu_info"]
-    by_session: dict[int, list[dict[str, Any]]] = {}
+def _gpu_use(records: MetricRecords, samples: list[ResourceSample]) -> dict[str, GpuUse] | GpusUnavailable:
+    gpu_info = [r for r in records if isinstance(r, GpuInfoRecord)]
+    if not any(info.available for info in gpu_info):
+        reasons = sorted({info.reason for info in gpu_info if info.reason})
+        return GpusUnavailable(reason="; ".join(reasons) or "not sampled")
+    per_device: dict[int, list[Any]] = {}
     for sample in samples:
-        if sample["steps_done"] > 0:
-            by_session.setdefault(sample["session"], []).append(sample)
-    longest = max(by_session.values(), key=len, default=[])
-    steps = [s["steps_done"] for s in longest]
-    gpus: dict[str, Any]
-    if any(info["available"] for info in gpu_info):
-        per_device: dict[int, list[dict[str, Any]]] = {}
-        for sample in samples:
-            for device in sample.get("gpus", []):
-                per_device.setdefault(device["index"], []).append(device)
-        gpus = {
-            str(index): {
-                "util_percent_mean": _mean([d["util_percent"] for d in values]),
-                "util_percent_peak": _peak([d["util_percent"] for d in values]),
-                "mem_used_mb_mean": _mean([d["mem_used_mb"] for d in values]),
-                "mem_used_mb_peak": _peak([d["mem_used_mb"] for d in values]),
-            }
-            for index, values in sorted(per_device.items())
-        }
-    else:
-        reasons = {info["reason"] for info in gpu_info}
-        gpus = {"available": False, "reason": "; ".join(sorted(r for r in reasons if r)) or "not sampled"}
+        for device in sample.gpus or []:
+            per_device.setdefault(device.index, []).append(device)
     return {
-        "samples": len(samples),
-        "monitor_cpu_ms": round(sum(r.get("sample_cpu_ms", 0.0) for r in samples), 3),
-        "peak_rss_mb": _peak(harness),
-        "peak_engine_rss_mb": _peak(engine),
-        "peak_total_rss_mb": _peak(total),
-        "cpu_percent_mean": _mean([r["cpu_percent"] for r in samples]),
-        "engine_cpu_percent_mean": _mean(
-            [r["children_cpu_percent"] for r in samples if r["children_cpu_percent"] is not None]
-        ),
-        "rss_growth_mb_per_100_steps": growth_per_100_steps(steps, [s["rss_mb"] for s in longest]),
-        "engine_rss_growth_mb_per_100_steps": growth_per_100_steps(
-            steps, [s["children_rss_mb"] or 0.0 for s in longest]
-        ),
-        "gpus": gpus,
-        "phases_ms": _phase_totals(records),
+        str(index): GpuUse(
+            util_percent_mean=_mean([d.util_percent for d in values]),
+            util_percent_peak=_peak([d.util_percent for d in values]),
+            mem_used_mb_mean=_mean([d.mem_used_mb for d in values]),
+            mem_used_mb_peak=_peak([d.mem_used_mb for d in values]),
+        )
+        for index, values in sorted(per_device.items())
     }
 
 
-def leak_warning(resources: dict[str, Any], threshold_mb: float) -> str | None:
+def _longest_measuring_session(samples: list[ResourceSample]) -> list[ResourceSample]:
+    """The samples, taken while steps were being done, of the session with most of them: the leak fit
+    needs one session's steps-done counter, which restarts with each resume."""
+    by_session: dict[int, list[ResourceSample]] = {}
+    for sample in samples:
+        if sample.steps_done > 0:
+            by_session.setdefault(sample.session, []).append(sample)
+    return max(by_session.values(), key=len, default=[])
+
+
+def resource_summary(records: MetricRecords) -> Resources:
+    """Peaks, means, GPU use and the RSS leak slope from the monitor's records (all sessions)."""
+    samples = [r for r in records if isinstance(r, ResourceSample)]
+    engine = [r.children_rss_mb for r in samples if r.children_rss_mb is not None]
+    longest = _longest_measuring_session(samples)
+    steps = [float(s.steps_done) for s in longest]
+    return Resources(
+        samples=len(samples),
+        monitor_cpu_ms=round(sum(r.sample_cpu_ms for r in samples), 3),
+        peak_rss_mb=_peak([r.rss_mb for r in samples]),
+        peak_engine_rss_mb=_peak(engine),
+        peak_total_rss_mb=_peak([r.rss_mb + (r.children_rss_mb or 0.0) for r in samples]),
+        cpu_percent_mean=_mean([r.cpu_percent for r in samples]),
+        engine_cpu_percent_mean=_mean(
+            [r.children_cpu_percent for r in samples if r.children_cpu_percent is not None]
+        ),
+        rss_growth_mb_per_100_steps=growth_per_100_steps(steps, [s.rss_mb for s in longest]),
+        engine_rss_growth_mb_per_100_steps=growth_per_100_steps(
+            steps, [s.children_rss_mb or 0.0 for s in longest]
+        ),
+        gpus=_gpu_use(records, samples),
+        phases_ms=_phase_totals(records),
+    )
+
+
+def leak_warning(resources: Resources, threshold_mb: float) -> str | None:
     """A warning when the harness's RSS grew faster than `threshold_mb` per 100 steps, else None."""
-    slope = resources.get("rss_growth_mb_per_100_steps")
+    slope = resources.rss_growth_mb_per_100_steps
     if slope is None or slope <= threshold_mb:
         return None
     return (
@@ -184,98 +229,70 @@ def leak_warning(resources: dict[str, Any], threshold_mb: float) -> str | None:
     )
 
 
-def _phase_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _phase_totals(records: MetricRecords) -> dict[str, PhaseTotal]:
     totals: dict[str, list[float]] = {}
     for record in records:
-        if record.get("type") == "phase":
-            totals.setdefault(record["name"], []).append(record["duration_ms"])
+        if isinstance(record, PhaseRecord):
+            totals.setdefault(record.name, []).append(record.duration_ms)
     return {
-        name: {"count": len(values), "total_ms": sum(values), "mean_ms": sum(values) / len(values)}
+        name: PhaseTotal(count=len(values), total_ms=sum(values), mean_ms=sum(values) / len(values))
         for name, values in totals.items()
     }
 
 
-def build_summary(
-    store: RunStore,
-    *,
-    status: str,
-    planned_workflows: int,
-    timings: dict[str, Any],
-    engine: dict[str, Any] | None,
-    run: dict[str, Any],
-) -> dict[str, Any]:
-    """The summary document for the run directory behind `store`."""
+def build_summary(store: RunStore, status: RunStatus, context: SummaryContext) -> RunSummary:
+    """The summary of the run directory behind `store`."""
     workflows = workflow_frame(store)
-    return summarize(
-        workflows,
-        step_frame(store, workflows),
-        store.read_metrics(),
-        status=status,
-        planned_workflows=planned_workflows,
-        timings=timings,
-        engine=engine,
-        run=run,
-    )
+    return summarize_run(workflows, step_frame(store, workflows), store.read_metrics(), status, context)
 
 
-def summarize(
+def summarize_run(
     workflows: pd.DataFrame,
     steps: pd.DataFrame,
-    metrics: list[dict[str, Any]],
-    *,
-    status: str,
-    planned_workflows: int,
-    timings: dict[str, Any],
-    engine: dict[str, Any] | None,
-    run: dict[str, Any],
-) -> dict[str, Any]:
-    """The summary document from a run directory's tables (counted workflows and their steps)."""
-    window_ms = measured_window_ms(workflows)
+    metrics: MetricRecords,
+    status: RunStatus,
+    context: SummaryContext,
+) -> RunSummary:
+    """The summary from a run directory's tables (counted workflows and their steps)."""
     ok_workflows = workflows[workflows["status"] == "ok"] if not workflows.empty else workflows
     ok_steps = steps[steps["status"] == "ok"] if not steps.empty else steps
     failed = workflows[workflows["status"] != "ok"] if not workflows.empty else workflows
+    window_ms = measured_window_ms(workflows)
+    return RunSummary(
+        schema_version=RUN_SCHEMA_VERSION,
+        status=status,
+        run=context.run,
+        engine=context.engine,
+        counts=Counts(
+            workflows_planned=context.planned_workflows,
+            workflows_done=len(workflows),
+            workflows_ok=len(ok_workflows),
+            workflows_failed=len(failed),
+            failures_by_type=dict(Counter(failed["error_type"])) if not failed.empty else {},
+            steps_done=len(steps),
+            steps_ok=len(ok_steps),
+            sessions=int(workflows["session"].nunique()) if not workflows.empty else 0,
+        ),
+        timing=context.timings.model_copy(update={"measured_window_ms": window_ms}),
+        latency=RunLatencies(
+            workflow_ms=distribution(ok_workflows["workflow_ms"] if not ok_workflows.empty else []),
+            **_latencies(ok_steps if not ok_steps.empty else pd.DataFrame()),
+        ),
+        latency_by_step=_by_step(ok_steps),
+        throughput=_throughput(ok_steps, len(ok_workflows), window_ms / 1000.0),
+        prefix_cache=_cache_by_position(ok_steps),
+        load=load_summary(workflows),
+        resources=resource_summary(metrics),
+    )
+
+
+def _throughput(ok_steps: pd.DataFrame, ok_workflows: int, window_s: float) -> Throughput:
     output_tokens = int(ok_steps["output_tokens"].sum()) if not ok_steps.empty else 0
-    window_s = window_ms / 1000.0
-    by_step: dict[str, Any] = {}
-    if not ok_steps.empty:
-        for step_id, group in ok_steps.groupby("step_id", sort=False):
-            step_seconds = group["step_ms"].sum() / 1000.0
-            by_step[str(step_id)] = _latency_block(group) | {
-                "output_tokens_per_s": float(group["output_tokens"].sum() / step_seconds)
-                if step_seconds
-                else None
-            }
-    return {
-        "status": status,
-        "run": run,
-        "engine": engine,
-        "counts": {
-            "workflows_planned": planned_workflows,
-            "workflows_done": len(workflows),
-            "workflows_ok": len(ok_workflows),
-            "workflows_failed": len(failed),
-            "failures_by_type": dict(Counter(failed["error_type"])) if not failed.empty else {},
-            "steps_done": len(steps),
-            "steps_ok": len(ok_steps),
-            "sessions": int(workflows["session"].nunique()) if not workflows.empty else 0,
-        },
-        "timing": timings | {"measured_window_ms": window_ms},
-        "latency": {
-            "workflow_ms": describe(ok_workflows["workflow_ms"] if not ok_workflows.empty else []),
-            **(
-                _latency_block(ok_steps)
-                if not ok_steps.empty
-                else {m: describe([]) for m in (*LATENCY_METRICS, "itl_ms")}
-            ),
-        },
-        "latency_by_step": by_step,
-        "throughput": {
-            "output_tokens": output_tokens,
-            "output_tokens_per_s": output_tokens / window_s if window_s > 0 else None,
-            "steps_per_s": len(ok_steps) / window_s if window_s > 0 else None,
-            "workflows_per_s": len(ok_workflows) / window_s if window_s > 0 else None,
-        },
-        "prefix_cache": _cache_by_position(ok_steps) if not ok_steps.empty else [],
-        "load": load_summary(workflows),
-        "resources": resource_summary(metrics),
-    }
+    if window_s <= 0:
+        return Throughput(output_tokens=output_tokens)
+    return Throughput(
+        output_tokens=output_tokens,
+        output_tokens_per_s=output_tokens / window_s,
+        steps_per_s=len(ok_steps) / window_s,
+        workflows_per_s=ok_workflows / window_s,
+    )

@@ -26,7 +26,7 @@ from flowperf.errors import UserError
 
 
 @dataclass(frozen=True)
-class HttpSettings:
+class HttpClientConfig:
     base_url: str
     model: str | None = None
     api: Literal["completions", "chat"] = "completions"
@@ -49,7 +49,7 @@ class OpenAIHttpEngine:
 
     engine_name = "openai"
 
-    def __init__(self, settings: HttpSettings) -> None:
+    def __init__(self, settings: HttpClientConfig) -> None:
         self.settings = settings
         self.model = settings.model
         self._client: httpx.AsyncClient | None = None

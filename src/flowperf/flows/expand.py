@@ -143,7 +143,7 @@ class ExpandedFlowSet:
             for k in range(count)
         ]
 
-    def prepare(self) -> None:
+    def compile_templates(self) -> None:
         """Compile the templates of steps rendered at run time (a few ms, kept out of measurements)."""
         self._render.compile(tuple(step for step in self.steps if step.uses_steps))
 

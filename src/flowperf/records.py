@@ -1,0 +1,200 @@
+"""The records of a run directory, each kind defined once: what the runner and the monitor build, the
+store writes, `rundata` reads back and the stress calibration fits.
+
+A field added here is written, read into the run's tables and available to summaries without another
+edit anywhere: the CSV columns, the JSON keys and the table dtypes all come from these models. Optional
+fields absent from a line (a failed step has no TTFT) read as missing, never as zero.
+
+`RUN_SCHEMA_VERSION` is written into config.json and summary.json. Version 1 directories (flowperf 0.1,
+before the version was recorded) hold records of the same shape and load as they are; a directory from
+a newer flowperf is refused with one line rather than misread.
+"""
+
+from __future__ import annotations
+
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from flowperf.errors import UserError
+
+RUN_SCHEMA_VERSION = 2
+FIRST_RUN_SCHEMA_VERSION = 1
+
+Status = Literal["ok", "failed"]
+Count = Annotated[int, Field(ge=0)]
+Duration = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def one_line(value: str) -> str:
+    """Error messages go into CSV cells and table rows: whitespace folded to single spaces."""
+    return " ".join(value.split())
+
+
+class Record(BaseModel):
+    """A run-directory record: unknown keys (written by a later minor change) are ignored on read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StepRecord(Record):
+    """One finished step (`steps.jsonl`). Times in ms; offsets from the session's measured-window start,
+    on the harness's perf_counter clock; `engine_*` on the engine's own clock, never mixed with ours."""
+
+    flow_index: int
+    flow_id: str
+    session: int
+    step_index: int
+    step_id: str
+    max_tokens: int
+    inflight_at_start: int = Field(ge=1)
+    start_offset_ms: float
+    status: Status
+    step_ms: Duration
+    ttft_ms: Duration | None = None
+    tpot_ms: Duration | None = None
+    itl_ms: list[Duration] | None = None
+    prompt_tokens: Count | None = None
+    output_tokens: Count | None = None
+    cached_prompt_tokens: Count | None = None
+    finish_reason: str | None = None
+    engine_queue_ms: float | None = None
+    engine_ttft_ms: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    prompt_text: str | None = None
+    output_text: str | None = None
+
+    @field_validator("error_message")
+    @classmethod
+    def _fold_error(cls, value: str | None) -> str | None:
+        return None if value is None else one_line(value)
+
+    def to_line(self) -> str:
+        """One JSON line; absent optional fields are left out (the shape version 1 wrote)."""
+        return self.model_dump_json(exclude_none=True) + "\n"
+
+
+class WorkflowRecord(Record):
+    """One finished workflow (a row of `workflows.csv`): a workflow counts once this row exists.
+    `workflow_ms` is its makespan, first step submitted to last step finished; `arrival_offset_ms` is its
+    scheduled arrival in open loop (empty closed loop)."""
+
+    flow_index: int
+    flow_id: str
+    session: int
+    status: Status
+    workflow_ms: float
+    step_ms_sum: float
+    steps: int
+    steps_ok: int
+    prompt_tokens: int
+    output_tokens: int
+    cached_prompt_tokens: int
+    arrival_offset_ms: float | None = None
+    start_offset_ms: float
+    end_offset_ms: float
+    error_type: str = ""
+    error_message: str = ""
+
+    @field_validator("error_message")
+    @classmethod
+    def _fold_error(cls, value: str) -> str:
+        return one_line(value)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def csv_cells(self) -> dict[str, Any]:
+        """The row as CSV cells: a missing value is an empty cell."""
+        return {key: "" if value is None else value for key, value in self.model_dump().items()}
+
+
+class GpuSample(Record):
+    index: int
+    mem_used_mb: float
+    mem_total_mb: float
+    util_percent: float
+
+
+class ResourceSample(Record):
+    """One resource sample (`metrics.jsonl`, type `sample`): the harness process and, as `children_*`, the
+    engine processes it started or tracks; `t_s` since the monitor was made, on perf_counter."""
+
+    type: Literal["sample"] = "sample"
+    session: int
+    t_s: float
+    steps_done: int
+    rss_mb: float
+    cpu_percent: float
+    children_rss_mb: float | None = None
+    children_cpu_percent: float | None = None
+    children: int = 0
+    system_mem_used_mb: float | None = None
+    system_mem_percent: float | None = None
+    gpus: list[GpuSample] | None = None
+    sample_cpu_ms: float = 0.0
+
+
+class GpuInfoRecord(Record):
+    """Whether GPUs could be sampled in a session, and why not (`metrics.jsonl`, type `gpu_info`)."""
+
+    type: Literal["gpu_info"] = "gpu_info"
+    session: int
+    available: bool
+    reason: str | None = None
+    devices: int = 0
+
+
+class PhaseRecord(Record):
+    """A timed phase of a run (`metrics.jsonl`, type `phase`), with this process's RSS around it."""
+
+    type: Literal["phase"] = "phase"
+    session: int
+    name: str
+    start_s: float
+    duration_ms: float
+    rss_before_mb: float
+    rss_after_mb: float
+    flow_index: int | None = None
+    workflows: int | None = None
+
+
+MetricRecord = Annotated[ResourceSample | GpuInfoRecord | PhaseRecord, Field(discriminator="type")]
+METRIC_RECORD = TypeAdapter(MetricRecord)
+
+
+def metric_line(record: ResourceSample | GpuInfoRecord | PhaseRecord) -> str:
+    return record.model_dump_json(exclude_none=True) + "\n"
+
+
+def _scalar_kind(annotation: Any) -> str | None:
+    """`int`, `float`, `bool` or `str` for a scalar field type (optional or constrained), else None."""
+    if get_origin(annotation) in (Union, UnionType):
+        present = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _scalar_kind(present[0]) if len(present) == 1 else None
+    if get_origin(annotation) is Annotated:
+        return _scalar_kind(get_args(annotation)[0])
+    if get_origin(annotation) is Literal:
+        return "str"
+    return annotation.__name__ if annotation in (int, float, bool, str) else None
+
+
+def column_kinds(model: type[Record]) -> dict[str, str]:
+    """Each scalar field of `model` and its kind: the dtypes of the table its records are read into."""
+    kinds = {name: _scalar_kind(field.annotation) for name, field in model.model_fields.items()}
+    return {name: kind for name, kind in kinds.items() if kind is not None}
+
+
+def check_schema_version(document: dict[str, Any], where: str) -> int:
+    """The run-directory schema `document` (a config.json) was written with; a UserError if this
+    flowperf cannot read it."""
+    version = document.get("schema_version", FIRST_RUN_SCHEMA_VERSION)
+    if not isinstance(version, int) or not FIRST_RUN_SCHEMA_VERSION <= version <= RUN_SCHEMA_VERSION:
+        raise UserError(
+            f"{where}: run-directory schema {version!r} is not one this flowperf reads "
+            f"({FIRST_RUN_SCHEMA_VERSION} to {RUN_SCHEMA_VERSION}); use the flowperf that wrote it"
+        )
+    return version

@@ -1,0 +1,77 @@
+"""Where the runner's records go: the run directory for measured workflows, the timing log alone for
+warm-up. The runner builds the same records either way and never asks which window it is in; choosing
+the sink is the caller's decision, made once per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+from flowperf.flows.expand import ExpandedFlow
+from flowperf.records import StepRecord, WorkflowRecord
+from flowperf.store import RunStore
+from flowperf.timing import TimingLog
+
+PhaseTimer = Callable[..., AbstractContextManager[None]]
+
+
+class RecordSink(Protocol):
+    def workflow_scope(self, flow: ExpandedFlow) -> AbstractContextManager[None]:
+        """Wraps one workflow from its first step to its last (resource phases)."""
+        ...
+
+    def step(self, record: StepRecord) -> None: ...
+
+    def workflow(self, record: WorkflowRecord) -> None: ...
+
+
+class WarmupSink:
+    """Warm-up workflows: a `warmup_N_ms` timing line each, and nothing in any statistic."""
+
+    def __init__(self, timing: TimingLog) -> None:
+        self._timing = timing
+
+    def workflow_scope(self, flow: ExpandedFlow) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def step(self, record: StepRecord) -> None:
+        return None
+
+    def workflow(self, record: WorkflowRecord) -> None:
+        self._timing.emit(
+            f"warmup_{record.flow_index}_ms", record.workflow_ms, steps=record.steps, status=record.status
+        )
+
+
+class MeasuredSink:
+    """Measured workflows: every record durable in the run directory as it arrives, a timing line per
+    workflow, a `workflow` resource phase around each, and `on_workflow` told (progress, summaries)."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        timing: TimingLog,
+        phase: PhaseTimer,
+        on_workflow: Callable[[WorkflowRecord], Any] = lambda record: None,
+    ) -> None:
+        self._store = store
+        self._timing = timing
+        self._phase = phase
+        self._on_workflow = on_workflow
+        self.steps_done = 0
+
+    def workflow_scope(self, flow: ExpandedFlow) -> AbstractContextManager[None]:
+        return self._phase("workflow", flow_index=flow.index)
+
+    def step(self, record: StepRecord) -> None:
+        self._store.append_step(record)
+        self.steps_done += 1
+
+    def workflow(self, record: WorkflowRecord) -> None:
+        self._store.append_workflow(record)
+        self._timing.emit(
+            f"workflow_{record.flow_index}_ms", record.workflow_ms, steps=record.steps, status=record.status
+        )
+        self._on_workflow(record)

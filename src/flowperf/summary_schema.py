@@ -1,0 +1,182 @@
+"""summary.json as a typed document: what `summary.py` computes and report, compare, benchmarks and tests
+read, by attribute, never by string path.
+
+Every interval is defined once, in the field's description, and docs/ARCHITECTURE.md lists them. The JSON
+written is `RunSummary.model_dump(mode="json")`: the shape users script against. `schema_version` says
+which shape; version 1 (flowperf 0.1) named the per-step rate `output_tokens_per_s`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flowperf.records import FIRST_RUN_SCHEMA_VERSION, RUN_SCHEMA_VERSION
+
+RunStatus = Literal["running", "complete", "stopped_on_failure", "interrupted", "partial"]
+
+
+class Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Distribution(Part):
+    """Count, mean, sample std, min, max and linear-interpolated percentiles; None when empty."""
+
+    count: int = 0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class StepLatencies(Part):
+    step_ms: Distribution = Field(description="submit to last token, harness clock")
+    ttft_ms: Distribution = Field(description="submit to first token event, harness clock")
+    tpot_ms: Distribution = Field(description="(step - ttft) / (output tokens - 1), per step")
+    itl_ms: Distribution = Field(description="every gap between consecutive token events")
+
+
+class RunLatencies(StepLatencies):
+    workflow_ms: Distribution = Field(description="first step submitted to last step finished")
+
+
+class StepIdLatencies(StepLatencies):
+    @model_validator(mode="before")
+    @classmethod
+    def _version_1_name(cls, data: Any) -> Any:
+        """Schema 1 called the per-step rate `output_tokens_per_s`."""
+        if isinstance(data, dict) and "output_tokens_per_s" in data:
+            data = {"request_output_tokens_per_s": data["output_tokens_per_s"]} | data
+        return data
+
+    request_output_tokens_per_s: float | None = Field(
+        default=None,
+        description="output tokens / step time, summed over this step's requests: the rate one request "
+        "sees (prefill included), not the engine's throughput",
+    )
+
+
+class Counts(Part):
+    workflows_planned: int
+    workflows_done: int
+    workflows_ok: int
+    workflows_failed: int
+    failures_by_type: dict[str, int] = Field(default_factory=dict)
+    steps_done: int
+    steps_ok: int
+    sessions: int
+
+
+class Timings(Part):
+    flow_expansion_ms: float | None = None
+    expansion_source: str | None = None
+    engine_init_ms: float | None = None
+    measured_window_ms: float = Field(
+        default=0.0, description="sum over sessions of session start to its last finished workflow"
+    )
+
+
+class Throughput(Part):
+    output_tokens: int = 0
+    output_tokens_per_s: float | None = None
+    steps_per_s: float | None = None
+    workflows_per_s: float | None = None
+
+
+class CachePosition(Part):
+    step_index: int
+    step_id: str
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    hit_ratio: float | None
+
+
+class AchievedConcurrency(Part):
+    mean: float | None = None
+    max: int | None = None
+    series: list[tuple[float, int]] = Field(default_factory=list)
+
+
+class Load(Part):
+    achieved_concurrency: AchievedConcurrency = Field(default_factory=AchievedConcurrency)
+    start_delay_ms: Distribution | None = Field(
+        default=None, description="open loop: scheduled arrival to start (a --concurrency cap's wait)"
+    )
+
+
+class GpuUse(Part):
+    util_percent_mean: float | None
+    util_percent_peak: float | None
+    mem_used_mb_mean: float | None
+    mem_used_mb_peak: float | None
+
+
+class GpusUnavailable(Part):
+    available: Literal[False] = False
+    reason: str
+
+
+class PhaseTotal(Part):
+    count: int
+    total_ms: float
+    mean_ms: float
+
+
+class Resources(Part):
+    samples: int = 0
+    monitor_cpu_ms: float = 0.0
+    peak_rss_mb: float | None = None
+    peak_engine_rss_mb: float | None = None
+    peak_total_rss_mb: float | None = None
+    cpu_percent_mean: float | None = None
+    engine_cpu_percent_mean: float | None = None
+    rss_growth_mb_per_100_steps: float | None = None
+    engine_rss_growth_mb_per_100_steps: float | None = None
+    gpus: dict[str, GpuUse] | GpusUnavailable = Field(
+        default_factory=lambda: GpusUnavailable(reason="not sampled")
+    )
+    phases_ms: dict[str, PhaseTotal] = Field(default_factory=dict)
+
+
+class RunInfo(Part):
+    run_id: str | None = None
+    flow: str | None = None
+    mode: Literal["closed_loop", "open_loop"] | None = None
+    concurrency: int | None = None
+    rate_per_s: float | None = None
+    engine_kind: str | None = None
+    config_sha256: str | None = None
+    warmup_workflows: int | None = None
+    prefix_cache_reset: bool = False
+    sample_interval_s: float | None = None
+
+
+class RunSummary(Part):
+    schema_version: int = Field(description=f"run-directory schema; {RUN_SCHEMA_VERSION} when written now")
+    status: RunStatus
+    run: RunInfo
+    engine: dict[str, Any] | None = None
+    counts: Counts
+    timing: Timings
+    latency: RunLatencies
+    latency_by_step: dict[str, StepIdLatencies] = Field(default_factory=dict)
+    throughput: Throughput
+    prefix_cache: list[CachePosition] = Field(default_factory=list)
+    load: Load
+    resources: Resources
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unversioned_is_version_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "schema_version" not in data:
+            data = data | {"schema_version": FIRST_RUN_SCHEMA_VERSION}
+        return data
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
