@@ -18,11 +18,11 @@ from typing import Any
 import psutil
 
 from flowperf.errors import UserError
-from flowperf.records import GpuInfoRecord, GpuSample, PhaseRecord, ResourceSample
+from flowperf.records import GpuInfoRecord, GpuSample, MetricRecord, PhaseRecord, ResourceSample
 
 MB = 1024 * 1024
 
-Sink = Callable[[ResourceSample | GpuInfoRecord | PhaseRecord], None]
+Sink = Callable[[MetricRecord], None]
 
 
 def nvml_devices() -> tuple[Any, list[Any], str | None]:

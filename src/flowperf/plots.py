@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flowperf.records import GpuInfoRecord, PhaseRecord, ResourceSample
+from flowperf.records import MetricRecord, ResourceSample
 from flowperf.summary_schema import CachePosition
 
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -132,7 +132,7 @@ def _plot_gpus(axis: Any, times: list[float], samples: list[ResourceSample]) -> 
     axis.set(title="GPU", xlabel="s", ylabel="%")
 
 
-def resources(metrics: Sequence[ResourceSample | GpuInfoRecord | PhaseRecord]) -> bytes | None:
+def resources(metrics: Sequence[MetricRecord]) -> bytes | None:
     samples = [record for record in metrics if isinstance(record, ResourceSample)]
     if not samples:
         return None

@@ -162,11 +162,12 @@ class PhaseRecord(Record):
     workflows: int | None = None
 
 
-MetricRecord = Annotated[ResourceSample | GpuInfoRecord | PhaseRecord, Field(discriminator="type")]
-METRIC_RECORD = TypeAdapter(MetricRecord)
+MetricRecord = ResourceSample | GpuInfoRecord | PhaseRecord
+"""Any record of metrics.jsonl; its `type` field tells which."""
+METRIC_RECORD = TypeAdapter(Annotated[MetricRecord, Field(discriminator="type")])
 
 
-def metric_line(record: ResourceSample | GpuInfoRecord | PhaseRecord) -> str:
+def metric_line(record: MetricRecord) -> str:
     return record.model_dump_json(exclude_none=True) + "\n"
 
 

@@ -17,9 +17,7 @@ import pandas as pd
 from flowperf.durable import iter_complete_lines
 from flowperf.errors import UserError
 from flowperf.records import (
-    GpuInfoRecord,
-    PhaseRecord,
-    ResourceSample,
+    MetricRecord,
     StepRecord,
     WorkflowRecord,
     check_schema_version,
@@ -104,7 +102,7 @@ class RunData:
     summary: dict[str, Any] | None
     workflows: pd.DataFrame
     steps: pd.DataFrame
-    metrics: list[ResourceSample | GpuInfoRecord | PhaseRecord]
+    metrics: list[MetricRecord]
 
     @property
     def ok_workflows(self) -> pd.DataFrame:

@@ -22,9 +22,7 @@ from flowperf.durable import DurableLog, atomic_write_text, read_complete_lines
 from flowperf.errors import UserError
 from flowperf.records import (
     METRIC_RECORD,
-    GpuInfoRecord,
-    PhaseRecord,
-    ResourceSample,
+    MetricRecord,
     StepRecord,
     WorkflowRecord,
     check_schema_version,
@@ -183,7 +181,7 @@ class RunStore:
     def append_step(self, record: StepRecord) -> None:
         self._append(STEPS, record.to_line())
 
-    def append_metric(self, record: ResourceSample | GpuInfoRecord | PhaseRecord) -> None:
+    def append_metric(self, record: MetricRecord) -> None:
         self._append(METRICS, metric_line(record))
 
     def append_workflow(self, record: WorkflowRecord) -> None:
@@ -198,7 +196,7 @@ class RunStore:
         """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
         return _read_records(self.path(STEPS), StepRecord.model_validate_json)
 
-    def read_metrics(self) -> list[ResourceSample | GpuInfoRecord | PhaseRecord]:
+    def read_metrics(self) -> list[MetricRecord]:
         return _read_records(self.path(METRICS), METRIC_RECORD.validate_json)
 
     def read_workflows(self) -> list[dict[str, str]]:

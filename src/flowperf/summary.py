@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flowperf.records import RUN_SCHEMA_VERSION, GpuInfoRecord, PhaseRecord, ResourceSample
+from flowperf.records import RUN_SCHEMA_VERSION, GpuInfoRecord, MetricRecord, PhaseRecord, ResourceSample
 from flowperf.rundata import step_frame, workflow_frame
 from flowperf.stats import describe
 from flowperf.store import RunStore
@@ -38,7 +38,7 @@ from flowperf.summary_schema import (
     Timings,
 )
 
-MetricRecords = list[ResourceSample | GpuInfoRecord | PhaseRecord]
+MetricRecords = list[MetricRecord]
 MIN_STEPS_FOR_LEAK_FIT = 100
 MIN_SAMPLES_FOR_LEAK_FIT = 8
 CONCURRENCY_SERIES_POINTS = 100
