@@ -4,6 +4,11 @@ Besides versions and devices it answers "how many workflows can run at once?": t
 engine reports (a running flowperf server for the same model is asked; otherwise it is computed from the
 model's config and --kv-cache-gib, and said to be an estimate) against the tokens one workflow holds at
 its largest step (its prompt, with earlier outputs at their full length, plus the step's output).
+
+And "how many concurrent streams can this client time truthfully?": a few seconds of the HTTP engine
+against the mock server (flowperf.ceiling), measured here rather than read from an old cache because a
+new machine, Python or load changes it; the result is cached per host so that `bench run` can warn from
+it without measuring.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import httpx
 import psutil
 
 import flowperf
-from flowperf.config import GIB, RunConfig
+from flowperf import ceiling
+from flowperf.config import CPU_DEFAULT_KV_CACHE_GIB, GIB, RunConfig
 from flowperf.engines.tiny import MARKER_FILE, default_model_dir
 from flowperf.engines.vllm_local import CPU_DEFAULT_BLOCK_SIZE
 from flowperf.flows import resolve_flow
@@ -78,6 +84,30 @@ def engine_findings() -> dict[str, Any]:
     }
 
 
+def client_ceiling_findings() -> dict[str, Any]:
+    """This host's client ceiling, measured now (one request per worker per level) and cached."""
+    try:
+        results = ceiling.measure(ceiling.LEVELS, rounds=1)
+    except (OSError, RuntimeError) as error:
+        return {"client ceiling": f"not measured ({type(error).__name__}: {error})"}
+    ceiling.save(results)
+    limit = ceiling.ceiling(results)
+    errors = ", ".join(
+        f"{level.concurrency}: {max(level.ttft_error_p50_ms, level.itl_error_p50_ms):.1f} ms"
+        for level in results
+    )
+    verdict = (
+        f"{limit} concurrent streams"
+        if limit is not None
+        else "below 1 concurrent stream (machine too busy?)"
+    )
+    return {
+        "client ceiling": f"{verdict} (p50 timing error within {ceiling.ERROR_LIMIT_MS:g} ms; "
+        "bench run warns past it)",
+        "client timing error p50": errors,
+    }
+
+
 def collect_findings() -> dict[str, Any]:
     memory = psutil.virtual_memory()
     tiny_dir = default_model_dir(FIXTURES_DIR) if os.path.isdir(FIXTURES_DIR) else None
@@ -90,6 +120,7 @@ def collect_findings() -> dict[str, Any]:
         "nvidia-smi": shutil.which("nvidia-smi") or "not found",
         **gpu_findings(),
         **engine_findings(),
+        **client_ceiling_findings(),
         "FLOWPERF_HOME": str(flowperf_home()),
         "tiny model": (
             f"{tiny_dir} ({'built' if (tiny_dir / MARKER_FILE).is_file() else 'not built yet'})"
@@ -162,9 +193,10 @@ def capacity_findings(config: RunConfig, model_path: Path) -> dict[str, Any]:
         capacity, block = reported
         source = "reported by the running flowperf server"
     else:
-        capacity = estimated_capacity(model_path, config.engine.kv_cache_gib)
+        gib = config.engine.kv_cache_gib or CPU_DEFAULT_KV_CACHE_GIB
+        capacity = estimated_capacity(model_path, gib)
         block = config.engine.block_size or CPU_DEFAULT_BLOCK_SIZE
-        source = f"estimated from the model config and --kv-cache-gib {config.engine.kv_cache_gib:g}"
+        source = f"estimated from the model config and --kv-cache-gib {gib:g}"
     per_workflow = math.ceil(peak / block) * block
     fits = capacity // per_workflow
     recommended = max(1, min(fits, len(expansion.flows)))

@@ -24,7 +24,12 @@ class GenerationParams:
 
 @dataclass
 class StepResult:
-    """One streamed generation, timed by the harness from submission to the last token."""
+    """One streamed generation, timed by the harness from submission to the last token.
+
+    Submission is the moment the request is written to the engine (over HTTP: its headers start to go out
+    on a connection), so a wait for a pooled connection, or for a new one to open, is not mistaken for the
+    engine's time to first token; that wait is `connect_wait_ms`, None where there is none to measure.
+    """
 
     text: str
     prompt_tokens: int
@@ -36,6 +41,7 @@ class StepResult:
     finish_reason: str | None = None
     engine_queue_ms: float | None = None
     engine_ttft_ms: float | None = None
+    connect_wait_ms: float | None = None
 
     @property
     def tpot_ms(self) -> float | None:
@@ -75,6 +81,16 @@ class EngineInfo:
 
 class EngineError(RuntimeError):
     """A generation that failed inside the engine or on the way to it; fails one step, not the run."""
+
+
+class StreamError(EngineError):
+    """The server reported an error inside a stream it had begun with HTTP 200 (the tokens so far are not
+    an answer, so the step fails rather than recording a short success)."""
+
+
+class TruncatedStream(EngineError):
+    """The stream stopped early without saying why: no finish reason, or fewer tokens than a fixed-length
+    request (ignore_eos) asked for."""
 
 
 class Engine(Protocol):
