@@ -109,7 +109,9 @@ def test_help_default_is_the_models_default(entry: ConfigOption) -> None:
 def test_run_help_shows_model_defaults() -> None:
     helps = option_help("run")
     assert helps["--num-flows"].endswith("[default: 25]")
-    assert helps["--kv-cache-gib"].endswith("[default: 1]")
+    assert helps["--kv-cache-gib"].endswith(
+        "[default: 1 on CPU; on GPU vLLM's own share of GPU memory (0.9)]"
+    )
     assert helps["--sample-interval"].endswith("[default: 0.25]")
     assert helps["--out"].endswith("[default: runs]")
     assert helps["--reset-prefix-cache"].endswith("[default: reset-prefix-cache]")

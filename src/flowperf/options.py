@@ -159,7 +159,13 @@ ENGINE = (
         help="KV-cache block size.",
         unset="32 on CPU",
     ),
-    option("engine.kv_cache_gib", "--kv-cache-gib", panel=ENGINE_PANEL, help="KV-cache memory in GiB."),
+    option(
+        "engine.kv_cache_gib",
+        "--kv-cache-gib",
+        panel=ENGINE_PANEL,
+        help="KV-cache memory in GiB.",
+        unset="1 on CPU; on GPU vLLM's own share of GPU memory (0.9)",
+    ),
     option(
         "seed",
         "--seed",

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flowperf.config import GIB, EngineConfig
+from flowperf.config import CPU_DEFAULT_KV_CACHE_GIB, GIB, EngineConfig
 from flowperf.engines.base import EngineError, EngineInfo, GenerationParams, StepResult
 from flowperf.engines.spawning import children_deaf_to_sigint, output_redirected_to
 from flowperf.engines.streaming import StreamTimer
@@ -23,6 +23,7 @@ from flowperf.errors import UserError
 
 CPU_DEFAULT_BLOCK_SIZE = 32  # the CPU backend's default (128) hides prefix-cache hits on short prompts
 WATCHDOG_INTERVAL_S = 0.5
+ABORT_VERDICT_S = 30.0  # a cleanly exiting core is seen dead some seconds after it aborted its requests
 
 _active: VllmLocalEngine | None = None
 _init_count = 0
@@ -78,23 +79,50 @@ def engine_arguments(settings: EngineConfig, model_path: Path, on_gpu: bool) -> 
         arguments["block_size"] = block_size
     if settings.max_num_seqs is not None:
         arguments["max_num_seqs"] = settings.max_num_seqs
-    if on_gpu:
-        if settings.gpu_memory_utilization is not None:
-            arguments["gpu_memory_utilization"] = settings.gpu_memory_utilization
-        else:
-            arguments["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
-    else:
-        arguments["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    arguments |= kv_cache_arguments(settings, on_gpu)
     arguments |= settings.extra_engine_args
     return arguments, graph_note
+
+
+def kv_cache_arguments(settings: EngineConfig, on_gpu: bool) -> dict[str, Any]:
+    """How much memory the KV cache gets: what the user set, else each device's sensible default.
+
+    On GPU that default is vLLM's own (a fraction of GPU memory), so nothing is passed: a fixed size
+    would silently cap the cache far below what the card holds. On CPU vLLM's fraction applies to
+    the machine's RAM and would starve everything else, so a fixed `CPU_DEFAULT_KV_CACHE_GIB` is
+    passed. EngineConfig has already refused more than one sizing setting.
+    """
+    if settings.kv_cache_gib is not None:
+        return {"kv_cache_memory_bytes": int(settings.kv_cache_gib * GIB)}
+    if settings.gpu_memory_utilization is not None:
+        return {"gpu_memory_utilization": settings.gpu_memory_utilization}
+    if on_gpu or settings.kv_cache_sized_by_extra_args:
+        return {}
+    return {"kv_cache_memory_bytes": int(CPU_DEFAULT_KV_CACHE_GIB * GIB)}
+
+
+def engine_timings(metrics: Any) -> tuple[float | None, float | None]:
+    """`engine_queue_ms` and `engine_ttft_ms` (docs/ARCHITECTURE.md) from vLLM's per-request stats.
+
+    Both are measured from the request's arrival in the engine core's queue, on the core's own
+    monotonic clock: queueing ends when it is first scheduled, TTFT when its first token is made,
+    so TTFT includes the queueing. vLLM's `first_token_latency` is not used: it starts at the
+    front end's wall-clock arrival and ends when the front end processed the token, another interval.
+    """
+    if metrics is None or not metrics.queued_ts:
+        return None, None
+    queue_ms = (metrics.scheduled_ts - metrics.queued_ts) * 1000.0 if metrics.scheduled_ts else None
+    ttft_ms = (metrics.first_token_ts - metrics.queued_ts) * 1000.0 if metrics.first_token_ts else None
+    return queue_ms, ttft_ms
 
 
 class VllmLocalEngine:
     """AsyncLLM in this process (its engine core runs in a child process vLLM manages).
 
-    If the engine core dies, vLLM marks the engine dead but leaves requests already in flight waiting
-    forever; a watchdog notices and fails them (and every later request) with EngineError instead, so a
-    run records the failures and ends rather than hanging.
+    If the engine core dies, a watchdog notices that vLLM marked the engine dead and fails every request
+    still waiting (and every later one) with EngineError, so a run records the failures and ends rather
+    than hanging. A core that exits cleanly first finishes its running requests as "aborted" with the
+    tokens made so far; those fail too, with the watchdog's verdict as the reason.
     """
 
     def __init__(self, settings: EngineConfig, model_path: Path, log_path: Path | None) -> None:
@@ -104,6 +132,7 @@ class VllmLocalEngine:
         self._llm: Any = None
         self._shut_down = False
         self._dead = False
+        self._died = asyncio.Event()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._graph_note = ""
@@ -147,10 +176,21 @@ class VllmLocalEngine:
         while self._llm is not None:
             if self._llm.errored:
                 self._dead = True
+                self._died.set()
                 for task in list(self._inflight):
                     task.cancel()
                 return
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
+
+    async def _abort_error(self, tokens: int, wanted: int) -> EngineError:
+        """Why a request ended as aborted: flowperf never aborts one it still awaits, but a core that shuts
+        down (exits cleanly) finishes every running request so, with the tokens made so far. Such a step
+        failed and must not count as a short success; the watchdog's verdict on the core says why."""
+        try:
+            await asyncio.wait_for(self._died.wait(), ABORT_VERDICT_S)
+        except TimeoutError:
+            return EngineError(f"the vLLM engine aborted the request after {tokens} of {wanted} tokens")
+        return self._death_error()
 
     def _death_error(self) -> EngineError:
         where = f" (see {self.log_path})" if self.log_path else ""
@@ -205,12 +245,9 @@ class VllmLocalEngine:
             self._inflight.discard(task)
         if final is None:
             raise EngineError("the engine returned no output")
-        metrics = final.metrics
-        queue_ms = ttft_ms = None
-        if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
-            queue_ms = (metrics.scheduled_ts - metrics.queued_ts) * 1000.0
-        if metrics is not None and metrics.first_token_latency:
-            ttft_ms = metrics.first_token_latency * 1000.0
+        if final.outputs[0].finish_reason == "abort":
+            raise await self._abort_error(timer.output_tokens, params.max_tokens)
+        queue_ms, ttft_ms = engine_timings(final.metrics)
         return timer.result(
             text="".join(pieces),
             prompt_tokens=len(engine_input["prompt_token_ids"]),
@@ -231,9 +268,11 @@ class VllmLocalEngine:
         if self._llm is not None:
             config = self._llm.vllm_config
             mode = str(config.compilation_config.cudagraph_mode.name).lower()
+            blocks, block_size = config.cache_config.num_gpu_blocks, config.cache_config.block_size
             details = {
-                "block_size": config.cache_config.block_size,
-                "num_kv_blocks": config.cache_config.num_gpu_blocks,
+                "block_size": block_size,
+                "num_kv_blocks": blocks,
+                "kv_cache_tokens": blocks * block_size if blocks else None,
                 "max_model_len": config.model_config.max_model_len,
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "enforce_eager": config.model_config.enforce_eager,

@@ -206,7 +206,7 @@ def _progress_bar(tests: list[TestSpec]) -> Iterator[OnResult]:
 
 def _print_calibration(calibration: Calibration) -> None:
     table = Table(title="Service model fitted from the run", title_justify="left")
-    for column in ("parameter", "value", "fit RMSE", "R²", "steps"):
+    for column in ("parameter", "value", "fit RMSE", "|resid| p50/p99", "R²", "steps"):
         table.add_column(column, justify="right" if column != "parameter" else "left")
     for name, fit, intercept, slope in (
         ("prefill", calibration.prefill, "a (ms)", "b (ms/token)"),
@@ -215,14 +215,17 @@ def _print_calibration(calibration: Calibration) -> None:
         r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
         rows = ((intercept, fit.intercept), (slope, fit.slope))
         for label, value in rows:
+            residuals = f"{fit.residual_p50 * 1000:.3g}/{fit.residual_p99 * 1000:.3g} ms"
             table.add_row(
-                f"{name} {label}", f"{value * 1000:.4g}", f"{fit.rmse * 1000:.3g} ms", r2, str(fit.points)
-            )
+                f"{name} {label}", f"{value * 1000:.4g}", f"{fit.rmse * 1000:.3g} ms", residuals, r2,
+                str(fit.points),
+            )  # fmt: skip
         if not fit.slope_identifiable:
             console.print(
                 f"[yellow]{name}: one distinct x in the run, so its slope is unknown and set to 0[/]"
             )
     console.print(table)
+    console.print(f"prefill fitted on {calibration.prefill_source}; decode on {calibration.decode_source}")
 
 
 def _print_summary(report: SuiteReport) -> None:
