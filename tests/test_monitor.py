@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -52,6 +53,57 @@ def test_interval_zero_records_phases_only() -> None:
     monitor.stop()
     assert [type(r) for r in records] == [PhaseRecord]
     assert [r.type for r in records] == ["phase"]
+
+
+def test_an_error_ends_sampling_and_is_kept_whatever_its_type() -> None:
+    """A sink or psutil failure that is not a UserError must not vanish with the thread."""
+    seen: list[object] = []
+
+    def sink(record: object) -> None:
+        if isinstance(record, ResourceSample) and len(seen) >= 3:
+            raise OSError(28, "No space left on device")
+        seen.append(record)
+
+    monitor = ResourceMonitor(sink, interval_s=0.01)
+    monitor.start(session=0, steps_done=lambda: 0)
+    deadline = time.monotonic() + 10
+    while monitor.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    monitor.stop()
+    assert isinstance(monitor.error, OSError)
+    assert monitor.failure is not None
+    assert monitor.failure.startswith("resource sampling stopped at ")
+    assert "OSError: [Errno 28] No space left on device" in monitor.failure
+    assert ResourceMonitor(lambda record: None, interval_s=0).failure is None
+
+
+def test_tracking_pids_while_sampling_never_breaks_the_sampler() -> None:
+    """`track` runs on the run's thread while the sampler iterates the tracked pids; many pids (none
+    alive) make each rescan long enough that an add lands inside it on every try."""
+    samples: list[ResourceSample] = []
+    monitor = ResourceMonitor(
+        lambda r: samples.append(r) if isinstance(r, ResourceSample) else None, interval_s=0.005
+    )
+    for pid in range(10**7, 10**7 + 3000):
+        monitor.track(pid)
+    done = threading.Event()
+
+    def keep_tracking() -> None:
+        pid = 2 * 10**7
+        while not done.is_set():
+            monitor.track(pid)
+            pid += 1
+            time.sleep(0.0005)
+
+    adder = threading.Thread(target=keep_tracking)
+    monitor.start(session=0, steps_done=lambda: 0)
+    adder.start()
+    time.sleep(2.0)
+    done.set()
+    adder.join()
+    monitor.stop()
+    assert monitor.error is None, monitor.failure
+    assert samples and samples[-1].t_s > 1.5  # sampled to the end
 
 
 def sample(
@@ -104,3 +156,43 @@ def test_gpu_use_is_summarised_per_device() -> None:
     assert isinstance(gpus, dict) and sorted(gpus) == ["0", "1"]
     assert gpus["0"].mem_used_mb_peak == 1003 and gpus["0"].util_percent_mean == 50
     assert gpus["1"].util_percent_peak == 100 and gpus["1"].util_percent_mean == 50
+
+
+def test_a_sampler_that_died_is_in_every_summary_of_the_directory(tmp_path) -> None:
+    """benchmark.record_monitor_failure keeps the failure in metrics.jsonl and warns; a summary
+    recomputed later from the files (a report) still says sampling stopped."""
+    from types import SimpleNamespace
+
+    from flowperf.benchmark import RunHooks, record_monitor_failure
+    from flowperf.store import RunStore
+    from flowperf.summary import resource_summary
+
+    store = RunStore.create(tmp_path, "r")
+    warned: list[str] = []
+    monitor = SimpleNamespace(failure="resource sampling stopped at 3.2 s: OSError: disk full")
+    run = SimpleNamespace(monitor=monitor, hooks=RunHooks(warn=warned.append), store=store,
+                          opened=SimpleNamespace(session=1))  # fmt: skip
+    record_monitor_failure(run)
+    store.close()
+    assert warned == [monitor.failure]
+    assert resource_summary(store.read_metrics()).monitor_errors == [monitor.failure]
+    assert resource_summary([]).monitor_errors == []
+
+
+def test_an_ignored_child_is_not_counted_as_an_engine_process() -> None:
+    """The periodic-summary worker is the harness's child but not the engine: its memory must not be
+    reported as the engine's."""
+    import subprocess
+    import sys
+
+    from flowperf.monitor import ProcessTree, TrackedPids
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ignored = TrackedPids()
+        ignored.add(child.pid)
+        # other children of the test process (the session's engine) are counted either way
+        assert ProcessTree(ignored=ignored).sample()["children"] == ProcessTree().sample()["children"] - 1
+    finally:
+        child.kill()
+        child.wait()

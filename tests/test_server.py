@@ -24,9 +24,10 @@ from tokenizers import Tokenizer
 from flowperf.config import EngineConfig
 from flowperf.engines.base import GenerationParams
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
-from flowperf.engines.server import ServerRecord, ServerRegistry, server_arguments
+from flowperf.engines.server import ServerRecord, ServerRegistry, healthy, server_arguments
 from flowperf.errors import UserError
 from flowperf.summary_schema import RunSummary
+from flowperf.timing import parse_timing_line
 from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -89,6 +90,40 @@ def test_http_engine_measures_like_the_in_process_engine(server: ServerRecord, t
     assert third.cached_prompt_tokens >= 32  # prompt_tokens_details from the managed server
 
 
+def histogram_sums(record: ServerRecord) -> dict[str, float]:
+    """The server's own Prometheus histogram sums (seconds) for queueing and prefill."""
+    import httpx
+
+    text = httpx.get(f"{record.base_url}/metrics", timeout=10).text
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for metric in ("vllm:request_queue_time_seconds_sum", "vllm:request_prefill_time_seconds_sum"):
+            if name.startswith(metric):
+                sums[metric] = sums.get(metric, 0.0) + float(value)
+    return sums
+
+
+def test_engine_times_over_http_agree_with_the_servers_histograms(server: ServerRecord) -> None:
+    """engine_queue_ms and engine_ttft_ms - engine_queue_ms (from the per-request metrics the server sends)
+    add up to what the server's own Prometheus histograms recorded for the same requests, and the
+    client's TTFT always holds the engine's (its front end and the transport come on top)."""
+    before = histogram_sums(server)
+    prompts = [f"Request {i}: review the harness and its numbers. " * 4 for i in range(8)]
+    results = generate(http_engine(server, concurrency=8), prompts, max_tokens=8)
+    after = histogram_sums(server)
+    queue_s = sum(r.engine_queue_ms for r in results) / 1000.0
+    prefill_s = sum(r.engine_ttft_ms - r.engine_queue_ms for r in results) / 1000.0
+    assert queue_s == pytest.approx(
+        after["vllm:request_queue_time_seconds_sum"] - before["vllm:request_queue_time_seconds_sum"], abs=1e-3
+    )
+    assert prefill_s == pytest.approx(
+        after["vllm:request_prefill_time_seconds_sum"] - before["vllm:request_prefill_time_seconds_sum"],
+        abs=1e-3,
+    )
+    assert all(0 <= r.engine_queue_ms < r.engine_ttft_ms <= r.ttft_ms for r in results)
+
+
 def test_chat_api_and_model_checks(server: ServerRecord) -> None:
     (chat,) = generate(http_engine(server, api="chat"), ["Summarize: the harness works."], max_tokens=8)
     assert chat.output_tokens == 8
@@ -116,6 +151,40 @@ def test_stale_state_is_detected_and_nothing_foreign_is_signalled(registry: Serv
         bystander.kill()
         bystander.wait()
         registry.state_path.write_text(json.dumps({"servers": [server.model_dump()]}))
+
+
+def test_client_settings_reuse_the_server_and_two_interrupts_leave_it_running(
+    server: ServerRecord, tmp_path: Path
+) -> None:
+    """Only what defines the engine picks the server (the API, timeouts and the cap do not); and a run's
+    second Ctrl-C, which kills the run's own processes, never reaches the persistent server it uses."""
+    process = subprocess.Popen(
+        [
+            *BENCH, "run", "--engine", "server", "--api", "chat",
+            "--max-servers", "5", "-n", "40", "--max-tokens", "8", "--no-progress",
+            "--out", str(tmp_path / "runs"), "--run-id", "interrupted",
+        ],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        rows = tmp_path / "runs" / "interrupted" / "workflows.csv"
+        deadline = time.monotonic() + 120
+        while not (rows.exists() and len(rows.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)  # the second while the first's graceful stop is still going on
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr[-2000:]
+    init = next(parse_timing_line(line) for line in stdout.splitlines() if "engine_init_ms" in line)
+    assert init["reused"] == "true"
+    assert [record.id for record in ServerRegistry().servers()] == [server.id]
+    assert psutil.Process(server.pid).status() != psutil.STATUS_ZOMBIE and healthy(server)
 
 
 def test_a_port_in_use_is_refused(tmp_path: Path) -> None:

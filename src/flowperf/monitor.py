@@ -17,7 +17,6 @@ from typing import Any
 
 import psutil
 
-from flowperf.errors import UserError
 from flowperf.records import GpuInfoRecord, GpuSample, MetricRecord, PhaseRecord, ResourceSample
 
 MB = 1024 * 1024
@@ -42,6 +41,23 @@ def nvml_devices() -> tuple[Any, list[Any], str | None]:
     return pynvml, handles, None
 
 
+class TrackedPids:
+    """Pids added by the run's thread while the sampler thread reads them: every read is a snapshot
+    taken under a lock, so an add during a sample can never break the iteration."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+
+    def add(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+
+    def snapshot(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._pids)
+
+
 class ProcessTree:
     """This process and its descendants, with CPU% measured between successive samples.
 
@@ -53,16 +69,18 @@ class ProcessTree:
 
     rescan_every = 8
 
-    def __init__(self) -> None:
+    def __init__(self, tracked: TrackedPids | None = None, ignored: TrackedPids | None = None) -> None:
         self.root = psutil.Process()
-        self.tracked: set[int] = set()
+        self.tracked = tracked or TrackedPids()
+        self.ignored = ignored or TrackedPids()
         self._known: dict[int, psutil.Process] = {}
         self._samples = 0
         self.root.cpu_percent(None)
 
     def _engine_processes(self) -> list[psutil.Process]:
-        processes = self.root.children(recursive=True)
-        for pid in self.tracked:
+        ignored = self.ignored.snapshot()
+        processes = [child for child in self.root.children(recursive=True) if child.pid not in ignored]
+        for pid in self.tracked.snapshot():
             with contextlib.suppress(psutil.Error):
                 tracked = psutil.Process(pid)
                 processes += [tracked, *tracked.children(recursive=True)]
@@ -109,8 +127,10 @@ class ResourceMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._origin = time.perf_counter()
-        self.error: UserError | None = None
-        self._tracked: set[int] = set()
+        self.error: Exception | None = None
+        self._failed_at_s: float | None = None
+        self._tracked = TrackedPids()
+        self._ignored = TrackedPids()
 
     def start(self, *, session: int, steps_done: Callable[[], int]) -> None:
         """Begin sampling (an interval of 0 records phases only); times count from construction."""
@@ -125,22 +145,38 @@ class ResourceMonitor:
         """Count process `pid` (and its descendants) as an engine process from the next sample on."""
         self._tracked.add(pid)
 
+    def ignore(self, pid: int) -> None:
+        """Leave child `pid` out of the engine processes (the harness's own helper processes, such as the
+        periodic-summary worker, are not the engine)."""
+        self._ignored.add(pid)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
+    @property
+    def failure(self) -> str | None:
+        """Why sampling ended early, in one line (for the summary and a warning); None if it did not.
+        From that moment the run has no resource samples: a summary must say so, not look complete."""
+        if self.error is None:
+            return None
+        return f"resource sampling stopped at {self._failed_at_s:.1f} s: {type(self.error).__name__}: " + (
+            " ".join(str(self.error).split()) or "no message"
+        )
+
     def _sample_forever(self) -> None:
-        """Sample until stopped, or until the sink fails (the run reports that on its next write)."""
+        """Sample until stopped, or until anything fails (the sink, psutil, NVML): the error is kept
+        for `failure`, never lost with the thread."""
         try:
             self._sample_until_stopped()
-        except UserError as error:
+        except Exception as error:
+            self._failed_at_s = time.perf_counter() - self._origin
             self.error = error
 
     def _sample_until_stopped(self) -> None:
-        tree = ProcessTree()
-        tree.tracked = self._tracked
+        tree = ProcessTree(self._tracked, self._ignored)
         nvml, devices, unavailable = nvml_devices()
         self._sink(
             GpuInfoRecord(

@@ -3,8 +3,15 @@
 Results are appended as each step and workflow finishes, so a crash loses at most the line being
 written; whole-file outputs (config.json, summary.json) are replaced atomically. Readers skip a torn last
 line instead of failing on it, and reopening a directory to resume cuts such a line off before anything
-is appended after it. A workflow counts once it has its row in workflows.csv; steps of workflows without
-a row (in flight at a crash) are dropped on resume, and those workflows run again from their first step.
+is appended after it.
+
+A workflow counts once it has its row in workflows.csv *and* every step that row accounts for is in
+steps.jsonl, from the same session (`counted_workflows`). The row is appended after its steps, but the
+two files reach the disk independently (each log is fsync'd by its own thread, and the kernel writes dirty
+pages back in any order), so after a machine crash a row can outlive its steps. Such a row is no proof of
+a finished workflow: on resume it is dropped with the workflow's other lines, and the workflow runs again
+from its first step, exactly as one that was in flight. A SIGKILL loses nothing finished either way:
+every append reaches the OS before the call returns.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +55,30 @@ class StoreWriteError(UserError):
 
 TAIL_CHUNK = 64 * 1024
 T = TypeVar("T")
+StepKey = tuple[int, int, int]
+"""A step line's (flow_index, session, step_index)."""
+
+
+def expected_steps(row: dict[str, str]) -> int:
+    """How many step lines a workflow row accounts for: its ok steps, and the failed one that ended it."""
+    return int(row["steps_ok"]) + (row["status"] == "failed")
+
+
+def counted_workflows(rows: Iterable[dict[str, str]], step_keys: Collection[StepKey]) -> list[dict[str, str]]:
+    """The workflow rows that prove a finished workflow: the first row of each flow_index whose steps
+    (0 to `expected_steps` - 1, of the row's session) are all in `step_keys`. The one rule of what counts,
+    for resume and for every reader of a run directory."""
+    counted: dict[int, dict[str, str]] = {}
+    for row in rows:
+        try:
+            flow, session, expected = int(row["flow_index"]), int(row["session"]), expected_steps(row)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if flow in counted or expected < 1:
+            continue
+        if all((flow, session, step) in step_keys for step in range(expected)):
+            counted[flow] = row
+    return list(counted.values())
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -131,18 +162,31 @@ class RunStore:
             raise UserError(f"{self.path(name)}: expected a JSON object")
         return document
 
+    def step_keys(self) -> set[StepKey]:
+        return {key for key in map(_step_key, read_complete_lines(self.path(STEPS))) if key is not None}
+
+    def counted_workflows(self) -> list[dict[str, str]]:
+        return counted_workflows(self.read_workflows(), self.step_keys())
+
     def completed_flow_indices(self) -> set[int]:
-        return {int(row["flow_index"]) for row in self.read_workflows()}
+        return {int(row["flow_index"]) for row in self.counted_workflows()}
 
     def next_session(self) -> int:
-        """One more than any session with a finished workflow: once `drop_unfinished_steps` ran, every
-        step left belongs to such a workflow, and its session."""
-        return max((int(row["session"]) for row in self.read_workflows()), default=-1) + 1
+        """One more than any session with a counted workflow: once `drop_unfinished_steps` ran, every
+        line left belongs to such a workflow, and its session."""
+        return max((int(row["session"]) for row in self.counted_workflows()), default=-1) + 1
 
     def drop_unfinished_steps(self, completed: set[int]) -> int:
-        """Rewrite steps.jsonl without the steps of workflows that have no row; returns how many went."""
+        """Rewrite workflows.csv and steps.jsonl with only the lines of counted workflows in `completed`
+        (a row that lost its steps in a crash, steps whose workflow has no row or a row of another
+        session); returns how many step lines went. Each file is replaced atomically, so a crash here
+        leaves a directory this same rule reads the same way."""
+        rows = [row for row in self.counted_workflows() if int(row["flow_index"]) in completed]
+        if len(rows) != len(self.read_workflows()):
+            atomic_write_text(self.path(WORKFLOWS), _csv_text(rows, header=bool(rows)))
+        wanted = {(int(row["flow_index"]), int(row["session"])) for row in rows}
         lines = read_complete_lines(self.path(STEPS))
-        kept = [line for line in lines if _flow_index(line) in completed]
+        kept = [line for line in lines if (_step_key(line) or (None, None))[:2] in wanted]
         if len(kept) != len(lines):
             atomic_write_text(self.path(STEPS), "".join(line + "\n" for line in kept))
         return len(lines) - len(kept)
@@ -185,12 +229,7 @@ class RunStore:
         self._append(METRICS, metric_line(record))
 
     def append_workflow(self, record: WorkflowRecord) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n")
-        if self._is_empty(WORKFLOWS):
-            writer.writeheader()
-        writer.writerow(record.csv_cells())
-        self._append(WORKFLOWS, buffer.getvalue())
+        self._append(WORKFLOWS, _csv_text([record.csv_cells()], header=self._is_empty(WORKFLOWS)))
 
     def read_steps(self) -> list[StepRecord]:
         """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
@@ -222,8 +261,18 @@ def _read_records(path: Path, parse: Callable[[str], T]) -> list[T]:
     return records
 
 
-def _flow_index(line: str) -> int | None:
+def _csv_text(rows: list[dict[str, Any]], *, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _step_key(line: str) -> StepKey | None:
     try:
-        return int(json.loads(line)["flow_index"])
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(line)
+        return int(record["flow_index"]), int(record.get("session", 0)), int(record["step_index"])
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -1,10 +1,12 @@
 """Persistent local vLLM servers that `bench` starts once and reuses across runs.
 
 A server is vLLM's OpenAI-compatible server for one model and engine configuration, bound to 127.0.0.1,
-started in a session of its own (a terminal's Ctrl-C never reaches it), with its output in a log file.
-Its pid, port, model and configuration hash go into a state file in the flowperf home, guarded by a file
-lock; a later run asking for the same model and configuration reuses it and pays only a health check.
-At most `max_servers` stay alive; starting one more stops the least recently used.
+started in a session of its own and as no descendant of the run that started it (no signal to a
+benchmark reaches it), with its output in a log file. Its pid, port, model and configuration hash (of its
+command line: client-side settings are not part of it) go into a state file in the flowperf home,
+guarded by a file lock; a later run asking for the same model and configuration reuses it and pays only
+a health check. A run holds a lease (a shared flock) on its server while it uses it. At most
+`max_servers` stay alive; starting one more stops the least recently used one that no live run holds.
 
 State is never trusted: a record whose pid is gone, or whose pid now belongs to some other program, is
 dropped; flowperf only ever signals a process whose command line proves it is the server it started.
@@ -39,7 +41,7 @@ from flowperf.engines.base import EngineError, EngineInfo
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.vllm_local import engine_arguments
 from flowperf.errors import UserError
-from flowperf.locking import exclusive_lock
+from flowperf.locking import Lease, exclusive_lock, unused
 from flowperf.paths import flowperf_home
 
 HOST = "127.0.0.1"
@@ -107,10 +109,49 @@ def server_arguments(settings: EngineConfig, model_path: Path, port: int, on_gpu
     return argv
 
 
-def config_hash(settings: EngineConfig, model_path: Path) -> str:
-    """What makes two servers interchangeable: the model and every engine setting."""
-    document = {"model": str(model_path), "engine": settings.model_dump(mode="json", exclude={"kind"})}
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+def config_hash(settings: EngineConfig, model_path: Path, on_gpu: bool) -> str:
+    """What makes two servers interchangeable: the command line that starts one, but for its port.
+
+    Client-side settings (API, timeouts, the cap on servers, the port asked for) change nothing the server
+    does, so two runs that differ only there share one server instead of starting a second.
+    """
+    argv = server_arguments(settings, model_path, 0, on_gpu)
+    at = argv.index("--port")
+    del argv[at : at + 2]
+    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+
+
+LAUNCHER = """
+import subprocess, sys
+with open(sys.argv[1], "ab") as log:
+    server = subprocess.Popen(
+        sys.argv[2:], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+print(server.pid)
+"""
+
+
+def spawn_detached(argv: list[str], log_path: Path, env: dict[str, str]) -> int:
+    """Start `argv` in a session of its own, as no descendant of this process; returns its pid.
+
+    A launcher (itself in a new session, so no terminal signal reaches it) starts the server and exits, so
+    the server is re-parented away from this process: a benchmark's second Ctrl-C, which kills every
+    descendant, or a supervisor that kills the benchmark's process tree, never reaches a server that is
+    meant to outlive the run. Only `stop_server` ends it.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(log_path), *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise EngineError(f"could not start the vLLM server: {done.stderr.strip()[-2000:] or 'no output'}")
+    return int(done.stdout.strip())
 
 
 def is_our_server(record: ServerRecord) -> bool:
@@ -166,6 +207,9 @@ class ServerRegistry:
         """Read-modify-write of the state under an exclusive lock; stale records are dropped on read."""
         with exclusive_lock(self.directory / ".lock"):
             state = self._read()
+            for record in state.servers:
+                if not is_our_server(record):
+                    self.lease_path(record.id).unlink(missing_ok=True)
             state.servers = [record for record in state.servers if is_our_server(record)]
             yield state
             atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
@@ -180,6 +224,9 @@ class ServerRegistry:
         with self._locked() as state:
             return list(state.servers)
 
+    def lease_path(self, server_id: str) -> Path:
+        return self.directory / f"{server_id}.lease"
+
     def acquire(
         self,
         settings: EngineConfig,
@@ -189,23 +236,14 @@ class ServerRegistry:
         max_servers: int,
         start_timeout_s: float,
     ) -> tuple[ServerRecord, bool]:
-        """A healthy server for these settings: a running one (reused=True) or a newly started one.
-
-        A matching server another run is still starting is waited for rather than started twice.
-        """
-        wanted = config_hash(settings, model_path)
-        with self._locked() as state:
-            matching = [r for r in state.servers if r.config_hash == wanted and port in (None, r.port)]
-        for record in matching:
-            if healthy(record) or (not record.ready and self._wait_until_healthy(record, start_timeout_s)):
-                self._update(record.id, last_used_at=time.time(), ready=True)
-                return record, True
-        record = self.start(
+        """A healthy server for these settings, left running for later runs (`bench serve start`)."""
+        record, reused, lease = self.lease(
             settings, model_path, port=port, max_servers=max_servers, start_timeout_s=start_timeout_s
         )
-        return record, False
+        lease.release()
+        return record, reused
 
-    def start(
+    def lease(
         self,
         settings: EngineConfig,
         model_path: Path,
@@ -213,65 +251,115 @@ class ServerRegistry:
         port: int | None,
         max_servers: int,
         start_timeout_s: float,
-    ) -> ServerRecord:
-        """Start a server and wait until /health answers; evicts the least recently used beyond the cap.
+    ) -> tuple[ServerRecord, bool, Lease]:
+        """A healthy server for these settings, a running one (reused=True) or one started now, with a
+        lease that keeps any other run from evicting it until released.
 
-        The server is recorded (as not ready) the moment it is spawned, so that a run killed while it
-        starts leaves no server nobody knows about: later runs wait for it, `bench serve stop` stops it.
+        Choosing, evicting, spawning and recording the new server (as not ready) happen under one hold of
+        the state lock, and so does taking the lease: a second run asking for the same settings meanwhile
+        finds that server and waits for it rather than starting another. Waiting for /health (tens of
+        seconds) happens outside the lock, so other configurations and `serve status` never queue on it.
         """
+        on_gpu = gpu_present()
+        wanted = config_hash(settings, model_path, on_gpu)
+        tried: set[str] = set()
+        while True:
+            with self._locked() as state:
+                record = next(
+                    (
+                        r
+                        for r in state.servers
+                        if r.config_hash == wanted and port in (None, r.port) and r.id not in tried
+                    ),
+                    None,
+                )
+                spawned = record is None
+                if record is None:
+                    record = self._spawn(state, settings, model_path, port, max_servers, on_gpu)
+                lease = Lease(self.lease_path(record.id))
+            if self._answers(record, spawned, start_timeout_s):
+                self._update(record.id, last_used_at=time.time(), ready=True)
+                return record.model_copy(update={"ready": True}), not spawned, lease
+            lease.release()
+            if spawned:
+                self._abandon(record, start_timeout_s)
+            tried.add(record.id)
+
+    def _answers(self, record: ServerRecord, spawned: bool, start_timeout_s: float) -> bool:
+        """A ready server must answer now; one starting (ours or another run's) gets the start timeout."""
+        if record.ready and not spawned:
+            return healthy(record)
+        return self._wait_until_healthy(record, start_timeout_s)
+
+    def _spawn(
+        self,
+        state: ServerState,
+        settings: EngineConfig,
+        model_path: Path,
+        port: int | None,
+        max_servers: int,
+        on_gpu: bool,
+    ) -> ServerRecord:
+        """Start a server and record it as not ready (the caller holds the state lock), so that a run
+        killed while it starts leaves no server nobody knows about: later runs wait for it, `bench serve
+        stop` stops it. Evicts the least recently used idle server beyond the cap first."""
         if port is not None and not port_is_free(port):
             raise UserError(f"--server-port {port}: 127.0.0.1:{port} is already in use by another process")
-        with self._locked() as state:
-            while len(state.servers) >= max_servers:
-                oldest = min(state.servers, key=lambda record: record.last_used_at)
-                stop_server(oldest)
-                state.servers.remove(oldest)
+        self._evict(state, max_servers)
         chosen = port if port is not None else free_port()
         server_id = uuid.uuid4().hex[:8]
         log_path = self.directory / f"{server_id}.log"
-        argv = server_arguments(settings, model_path, chosen, gpu_present())
+        argv = server_arguments(settings, model_path, chosen, on_gpu)
         env = os.environ | {"VLLM_SERVER_DEV_MODE": "1"}  # enables POST /reset_prefix_cache on loopback
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
         now = time.time()
         record = ServerRecord(
             id=server_id,
-            pid=process.pid,
+            pid=spawn_detached(argv, log_path, env),
             host=HOST,
             port=chosen,
             model=str(model_path),
-            config_hash=config_hash(settings, model_path),
+            config_hash=config_hash(settings, model_path, on_gpu),
             argv=argv,
             log_path=str(log_path),
             started_at=now,
             last_used_at=now,
             ready=False,
         )
-        with self._locked() as state:
-            state.servers.append(record)
-        if not self._wait_until_healthy(record, start_timeout_s, process):
-            stop_server(record)
-            with self._locked() as state:
-                state.servers = [stored for stored in state.servers if stored.id != record.id]
-            if process.poll() is not None:
-                raise EngineError(
-                    f"the vLLM server exited during start-up (code {process.returncode}); "
-                    f"last lines of {record.log_path}:\n{log_tail(record.log_path)}"
-                )
-            raise EngineError(
-                f"the vLLM server did not become healthy within {start_timeout_s:g} s "
-                f"(log: {record.log_path})"
-            )
-        self._update(record.id, ready=True)
-        record.ready = True
+        state.servers.append(record)
         return record
+
+    def _evict(self, state: ServerState, max_servers: int) -> None:
+        """Stop least recently used servers until one more fits under the cap; a server a live run holds
+        a lease on is never stopped (if every one is, the run is refused rather than the cap exceeded)."""
+        while len(state.servers) >= max_servers:
+            for record in sorted(state.servers, key=lambda stored: stored.last_used_at):
+                with unused(self.lease_path(record.id)) as idle:
+                    if idle:
+                        stop_server(record)
+                        state.servers.remove(record)
+                        self.lease_path(record.id).unlink(missing_ok=True)
+                        break
+            else:
+                busy = ", ".join(record.id for record in state.servers)
+                raise UserError(
+                    f"--max-servers {max_servers}: every running server is in use by a live run ({busy}); "
+                    "raise --max-servers or wait for one of those runs to end"
+                )
+
+    def _abandon(self, record: ServerRecord, start_timeout_s: float) -> None:
+        """Stop and forget a server this process started that never became healthy; raise why."""
+        stop_server(record)
+        with self._locked() as state:
+            state.servers = [stored for stored in state.servers if stored.id != record.id]
+        raise EngineError(
+            f"the vLLM server did not become healthy within {start_timeout_s:g} s "
+            f"(or exited during start-up); last lines of {record.log_path}:\n{log_tail(record.log_path)}"
+        )
+
+    def release(self, record: ServerRecord, lease: Lease) -> None:
+        """The end of a run's use of a server: it is now idle, and most recently used."""
+        self._update(record.id, last_used_at=time.time())
+        lease.release()
 
     def _update(self, server_id: str, **fields: Any) -> None:
         """Set `fields` on the stored record of `server_id`, if it is still recorded."""
@@ -282,14 +370,11 @@ class ServerRegistry:
                         setattr(stored, name, value)
 
     @staticmethod
-    def _wait_until_healthy(
-        record: ServerRecord, timeout_s: float, process: subprocess.Popen[bytes] | None = None
-    ) -> bool:
+    def _wait_until_healthy(record: ServerRecord, timeout_s: float) -> bool:
         """Poll /health until it answers (True), or the server dies or the time is up (False)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            alive = process.poll() is None if process is not None else is_our_server(record)
-            if not alive:
+            if not is_our_server(record):
                 return False
             if healthy(record, timeout_s=HEALTH_POLL_S):
                 return True
@@ -316,6 +401,7 @@ class ServerRegistry:
             for record in chosen:
                 stop_server(record)
                 state.servers.remove(record)
+                self.lease_path(record.id).unlink(missing_ok=True)
         return chosen
 
     def find(self, server_id: str | None) -> ServerRecord:
@@ -369,12 +455,13 @@ class ManagedServerEngine(OpenAIHttpEngine):
         self.start_timeout_s = start_timeout_s
         self.registry = registry or ServerRegistry()
         self.record: ServerRecord | None = None
+        self._lease: Lease | None = None
 
     async def start(self) -> None:
         if self.started:
             return
-        self.record, self.reused = await asyncio.to_thread(
-            self.registry.acquire,
+        self.record, self.reused, self._lease = await asyncio.to_thread(
+            self.registry.lease,
             self.engine_settings,
             self.model_path,
             port=self.port,
@@ -383,6 +470,13 @@ class ManagedServerEngine(OpenAIHttpEngine):
         )
         self.settings = replace(self.settings, base_url=self.record.base_url)
         await super().start()
+
+    async def shutdown(self) -> None:
+        """Close the client and release the lease; the server itself stays up for the next run."""
+        await super().shutdown()
+        lease, self._lease = self._lease, None
+        if lease is not None and self.record is not None:
+            await asyncio.to_thread(self.registry.release, self.record, lease)
 
     def info(self) -> EngineInfo:
         base = super().info()
