@@ -1,13 +1,20 @@
-"""Bad input through the CLI: one line naming the file/field/flag, exit 2, no run directory, no engine."""
+"""Bad input through the CLI: one line naming the file/field/flag, exit 2, and nothing written anywhere
+(no run directory, no expansion cache, no [TIMING] line, no engine; a refused resume leaves its
+directory byte for byte as it was)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from flowperf.config import RunConfig
+from flowperf.flows.cache import CACHE_FILE_NAME, EXPANDED_DIR_NAME
+from flowperf.records import RUN_SCHEMA_VERSION
+from flowperf.store import STEPS, WORKFLOWS
 from helpers import ROOT, run_bench
 
 
@@ -90,4 +97,54 @@ def test_bad_input(project: Path, case: str) -> None:
     assert "Traceback" not in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1, done.stderr
     assert not (project / "runs").exists() or not any((project / "runs").iterdir())
-    assert "engine_init_ms" not in done.stdout
+    assert_nothing_else_written(project, done.stdout)
+
+
+def assert_nothing_else_written(project: Path, stdout: str) -> None:
+    assert "[TIMING]" not in stdout
+    assert not (project / "flows" / CACHE_FILE_NAME).exists()
+    assert not (project / "flows" / EXPANDED_DIR_NAME).exists()
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in directory.iterdir()}
+
+
+def crashed_run(project: Path) -> Path:
+    """A run directory as a crash leaves it: config.json and torn last lines in the append-only files."""
+    config = RunConfig.model_validate({"num_flows": 2, "output": {"out_dir": str(project / "runs")}})
+    run_dir = project / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    document = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "run_id": "old",
+        "config": config.model_dump(mode="json"),
+        "config_sha256": config.fingerprint(),
+        "flow": {"name": "t", "template_sha256": "0" * 64, "fixture_sha256": "0" * 64},
+    }
+    (run_dir / "config.json").write_text(json.dumps(document))
+    (run_dir / STEPS).write_text('{"flow_index": 0, "session": 0}\n{"flow_ind')
+    (run_dir / WORKFLOWS).write_text("flow_index,session\n0,0\n1,")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-flows", "3"], "settings differ from the run's: num_flows (2 -> 3)"),
+        ([], "the flow template or its fixtures changed since the run started"),
+    ],
+    ids=["changed settings", "changed flows"],
+)
+def test_a_refused_resume_writes_nothing(project: Path, flags: list[str], message: str) -> None:
+    """Refused before its torn tails are cut, before the flows are expanded (for changed settings), and
+    before any [TIMING] line."""
+    run_dir = crashed_run(project)
+    before = snapshot(run_dir)
+    done = run_bench("run", "--resume", str(run_dir), *flags, "--no-progress", cwd=project, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(run_dir) == before
+    assert "[TIMING]" not in done.stdout
+    if flags:
+        assert_nothing_else_written(project, done.stdout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
 from flowperf.durable import DurableLog
 from flowperf.errors import UserError
+from flowperf.mockserver import MockConfig, serve_in_thread
 from flowperf.records import StepRecord
 from flowperf.store import STEPS, WORKFLOWS, RunStore
 from helpers import ROOT, run_bench
@@ -69,6 +71,51 @@ def test_fail_fast_stops_at_the_first_failure(engine, engine_loop, tmp_path: Pat
     assert result.exit_code == 3
     assert [r["status"] for r in workflow_rows(result.run_dir)] == ["ok", "ok", "failed"]
     assert result.summary.status == "stopped_on_failure"
+
+
+def test_fail_fast_on_a_failed_warm_up_measures_nothing_and_says_why(
+    engine, engine_loop, tmp_path: Path
+) -> None:
+    """A failed warm-up under --fail-fast ends the run before the measured window: never exit 0."""
+    faulty = FaultyEngine(engine, fail_flows={1}, fail_step="critique")
+    config = run_config(tmp_path, num_flows=3, warmup=2, fail_fast=True)
+    result = engine_loop.run(run_benchmark(config, RunHooks(echo=lambda _: None), engine=faulty))
+    assert result.exit_code == 3
+    assert result.summary.status == "warmup_failed"
+    assert result.summary.counts.workflows_done == 0
+    assert result.summary.run.warmup_failure == (
+        "warm-up workflow 1 failed at step 2 of 3: EngineError: injected failure in flow 1 step critique"
+    )
+    assert not (result.run_dir / WORKFLOWS).exists()
+    on_disk = json.loads((result.run_dir / "summary.json").read_text())
+    assert on_disk["status"] == "warmup_failed" and "injected failure" in on_disk["run"]["warmup_failure"]
+
+
+def test_a_failed_warm_up_without_fail_fast_warns_and_measures(engine, engine_loop, tmp_path: Path) -> None:
+    faulty = FaultyEngine(engine, fail_flows={1}, fail_step="critique")
+    warnings: list[str] = []
+    config = run_config(tmp_path, num_flows=3, warmup=2)
+    hooks = RunHooks(echo=lambda _: None, warn=warnings.append)
+    result = engine_loop.run(run_benchmark(config, hooks, engine=faulty))
+    assert result.summary.status == "complete" and result.summary.run.warmup_failure is None
+    assert result.summary.counts.workflows_done == 3
+    assert any(w.startswith("warm-up workflow 1 failed at step 2 of 3") for w in warnings), warnings
+
+
+def test_a_failed_warm_up_through_the_cli_exits_3_with_its_reason(tmp_path: Path) -> None:
+    """Every request of a (mock) server fails: `bench run --fail-fast` says the warm-up failed and why."""
+    with serve_in_thread(MockConfig(fault="http_error", ttft_ms=1, itl_ms=1)) as server:
+        done = run_bench(
+            "run", "--engine", "openai", "--base-url", f"http://127.0.0.1:{server.port}", "-n", "2",
+            "--warmup", "1", "--fail-fast", "--max-tokens", "4", "--out", str(tmp_path / "runs"),
+            "--run-id", "w", "--no-progress", timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "error: nothing was measured: warm-up workflow 0 failed at step 1 of 3: EngineError: HTTP 503" in (
+        done.stderr
+    )
+    summary = json.loads((tmp_path / "runs" / "w" / "summary.json").read_text())
+    assert summary["status"] == "warmup_failed" and "HTTP 503" in summary["run"]["warmup_failure"]
 
 
 def test_step_timeout_fails_the_step(engine, engine_loop, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ the run (completion, failure, Ctrl-C) the engine is shut down and summary.json s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import platform
 import secrets
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import flowperf
+from flowperf.ceiling import ceiling_warning
 from flowperf.config import RunConfig, differences
 from flowperf.deferred import DeferredSink
-from flowperf.engines.base import Engine, EngineInfo
+from flowperf.engines.base import Engine, EngineError, EngineInfo
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
@@ -32,11 +34,12 @@ from flowperf.flows import resolve_flow
 from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
+from flowperf.live_summary import PeriodicSummaries
 from flowperf.monitor import ResourceMonitor
-from flowperf.records import RUN_SCHEMA_VERSION, WorkflowRecord, check_schema_version
+from flowperf.records import RUN_SCHEMA_VERSION, MonitorErrorRecord, WorkflowRecord, check_schema_version
 from flowperf.runner import ExecutionConfig, Runner
 from flowperf.sinks import MeasuredSink, WarmupSink
-from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore
+from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore, StoreWriteError
 from flowperf.summary import SummaryContext, build_summary, leak_warning
 from flowperf.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.timing import TimingLog
@@ -73,14 +76,10 @@ class ResolvedModel:
     name: str | None = None
 
 
-def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
-    """The model directory to load: `--model` if given (must exist locally), else the tiny model."""
-    if config.engine.kind == "openai":
-        return ResolvedModel(path=None, tiny=False, name=config.engine.model)
+def local_model_path(config: RunConfig) -> Path | None:
+    """`--model` as a local model directory, checked without writing anything; None for no `--model`."""
     if config.engine.model is None:
-        tiny = build_tiny_model(config.fixtures_dir)
-        timing.emit("model_build_ms", tiny.build_ms, model="tiny", built=tiny.built)
-        return ResolvedModel(path=tiny.path, tiny=True, name=str(tiny.path))
+        return None
     path = Path(config.engine.model).expanduser()
     if not path.is_dir():
         raise UserError(
@@ -89,7 +88,19 @@ def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
         )
     if not (path / "config.json").is_file():
         raise UserError(f"--model {config.engine.model}: not a model directory (no config.json in it)")
-    return ResolvedModel(path=path.resolve(), tiny=False, name=str(path.resolve()))
+    return path.resolve()
+
+
+def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
+    """The model directory to load: `--model` if given (must exist locally), else the tiny model."""
+    if config.engine.kind == "openai":
+        return ResolvedModel(path=None, tiny=False, name=config.engine.model)
+    path = local_model_path(config)
+    if path is not None:
+        return ResolvedModel(path=path, tiny=False, name=str(path))
+    tiny = build_tiny_model(config.fixtures_dir)
+    timing.emit("model_build_ms", tiny.build_ms, model="tiny", built=tiny.built)
+    return ResolvedModel(path=tiny.path, tiny=True, name=str(tiny.path))
 
 
 def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path) -> Engine:
@@ -181,42 +192,6 @@ def with_engine(document: dict[str, Any], engine: EngineInfo) -> dict[str, Any]:
     return document | {"versions": versions, "device": engine.device, "engine": engine.as_dict()}
 
 
-class PeriodicSummaries:
-    """summary.json during a run: after every `every` workflows, at most once per `interval_s`.
-
-    It is computed from the run's files in a worker thread, so the event loop, and with it every
-    request in flight, is never held up by it.
-    """
-
-    def __init__(self, store: RunStore, every: int, interval_s: float, context: SummaryContext) -> None:
-        self._store = store
-        self._every = every
-        self._interval_s = interval_s
-        self._context = context
-        self._done = 0
-        self._last = time.perf_counter()
-        self._task: asyncio.Future[None] | None = None
-
-    def workflow_done(self) -> None:
-        self._done += 1
-        now = time.perf_counter()
-        if self._done % self._every or now - self._last < self._interval_s:
-            return
-        if self._task is not None and not self._task.done():
-            return
-        self._last = now
-        self._task = asyncio.ensure_future(asyncio.to_thread(self._write))
-
-    def _write(self) -> None:
-        summary = build_summary(self._store, "running", self._context)
-        self._store.write_json(SUMMARY, summary.to_json())
-
-    async def finish(self) -> None:
-        """Wait for a summary being written, so the final one is written last."""
-        if self._task is not None:
-            await self._task
-
-
 @dataclass(frozen=True)
 class OpenedRun:
     """A run directory ready for this session: new, or reopened to resume."""
@@ -227,13 +202,16 @@ class OpenedRun:
     todo: list[ExpandedFlow]
 
 
-def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, hooks: RunHooks) -> OpenedRun:
-    """Create the run directory, or reopen `resume_from` after proving it is the same experiment."""
+def open_run(
+    config: RunConfig, expansion: Expansion, resume_from: Path | None, resumed: dict[str, Any] | None,
+    hooks: RunHooks,
+) -> OpenedRun:  # fmt: skip
+    """Create the run directory, or reopen `resume_from` (`resumed`: its config.json, already proven
+    to be the same experiment): the first write of the run, once every input has been checked."""
     flows = expansion.flows
-    if resume_from is None:
+    if resume_from is None or resumed is None:
         run_id = config.output.run_id or new_run_id(flows.name)
         return OpenedRun(RunStore.create(config.output.out_dir, run_id), run_id, 0, list(flows))
-    previous = check_resumable(config, expansion, resume_from)
     store = RunStore.reopen(resume_from)
     completed = store.completed_flow_indices()
     dropped = store.drop_unfinished_steps(completed)
@@ -242,12 +220,12 @@ def open_run(config: RunConfig, expansion: Expansion, resume_from: Path | None, 
         f"resuming {resume_from}: {len(completed)} of {len(flows)} workflows done, {len(todo)} to run"
         + (f" ({dropped} step(s) of unfinished workflows discarded)" if dropped else "")
     )
-    return OpenedRun(store, str(previous.get("run_id", store.run_dir.name)), store.next_session(), todo)
+    return OpenedRun(store, str(resumed.get("run_id", store.run_dir.name)), store.next_session(), todo)
 
 
-def check_resumable(config: RunConfig, expansion: Expansion, resume_from: Path) -> dict[str, Any]:
-    """`resume_from`'s config.json, once it is proven to be the same experiment as `config` over the
-    same flows; read-only, so a refused resume leaves the directory as it was."""
+def check_resumable(config: RunConfig, resume_from: Path) -> dict[str, Any]:
+    """`resume_from`'s config.json, once it is proven to hold the same settings as `config`; read-only,
+    and before the flows are expanded, so a refused resume writes nothing anywhere."""
     previous = RunStore(resume_from).read_json(CONFIG)
     check_schema_version(previous, f"--resume {resume_from}")
     if previous.get("config_sha256") != config.fingerprint():
@@ -255,6 +233,11 @@ def check_resumable(config: RunConfig, expansion: Expansion, resume_from: Path) 
             RunConfig.model_validate(previous.get("config", {})).shaping_config(), config.shaping_config()
         )
         raise UserError(f"--resume {resume_from}: settings differ from the run's: {'; '.join(changed)}")
+    return previous
+
+
+def check_same_flows(previous: dict[str, Any], expansion: Expansion, resume_from: Path) -> None:
+    """Refuse to resume over flows whose template or fixtures changed since the run started."""
     recorded = previous.get("flow", {})
     flows = expansion.flows
     if (recorded.get("template_sha256"), recorded.get("fixture_sha256")) != (
@@ -265,7 +248,6 @@ def check_resumable(config: RunConfig, expansion: Expansion, resume_from: Path) 
             f"--resume {resume_from}: the flow template or its fixtures changed since the run started; "
             "start a new run instead"
         )
-    return previous
 
 
 def run_status(stopped: bool, interrupted: bool) -> RunStatus:
@@ -277,9 +259,12 @@ def run_status(stopped: bool, interrupted: bool) -> RunStatus:
 
 
 def exit_code_for(summary: RunSummary) -> int:
+    """Never 0 for a run that measured less than planned because of a failure."""
     if summary.status == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if summary.counts.workflows_failed else EXIT_OK
+    if summary.status == "warmup_failed" or summary.counts.workflows_failed:
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 @dataclass
@@ -346,40 +331,102 @@ def execution_config(config: RunConfig, opened: OpenedRun) -> ExecutionConfig:
     )
 
 
-def prepare(
-    config: RunConfig, hooks: RunHooks, resume_from: Path | None, engine: Engine | None
-) -> RunContext:
-    """Flows expanded, model found, run directory open and config.json written, engine made (not
-    started): every check of the user's input is behind us."""
-    timing = TimingLog(hooks.echo)
-    metrics: DeferredSink[Any] = DeferredSink()
-    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
+@dataclass(frozen=True)
+class CheckedInput:
+    """Everything the user asked for, proven usable; nothing has been written yet."""
+
+    expansion: Expansion
+    expansion_ms: float
+    model: ResolvedModel
+    resumed: dict[str, Any] | None  # the run's config.json when resuming
+
+
+def check_input(
+    config: RunConfig, hooks: RunHooks, resume_from: Path | None, timing: TimingLog, monitor: ResourceMonitor
+) -> CheckedInput:
+    """Model path, resume settings, flows, then the model: each check before anything it could write
+    (the expansion cache, the tiny model, a torn tail cut on resume), the cheap read-only ones first."""
+    if config.engine.kind != "openai":
+        local_model_path(config)
+    resumed = None if resume_from is None else check_resumable(config, resume_from)
     expansion, expansion_ms = expand_flows(config, timing, monitor, hooks)
+    if resume_from is not None and resumed is not None:
+        check_same_flows(resumed, expansion, resume_from)
     with monitor.phase("model"):
         model = resolve_model(config, timing)
-    opened = open_run(config, expansion, resume_from, hooks)
+    return CheckedInput(expansion, expansion_ms, model, resumed)
+
+
+def warn_past_client_ceiling(config: RunConfig, hooks: RunHooks) -> None:
+    """An HTTP run whose concurrency is past the client ceiling `bench doctor` measured on this host
+    measures the harness as much as the server: say so before it starts."""
+    if config.engine.kind == "vllm":
+        return
+    warning = ceiling_warning(config.effective_concurrency)
+    if warning is not None:
+        hooks.warn(warning)
+
+
+def prepare(
+    config: RunConfig,
+    hooks: RunHooks,
+    resume_from: Path | None,
+    engine: Engine | None,
+    interrupts: InterruptController | None = None,
+) -> RunContext:
+    """Input checked, run directory open and config.json written, engine made (not started).
+
+    [TIMING] lines are shown only once the run directory exists: a run refused for bad input prints
+    none. The directory's opening is not interruptible: a signal during it takes effect right after, so
+    a directory either does not exist or holds a config.json and, at the end, a summary.json.
+    """
+    shown: DeferredSink[str] = DeferredSink()
+    timing = TimingLog(shown)
+    metrics: DeferredSink[Any] = DeferredSink()
+    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
+    checked = check_input(config, hooks, resume_from, timing, monitor)
+    if interrupts is not None:
+        interrupts.only_record()
+    opened = open_run(config, checked.expansion, resume_from, checked.resumed, hooks)
+    shown.attach(hooks.echo)
+    warn_past_client_ceiling(config, hooks)
     timing.attach(opened.store.path(TIMING_LOG))
     metrics.attach(opened.store.append_metric)
     document = None
     if resume_from is None:
-        document = config_document(config, expansion, model, opened.run_id)
+        document = config_document(config, checked.expansion, checked.model, opened.run_id)
         opened.store.write_json(CONFIG, document)
+    return assemble(config, hooks, timing, monitor, checked, opened, engine, document)
+
+
+def assemble(
+    config: RunConfig, hooks: RunHooks, timing: TimingLog, monitor: ResourceMonitor, checked: CheckedInput,
+    opened: OpenedRun, engine: Engine | None, document: dict[str, Any] | None,
+) -> RunContext:  # fmt: skip
+    """The session's parts around an open run directory: sinks, periodic summaries, engine, runner."""
+    expansion = checked.expansion
     summary_context = SummaryContext(
         planned_workflows=len(expansion.flows),
         run=run_info(config, expansion, opened.run_id),
-        timings=Timings(flow_expansion_ms=expansion_ms, expansion_source=expansion.source),
+        timings=Timings(flow_expansion_ms=checked.expansion_ms, expansion_source=expansion.source),
     )
+    engine = engine or make_engine(config, checked.model, opened.store.path(ENGINE_LOG))
+    runner = Runner(expansion.flows, engine, execution_config(config, opened))
     periodic = PeriodicSummaries(
-        opened.store, config.output.summary_every, config.output.summary_interval_s, summary_context
+        opened.store,
+        config.output.summary_every,
+        config.output.summary_interval_s,
+        summary_context,
+        warn=hooks.warn,
     )
+    if periodic.worker_pid is not None:
+        monitor.ignore(periodic.worker_pid)
 
     def workflow_done(record: WorkflowRecord) -> None:
         hooks.on_workflow_done(record)
         periodic.workflow_done()
 
     sink = MeasuredSink(opened.store, timing, monitor.phase, workflow_done)
-    engine = engine or make_engine(config, model, opened.store.path(ENGINE_LOG))
-    runner = Runner(expansion.flows, engine, execution_config(config, opened))
     return RunContext(
         config, hooks, timing, monitor, expansion, opened, engine, runner, sink, periodic, summary_context,
         document,
@@ -403,36 +450,69 @@ async def start_engine(run: RunContext) -> None:
         run.store.write_json(CONFIG, with_engine(run.document, info))
 
 
-async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:
+async def warm_up(run: RunContext) -> str | None:
+    """The warm-up workflows; why the first of them failed, if one did (a warning unless fail-fast)."""
+    config = run.config
+    sink = WarmupSink(run.timing)
+    with run.monitor.phase("warmup", workflows=config.warmup):
+        await run.runner.warm_up(run.expansion.flows.warmup_flows(config.warmup), sink)
+    if sink.failure is not None and not config.fail_fast:
+        run.hooks.warn(f"{sink.failure}; measuring anyway (--fail-fast stops here instead)")
+    return sink.failure
+
+
+async def measure(run: RunContext, interrupts: InterruptController | None) -> RunStatus:
     """Engine start, warm-up, prefix-cache reset and the measured window; how the session ended."""
     config, runner = run.config, run.runner
-    stopped = interrupted = False
+    if interrupts is not None:
+        interrupts.on_request(None)
+        interrupts.raise_if_requested()  # a signal while the run directory was being opened
+    run.monitor.start(session=run.opened.session, steps_done=lambda: run.sink.steps_done)
+    await start_engine(run)
+    if interrupts is not None:
+        interrupts.on_request(runner.request_stop)
+    failure = await warm_up(run) if config.warmup else None
+    if interrupts is not None and interrupts.requested:
+        return "interrupted"
+    if failure is not None and config.fail_fast:
+        run.summary_context.run.warmup_failure = failure
+        return "warmup_failed"
+    if config.reset_prefix_cache:
+        run.summary_context.run.prefix_cache_reset = await run.engine.reset_prefix_cache()
+    total = len(run.expansion.flows)
+    run.hooks.on_start(total, total - len(run.opened.todo))
+    with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
+        stopped = await runner.run(run.opened.todo, run.sink)
+    return run_status(stopped, interrupts is not None and interrupts.requested)
+
+
+async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:
+    """`measure`, with an interruption in any of its phases (a signal raised into a blocking start-up,
+    the run's task cancelled while it waited, or an engine that a signal to the whole process group
+    killed while it started) ending the session as `interrupted`."""
     try:
-        await start_engine(run)
-        if interrupts is not None:
-            interrupts.on_request(runner.request_stop)
-        if config.warmup:
-            with run.monitor.phase("warmup", workflows=config.warmup):
-                await runner.warm_up(run.expansion.flows.warmup_flows(config.warmup), WarmupSink(run.timing))
-        if config.reset_prefix_cache:
-            run.summary_context.run.prefix_cache_reset = await run.engine.reset_prefix_cache()
-        total = len(run.expansion.flows)
-        run.hooks.on_start(total, total - len(run.opened.todo))
-        with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
-            stopped = await runner.run(run.opened.todo, run.sink)
-        interrupted = interrupts is not None and interrupts.requested
+        return await measure(run, interrupts)
     except RunInterrupted:
-        interrupted = True
-    return run_status(stopped, interrupted)
+        return "interrupted"
+    except asyncio.CancelledError as error:
+        if interrupts is None or not interrupts.interrupted_by(error):
+            raise
+        return "interrupted"
+    except EngineError:
+        if interrupts is None or not interrupts.requested:
+            raise
+        return "interrupted"
 
 
 async def release(run: RunContext, interrupts: InterruptController | None, shutdown_engine: bool) -> None:
     """Whatever ended the session: the last periodic summary written, sampling stopped, the engine shut
-    down (unless the caller keeps it), every file closed."""
+    down (unless the caller keeps it), every file closed. A signal meanwhile is only recorded: these
+    steps are what leaves the directory consistent."""
     if interrupts is not None:
-        interrupts.on_request(None)
+        interrupts.only_record()
     await run.periodic.finish()
     run.monitor.stop()
+    record_monitor_failure(run)
     try:
         if shutdown_engine:
             await run.engine.shutdown()
@@ -440,9 +520,23 @@ async def release(run: RunContext, interrupts: InterruptController | None, shutd
         run.store.close()
 
 
-def finalize(run: RunContext, status: RunStatus) -> RunResult:
-    """The final summary.json, the closing timing line and any leak warning."""
+def record_monitor_failure(run: RunContext) -> None:
+    """A sampler that died is said once as a warning and kept in metrics.jsonl, so every summary of the
+    directory (this one, a report's) says the session's resource figures stop there."""
+    failure = run.monitor.failure
+    if failure is None:
+        return
+    run.hooks.warn(failure)
+    with contextlib.suppress(StoreWriteError):
+        run.store.append_metric(MonitorErrorRecord(session=run.opened.session, error=failure))
+
+
+def finalize(run: RunContext, status: RunStatus, interrupts: InterruptController | None = None) -> RunResult:
+    """The final summary.json, the closing timing line and any leak warning; a signal that arrived
+    while the session was being closed makes the run `interrupted`."""
     summary = build_summary(run.store, status, run.summary_context)
+    if interrupts is not None and interrupts.requested and summary.status != "interrupted":
+        summary = summary.model_copy(update={"status": "interrupted"})
     run.store.write_json(SUMMARY, summary.to_json())
     run.timing.emit(
         "benchmark_total_ms",
@@ -470,13 +564,12 @@ async def run_benchmark(
     """Run (or resume) the benchmark `config` describes and return where its results are.
 
     `engine` replaces the engine `config` would create (library use, fault injection in tests).
+    Interrupted before its run directory exists, it raises RunInterrupted (nothing was written);
+    from then on it returns, with summary.json saying how the run ended.
     """
-    run = prepare(config, hooks, resume_from, engine)
-    run.monitor.start(session=run.opened.session, steps_done=lambda: run.sink.steps_done)
-    if interrupts is not None:
-        interrupts.on_request(None)
+    run = prepare(config, hooks, resume_from, engine, interrupts)
     try:
         status = await execute(run, interrupts)
     finally:
         await release(run, interrupts, shutdown_engine)
-    return finalize(run, status)
+    return finalize(run, status, interrupts)

@@ -33,7 +33,7 @@ from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
-from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController
+from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.options import (
     ENDPOINT,
     ENGINE,
@@ -194,8 +194,8 @@ def run(
     arrive. Ctrl-C stops gracefully (a second Ctrl-C at once); `--resume RUN_DIR` continues where a run
     stopped.
 
-    Exit codes: 0 every workflow succeeded, 3 some failed, 2 usage error, 130 interrupted,
-    1 the engine could not start.
+    Exit codes: 0 every workflow succeeded, 3 some failed (or, with --fail-fast, the warm-up did),
+    2 usage error, 130 interrupted, 1 the engine could not start.
     """
     config = _run_config(flags, config_file, resume)
     bar = _WorkflowBar(enabled=progress)
@@ -206,13 +206,25 @@ def run(
         bar.stop()
         _error(str(error))
         raise typer.Exit(EXIT_ENGINE_FAILED) from None
+    except RunInterrupted:
+        bar.stop()
+        _warn("interrupted before the run started; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         bar.stop()
-    if result.exit_code == EXIT_INTERRUPTED:
-        _warn(f"interrupted; continue with: bench run --resume {result.run_dir}")
-    print_run_table(result.summary, err_console)
-    err_console.print(f"results: {result.run_dir}")
+    _report_run(result)
     raise typer.Exit(result.exit_code)
+
+
+def _report_run(result: RunResult) -> None:
+    """How the run ended, its table and where it is, on stderr."""
+    summary = result.summary
+    if summary.status == "interrupted":
+        _warn(f"interrupted; continue with: bench run --resume {result.run_dir}")
+    if summary.status == "warmup_failed":
+        _error(f"nothing was measured: {summary.run.warmup_failure} (--fail-fast)")
+    print_run_table(summary, err_console)
+    err_console.print(f"results: {result.run_dir}")
 
 
 @app.command()
@@ -422,28 +434,32 @@ def compare(
         typer.Option(
             "--gate",
             help="Metrics whose regression fails the command, e.g. workflow_ms,ttft_ms. "
-            "[default: workflow_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
+            "Holm-corrected over all gated metrics. workflow_latency_ms (from scheduled arrival) and "
+            "start_delay_ms (slot wait) exist for open-loop runs. "
+            "[default: workflow_ms,workflow_latency_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
         ),
     ] = None,
     seed: Annotated[
         int, typer.Option("--seed", rich_help_panel=MEASUREMENT_PANEL, help="Seed of the bootstrap.")
     ] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Compare runs of different flows or models anyway.")
+        bool, typer.Option("--force", help="Compare runs of different flows, models or settings anyway.")
     ] = False,
     html: HtmlOption = None,
 ) -> None:
     """Per metric: base, new, delta and a verdict (improvement, regression, no significant change).
 
-    A change counts only if the (1 - alpha) bootstrap interval of the difference of medians excludes zero
-    and the change exceeds --threshold. Exit code 1 when a gated metric regressed, 0 otherwise, 2 when
-    the runs cannot be compared.
+    The bootstrap resamples whole workflows. A change counts only if it is significant (gated metrics:
+    Holm-corrected p-value at most alpha) and exceeds --threshold. Exit code 1 when a gated metric
+    regressed, 0 otherwise, 2 when the runs cannot be compared (flows, model or settings differ).
     """
     from flowperf.compare import (
         comparability_problems,
         compare_runs,
         comparison_rows,
+        comparison_title,
         parse_gate,
+        print_comparison,
         sample_warnings,
     )
     from flowperf.rundata import load_run
@@ -455,15 +471,8 @@ def compare(
         raise UserError(f"the runs are not comparable: {'; '.join(problems)} (--force to compare anyway)")
     results = compare_runs(base, new, alpha=alpha, threshold_pct=threshold, gate=gates, seed=seed)
     header, rows = comparison_rows(results, alpha)
-    table = Table(
-        title=f"{base_run} -> {new_run} (alpha {alpha:g}, threshold {threshold:g}%)", title_justify="left"
-    )
-    for column in header:
-        table.add_column(column, justify="left" if column in ("metric", "verdict", "note") else "right")
-    styles = {"regression": "bold red", "improvement": "bold green"}
-    for row in rows:
-        table.add_row(*(Text(cell, style=styles.get(cell, "")) for cell in row))
-    out_console.print(table)
+    title = comparison_title(str(base_run), str(new_run), results, alpha, threshold)
+    print_comparison(out_console, title, header, rows)
     for message in [*problems, *sample_warnings(results)]:
         _warn(message)
     page = html_path(html, new_run / "compare.html")
@@ -493,6 +502,7 @@ def main() -> None:
         # a flag or argument that does not parse (exit code 2), or another command-line failure
         _error(error.format_message())
         sys.exit(error.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt, RunInterrupted):
+        _warn("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(exit_code if isinstance(exit_code, int) else 0)

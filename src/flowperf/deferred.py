@@ -1,7 +1,8 @@
 """Records made before their destination exists, kept in order and forwarded once it does.
 
 A run directory is created only after every input has been checked, but timing lines and phase records
-start with flow expansion, before that; a DeferredSink holds them until the directory exists.
+start with flow expansion, before that; a DeferredSink holds them until the directory exists. The run
+also holds the lines it shows on stdout this way, so a run refused for bad input prints none.
 """
 
 from __future__ import annotations

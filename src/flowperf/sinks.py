@@ -28,10 +28,15 @@ class RecordSink(Protocol):
 
 
 class WarmupSink:
-    """Warm-up workflows: a `warmup_N_ms` timing line each, and nothing in any statistic."""
+    """Warm-up workflows: a `warmup_N_ms` timing line each, and nothing in any statistic.
+
+    It remembers why the first failed warm-up workflow failed: a run that stops on it (fail-fast) has
+    measured nothing and must say why, and one that goes on must at least warn.
+    """
 
     def __init__(self, timing: TimingLog) -> None:
         self._timing = timing
+        self.failure: str | None = None
 
     def workflow_scope(self, flow: ExpandedFlow) -> AbstractContextManager[None]:
         return nullcontext()
@@ -43,6 +48,11 @@ class WarmupSink:
         self._timing.emit(
             f"warmup_{record.flow_index}_ms", record.workflow_ms, steps=record.steps, status=record.status
         )
+        if record.status != "ok" and self.failure is None:
+            self.failure = (
+                f"warm-up workflow {record.flow_index} failed at step {record.steps_ok + 1} of "
+                f"{record.steps}: {record.error_type}: {record.error_message}"
+            )
 
 
 class MeasuredSink:
