@@ -92,7 +92,14 @@ def test_an_injected_slowdown_is_a_regression(runs: dict[str, Path], tmp_path: P
 
 
 def test_longer_outputs_are_a_step_time_regression(runs: dict[str, Path]) -> None:
-    done = run_bench("compare", str(runs["base"]), str(runs["longer"]), "--gate", "step_ms", timeout=120)
+    """Runs with other settings measure another experiment: refused, each difference named; --force
+    compares them and still names them."""
+    refused = run_bench("compare", str(runs["base"]), str(runs["longer"]), timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "different settings: max_tokens (16 -> 64)" in refused.stderr and not refused.stdout
+    arguments = ["compare", str(runs["base"]), str(runs["longer"]), "--gate", "step_ms", "--force"]
+    done = run_bench(*arguments, timeout=120)
+    assert "max_tokens (16 -> 64)" in done.stderr
     assert done.returncode == 1
     regressed = done.stderr.split("regression in gated metric(s):")[1]
     assert all(f"step_ms[{step}]" in regressed for step in ("summarize", "critique", "refine"))
@@ -113,3 +120,16 @@ def test_too_few_samples_are_flagged(runs: dict[str, Path]) -> None:
     done = run_bench("compare", str(runs["tiny"]), str(runs["tiny"]), "--alpha", "0.01", timeout=120)
     assert done.returncode == 0
     assert "workflow_ms: too few samples to reach alpha 0.01 (n = 3 vs 3)" in done.stderr.replace("\n", " ")
+
+
+def test_piped_output_is_a_plain_table_with_every_cell_whole(runs: dict[str, Path]) -> None:
+    """stdout is a pipe here, as in CI logs: no terminal width applies, so nothing may be cut to one."""
+    done = run_bench("compare", str(runs["tiny"]), str(runs["tiny"]), "--alpha", "0.01", timeout=120)
+    assert done.returncode == 0 and "…" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert "Holm over 7 gated metric(s)" in lines[0]
+    header = lines[1].split()
+    assert header[:2] == ["metric", "n"] and header[-3:] == ["verdict", "gated", "note"]
+    workflow = next(line for line in lines if line.startswith("workflow_ms "))
+    assert workflow.split()[1] == "3/3" and workflow.endswith("too few samples to reach alpha 0.01")
+    assert any(line.startswith("itl_ms (per-request mean) ") for line in lines)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from faults import FaultyEngine
 from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.records import StepRecord
+from flowperf.records import StepRecord, WorkflowRecord
+from flowperf.report import workflow_text
+from flowperf.rundata import workflow_frame
+from flowperf.runner import poisson_arrivals
 from flowperf.store import SUMMARY, RunStore
 from flowperf.summary_schema import RunSummary
 from helpers import ROOT
@@ -64,6 +69,7 @@ def test_open_loop_arrivals_follow_the_seeded_poisson_schedule(engine, engine_lo
         float(r["arrival_offset_ms"])
         for r in sorted(RunStore(again.run_dir).read_workflows(), key=lambda r: int(r["flow_index"]))
     ]
+    assert arrivals == pytest.approx(poisson_arrivals(20.0, 10, 3) * 1000.0, abs=0.001)  # the schedule
     for row in rows:  # with no cap every workflow starts when it arrives
         assert float(row["start_offset_ms"]) - float(row["arrival_offset_ms"]) < 50
     run_info = first.summary.run
@@ -79,3 +85,38 @@ def test_open_loop_arrivals_follow_the_seeded_poisson_schedule(engine, engine_lo
     assert RunSummary.model_validate(document).to_json() == capped.summary.to_json()
     on_disk = RunSummary.model_validate_json((capped.run_dir / SUMMARY).read_text())
     assert on_disk.to_json() == capped.summary.to_json()
+
+
+def workflow_records(run_dir: Path) -> list[WorkflowRecord]:
+    def present(value: object) -> object:
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    rows = workflow_frame(RunStore(run_dir)).to_dict(orient="records")
+    return [WorkflowRecord(**{key: present(value) for key, value in row.items()}) for row in rows]
+
+
+def test_open_loop_latency_counts_from_the_scheduled_arrival(engine, engine_loop, tmp_path):
+    """An overloaded cap: 10 arrivals in ~50 ms, one slot. Each workflow's makespan stays short while
+    the later arrivals queue; their latency from arrival must show that wait (no coordinated omission)."""
+    capped = run(engine, engine_loop, tmp_path, "late", num_flows=10, rate=200.0, concurrency=1, warmup=0)
+    records = workflow_records(capped.run_dir)
+    assert len(records) == 10 and all(record.ok for record in records)
+    for record in records:  # latency = slot wait + makespan, per workflow, up to the 1 us rounding
+        assert record.start_delay_ms is not None and record.start_delay_ms >= 0
+        assert record.latency_ms == pytest.approx(record.start_delay_ms + record.workflow_ms, abs=0.003)
+    waits = sorted(record.start_delay_ms or 0.0 for record in records)
+    makespans = [record.workflow_ms for record in records]
+    assert waits[-1] > 4 * min(makespans)  # the last arrival waited for most of the others
+    latency = capped.summary.latency
+    assert latency.workflow_latency_ms.count == 10
+    assert latency.workflow_latency_ms.p50 == pytest.approx(np.median([r.latency_ms for r in records]))
+    assert latency.workflow_latency_ms.p50 > latency.workflow_ms.p50 + np.median(waits) / 2
+    assert capped.summary.load.start_delay_ms.max == pytest.approx(waits[-1])
+    assert "from scheduled arrival" in workflow_text(capped.summary)  # the report shows it beside
+
+    closed = run(engine, engine_loop, tmp_path, "closed", num_flows=4, concurrency=2, warmup=0)
+    for record in workflow_records(closed.run_dir):  # closed loop: no schedule, nothing to wait for
+        assert record.start_delay_ms is None and record.latency_ms == record.workflow_ms
+    assert closed.summary.latency.workflow_latency_ms == closed.summary.latency.workflow_ms
+    assert closed.summary.load.start_delay_ms is None
+    assert "from scheduled arrival" not in workflow_text(closed.summary)

@@ -18,6 +18,7 @@ from faults import FaultyEngine
 from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.compare import compare_runs, parse_gate
 from flowperf.config import load_run_config
+from flowperf.engines.base import StepResult
 from flowperf.errors import UserError
 from flowperf.records import (
     RUN_SCHEMA_VERSION,
@@ -28,6 +29,7 @@ from flowperf.records import (
 )
 from flowperf.report import report_summary
 from flowperf.rundata import STEP_KINDS, load_run, workflow_frame
+from flowperf.runner import measured_fields
 from flowperf.store import CONFIG, STEPS, WORKFLOWS, RunStore, recorded_config
 from flowperf.summary_schema import RunSummary
 from helpers import run_bench
@@ -100,6 +102,15 @@ def test_a_failed_step_line_has_no_measurement_keys() -> None:
         "error_type",
         "error_message",
     }
+
+
+def test_a_wait_for_a_connection_is_recorded_beside_the_step() -> None:
+    """The engine's answer carries the wait before submission; the step's line keeps it, apart from TTFT."""
+    result = StepResult("x y", 10, 2, None, ttft_ms=4.0, e2e_ms=9.0, itl_ms=[5.0], connect_wait_ms=3.14159)
+    record = StepRecord(**STEP.model_dump(include=IDENTITY_FIELDS), status="ok", **measured_fields(result))
+    read = StepRecord.model_validate_json(record.to_line())
+    assert (read.connect_wait_ms, read.ttft_ms, read.step_ms) == (3.142, 4.0, 9.0)
+    assert "connect_wait_ms" in STEP_KINDS and STEP.connect_wait_ms is None
 
 
 def test_tables_have_one_fixed_dtype_per_record_field(tmp_path: Path) -> None:

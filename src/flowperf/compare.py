@@ -1,45 +1,135 @@
 """`bench compare BASE NEW`: did a change help, hurt, or do nothing that the noise cannot explain?
 
-Per metric, the samples of both runs are compared through a seeded bootstrap confidence interval of the
-difference of their medians: a change counts only when the interval excludes zero *and* the medians differ
-by more than the threshold. Two means are never compared. A metric with one value per run (peak RSS) has
-no test; its verdict uses the threshold alone and says so, and it is gated only when asked for.
+Per metric, the samples of both runs are compared through a seeded bootstrap of the difference of their
+medians. The bootstrap resamples whole workflows (a block bootstrap): a workflow's steps and token gaps
+share its prompts, its cache state and its moment on a shared machine, so they are not independent, and
+resampling them one by one would make intervals too narrow and verdicts too eager.
+
+Each metric gets a (1 - alpha) percentile interval and a two-sided bootstrap p-value (twice the smaller
+share of resampled differences on either side of zero: the test the percentile interval inverts). With
+several gated metrics the family is corrected by Holm's step-down method, so the chance that any gated
+metric shows a regression by noise alone stays at alpha. A change counts only when it is significant
+*and* the medians differ by more than the threshold. Two means are never compared. A metric with one
+value per run (peak RSS) has no test; its verdict uses the threshold alone and says so, and it is gated
+only when asked for.
+
+Runs whose settings differ (load, tokens, engine) do not measure the same experiment; they are refused
+with every difference listed, unless --force.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from flowperf import plots
+from flowperf.config import NOT_FINGERPRINTED, RunConfig, differences
 from flowperf.errors import UserError
 from flowperf.report import data_uri, fmt, metric_samples, render_page
 from flowperf.rundata import RunData
-from flowperf.summary import resource_summary
+from flowperf.stats import holm_adjusted
+from flowperf.summary import resource_summary, start_delay, workflow_latency
 
 BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_CHUNK = 200
+MAX_RESAMPLES = 20_000
+CELLS_PER_CHUNK = 4_000_000  # resamples x values held at once: ~100 MB of work arrays at most
 RELIABLE_SAMPLES = 10
-DEFAULT_GATE = ("workflow_ms", "step_ms", "ttft_ms", "itl_ms", "tokens_per_s")
-ALL_METRICS = (*DEFAULT_GATE, "peak_rss_mb")
+DEFAULT_GATE = ("workflow_ms", "workflow_latency_ms", "step_ms", "ttft_ms", "itl_ms", "tokens_per_s")
+ALL_METRICS = (*DEFAULT_GATE, "start_delay_ms", "peak_rss_mb")
+NOT_COMPARED_SETTINGS = ("flows_dir", "fixtures_dir", "engine.model")  # compared by content and name
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A metric's values in one run and the workflow each came from (its block)."""
+
+    values: np.ndarray
+    blocks: np.ndarray
+
+    @classmethod
+    def of(cls, samples: Samples | Iterable[float]) -> Samples:
+        """`samples` as they are, or plain values each its own block (one value per workflow)."""
+        if isinstance(samples, Samples):
+            return samples
+        values = np.asarray(samples, dtype=float)
+        return cls(values, np.arange(len(values)))
+
+    @property
+    def units(self) -> int:
+        """How many workflows the values come from: the bootstrap's sample size."""
+        return len(np.unique(self.blocks))
+
+
+def block_bootstrap_medians(samples: Samples, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The median of the pooled values of each of `resamples` draws of whole workflows, with replacement.
+
+    A draw is a count per workflow; the pooled median is then the weighted median of the values sorted
+    once (the mean of the two middle ones when the pooled count is even, as np.median), so a resample
+    costs O(values) and no copy of the pooled sample is ever made.
+    """
+    order = np.argsort(samples.values, kind="stable")
+    values = samples.values[order]
+    _, block_of = np.unique(samples.blocks[order], return_inverse=True)
+    units = int(block_of.max()) + 1
+    medians = np.empty(resamples)
+    chunk = max(1, CELLS_PER_CHUNK // max(len(values), units))
+    for start in range(0, resamples, chunk):
+        count = min(chunk, resamples - start)
+        picks = rng.integers(0, units, (count, units)) + units * np.arange(count)[:, None]
+        weights = np.bincount(picks.ravel(), minlength=count * units).astype(np.int32).reshape(count, units)
+        cumulative = np.cumsum(weights[:, block_of], axis=1, dtype=np.int32)
+        total = cumulative[:, -1:]
+        low = np.sum(cumulative <= (total - 1) // 2, axis=1)
+        high = np.sum(cumulative <= total // 2, axis=1)
+        medians[start : start + count] = (values[low] + values[high]) / 2.0
+    return medians
+
+
+def bootstrap_differences(
+    base: Samples | np.ndarray, new: Samples | np.ndarray, *, seed: int, resamples: int = BOOTSTRAP_RESAMPLES
+) -> np.ndarray:
+    """Bootstrap distribution of median(new) - median(base), each run's workflows resampled."""
+    rng = np.random.default_rng(seed)
+    base_medians = block_bootstrap_medians(Samples.of(base), rng, resamples)
+    return block_bootstrap_medians(Samples.of(new), rng, resamples) - base_medians
 
 
 def bootstrap_median_difference(
-    base: np.ndarray, new: np.ndarray, *, alpha: float, seed: int, resamples: int = BOOTSTRAP_RESAMPLES
+    base: Samples | np.ndarray,
+    new: Samples | np.ndarray,
+    *,
+    alpha: float,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval (1 - alpha) of median(new) - median(base)."""
-    rng = np.random.default_rng(seed)
-    differences = np.empty(resamples)
-    for start in range(0, resamples, BOOTSTRAP_CHUNK):
-        count = min(BOOTSTRAP_CHUNK, resamples - start)
-        base_medians = np.median(base[rng.integers(0, len(base), (count, len(base)))], axis=1)
-        new_medians = np.median(new[rng.integers(0, len(new), (count, len(new)))], axis=1)
-        differences[start : start + count] = new_medians - base_medians
-    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
+    differences_ = bootstrap_differences(base, new, seed=seed, resamples=resamples)
+    low, high = np.quantile(differences_, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def bootstrap_p_value(differences_: np.ndarray) -> float:
+    """Two-sided p-value of "no difference": twice the smaller share of resampled differences at or
+    beyond zero on either side, counted with the +1 that keeps it above zero. It is below alpha exactly
+    when zero lies outside the (1 - alpha) percentile interval (up to that +1), so the interval shown and
+    the test gated on agree."""
+    below = int(np.count_nonzero(differences_ <= 0))
+    above = int(np.count_nonzero(differences_ >= 0))
+    return min(1.0, 2.0 * (min(below, above) + 1) / (len(differences_) + 1))
+
+
+def resamples_for(alpha: float, tests: int) -> int:
+    """Enough resamples that Holm's strictest level (alpha / tests) is above the smallest p-value."""
+    return min(MAX_RESAMPLES, max(BOOTSTRAP_RESAMPLES, math.ceil(4 * max(tests, 1) / alpha)))
 
 
 def smallest_detectable_p(n_base: int, n_new: int) -> float:
@@ -50,6 +140,10 @@ def smallest_detectable_p(n_base: int, n_new: int) -> float:
 
 @dataclass(frozen=True)
 class Comparison:
+    """One metric's verdict. `n_*` count workflows (the bootstrap's units; 1 for a per-run value);
+    `change` is what the delta would be called were it significant (None within the threshold);
+    `p_holm` is the p-value adjusted over the gated metrics (gated metrics only)."""
+
     metric: str
     n_base: int
     n_new: int
@@ -61,101 +155,163 @@ class Comparison:
     verdict: str
     gated: bool
     note: str = ""
+    p_value: float | None = None
+    p_holm: float | None = None
+    change: str | None = None
+    testable: bool = False
 
     @property
     def regressed(self) -> bool:
         return self.gated and self.verdict == "regression"
 
 
+def _verdict(change: str | None, significant: bool) -> str:
+    return change if significant and change else "no significant change"
+
+
 def judge(
     metric: str,
-    base: np.ndarray,
-    new: np.ndarray,
+    base: Samples | np.ndarray,
+    new: Samples | np.ndarray,
     *,
     higher_is_better: bool,
     alpha: float,
     threshold_pct: float,
     seed: int,
     gated: bool,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> Comparison:
-    """Compare one metric's samples; `verdict` is regression, improvement or no significant change."""
-    base, new = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    if len(base) == 0 or len(new) == 0:
-        return Comparison(metric, len(base), len(new), None, None, None, None, None, "no data", gated)
-    base_median, new_median = float(np.median(base)), float(np.median(new))
+    """Compare one metric's samples on its own (p-value against alpha; `compare_runs` then applies Holm
+    over the gated ones); `verdict` is regression, improvement or no significant change."""
+    base, new = Samples.of(base), Samples.of(new)
+    n_base, n_new = base.units, new.units
+    if n_base == 0 or n_new == 0:
+        return Comparison(metric, n_base, n_new, None, None, None, None, None, "no data", gated)
+    base_median, new_median = float(np.median(base.values)), float(np.median(new.values))
     delta = (new_median / base_median - 1.0) * 100.0 if base_median else math.inf
     worse = delta < 0 if higher_is_better else delta > 0
-    beyond_threshold = abs(delta) >= threshold_pct
-    if len(base) == 1 and len(new) == 1:
-        verdict = ("regression" if worse else "improvement") if beyond_threshold else "no significant change"
+    change = ("regression" if worse else "improvement") if abs(delta) >= threshold_pct else None
+    common = {"metric": metric, "base": base_median, "new": new_median, "delta_pct": delta, "change": change}
+    if len(base.values) == 1 and len(new.values) == 1:
         note = "one value per run: threshold only, no significance test"
-        return Comparison(metric, 1, 1, base_median, new_median, delta, None, None, verdict, gated, note)
-    low, high = bootstrap_median_difference(base, new, alpha=alpha, seed=seed)
-    significant = low > 0 or high < 0
-    note = ""
-    if smallest_detectable_p(len(base), len(new)) > alpha:
-        significant = False
-        note = f"too few samples to reach alpha {alpha:g}"
-    elif min(len(base), len(new)) < RELIABLE_SAMPLES:
-        note = f"fewer than {RELIABLE_SAMPLES} samples: the interval is rough"
-    if significant and beyond_threshold:
-        verdict = "regression" if worse else "improvement"
-    else:
-        verdict = "no significant change"
+        return Comparison(**common, n_base=1, n_new=1, ci_low=None, ci_high=None,
+                          verdict=change or "no significant change", gated=gated, note=note)  # fmt: skip
+    resampled = bootstrap_differences(base, new, seed=seed, resamples=resamples)
+    low, high = (float(q) for q in np.quantile(resampled, [alpha / 2, 1 - alpha / 2]))
+    p_value = bootstrap_p_value(resampled)
+    testable, note = True, ""
+    if smallest_detectable_p(n_base, n_new) > alpha:
+        testable, note = False, f"too few samples to reach alpha {alpha:g}"
+    elif min(n_base, n_new) < RELIABLE_SAMPLES:
+        note = f"fewer than {RELIABLE_SAMPLES} workflows: the interval is rough"
     return Comparison(
-        metric, len(base), len(new), base_median, new_median, delta, low, high, verdict, gated, note
+        **common,
+        n_base=n_base,
+        n_new=n_new,
+        ci_low=low,
+        ci_high=high,
+        verdict=_verdict(change, testable and p_value <= alpha),
+        gated=gated,
+        note=note,
+        p_value=p_value,
+        testable=testable,
     )
 
 
-def _step_samples(step_id: str) -> Callable[[RunData], np.ndarray]:
-    def samples(run: RunData) -> np.ndarray:
-        steps = run.ok_steps
-        return steps.loc[steps["step_id"] == step_id, "step_ms"].to_numpy(float)
+def holm_verdicts(results: list[Comparison], alpha: float) -> list[Comparison]:
+    """Gated, tested metrics judged on Holm-adjusted p-values (the family is every gated metric with a
+    p-value, those with too few samples included: they are tests too, which can never pass)."""
+    family = [index for index, result in enumerate(results) if result.gated and result.p_value is not None]
+    adjusted = holm_adjusted([results[index].p_value or 1.0 for index in family])
+    judged = list(results)
+    for index, p_holm in zip(family, adjusted, strict=True):
+        result = results[index]
+        verdict = _verdict(result.change, result.testable and p_holm <= alpha)
+        judged[index] = dataclasses.replace(result, p_holm=p_holm, verdict=verdict)
+    return judged
+
+
+def _by_workflow(frame: pd.DataFrame, values: pd.Series | np.ndarray) -> Samples:
+    return Samples(np.asarray(values, dtype=float), frame["flow_index"].to_numpy())
+
+
+def _workflow_metric(column: Callable[[pd.DataFrame], pd.Series]) -> Callable[[RunData], Samples]:
+    def samples(run: RunData) -> Samples:
+        workflows = run.ok_workflows
+        if workflows.empty:
+            return Samples.of([])
+        values = column(workflows)
+        kept = workflows[values.notna()]
+        return _by_workflow(kept, values[values.notna()])
 
     return samples
 
 
-def _per_request_itl(run: RunData) -> np.ndarray:
-    steps = run.ok_steps
-    if steps.empty:
-        return np.array([])
-    means = [float(np.mean(gaps)) for gaps in steps["itl_ms"] if len(gaps)]
-    return np.asarray(means)
+def _step_metric(
+    value: Callable[[pd.DataFrame], pd.Series], step_id: str | None = None
+) -> Callable[[RunData], Samples]:
+    def samples(run: RunData) -> Samples:
+        steps = run.ok_steps
+        if steps.empty:
+            return Samples.of([])
+        if step_id is not None:
+            steps = steps[steps["step_id"] == step_id]
+        values = value(steps)
+        kept = values.notna()
+        return _by_workflow(steps[kept], values[kept])
+
+    return samples
 
 
-def _tokens_per_s(run: RunData) -> np.ndarray:
-    steps = run.ok_steps
-    if steps.empty:
-        return np.array([])
-    return (steps["output_tokens"] / (steps["step_ms"] / 1000.0)).to_numpy(float)
+def _per_request_itl(steps: pd.DataFrame) -> pd.Series:
+    return steps["itl_ms"].map(lambda gaps: float(np.mean(gaps)) if len(gaps) else np.nan).astype(float)
 
 
-def _peak_rss(run: RunData) -> np.ndarray:
+def _tokens_per_s(steps: pd.DataFrame) -> pd.Series:
+    return steps["output_tokens"] / (steps["step_ms"] / 1000.0)
+
+
+def _peak_rss(run: RunData) -> Samples:
     peak = resource_summary(run.metrics).peak_rss_mb
-    return np.array([] if peak is None else [peak])
+    return Samples.of([] if peak is None else [peak])
 
 
-def metric_extractors(
-    base: RunData, new: RunData
-) -> list[tuple[str, str, Callable[[RunData], np.ndarray], bool]]:
-    """(name, gate family, samples of a run, higher is better) for every metric both runs can have."""
-    metrics: list[tuple[str, str, Callable[[RunData], np.ndarray], bool]] = [
-        ("workflow_ms", "workflow_ms", lambda run: metric_samples(run)["workflow_ms"], False),
+def _open_loop(run: RunData) -> bool:
+    return not run.workflows.empty and bool(run.workflows["arrival_offset_ms"].notna().any())
+
+
+Extractor = tuple[str, str, Callable[[RunData], Samples], bool]
+
+
+def metric_extractors(base: RunData, new: RunData) -> list[Extractor]:
+    """(name, gate family, samples of a run, higher is better) for every metric both runs can have.
+    From-arrival latency and start delay only when both runs are open loop (closed loop the latency is
+    workflow_ms, and would be counted twice)."""
+    metrics: list[Extractor] = [
+        ("workflow_ms", "workflow_ms", _workflow_metric(lambda w: w["workflow_ms"]), False)
     ]
-    step_ids = [
-        s
-        for s in dict.fromkeys(base.ok_steps.get("step_id", []))
-        if s in set(new.ok_steps.get("step_id", []))
-    ]
-    for step_id in step_ids:
-        metrics.append((f"step_ms[{step_id}]", "step_ms", _step_samples(step_id), False))
-    metrics += [
-        ("ttft_ms", "ttft_ms", lambda run: metric_samples(run)["ttft_ms"], False),
-        ("itl_ms (per-request mean)", "itl_ms", _per_request_itl, False),
-        ("tokens_per_s (per step)", "tokens_per_s", _tokens_per_s, True),
+    if _open_loop(base) and _open_loop(new):
+        metrics += [
+            (
+                "workflow_latency_ms (from arrival)",
+                "workflow_latency_ms",
+                _workflow_metric(workflow_latency),
+                False,
+            ),
+            ("start_delay_ms (slot wait)", "start_delay_ms", _workflow_metric(start_delay), False),
+        ]
+    new_ids = set(new.ok_steps.get("step_id", []))
+    for step_id in (s for s in dict.fromkeys(base.ok_steps.get("step_id", [])) if s in new_ids):
+        metrics.append(
+            (f"step_ms[{step_id}]", "step_ms", _step_metric(lambda s: s["step_ms"], step_id), False)
+        )
+    return [
+        *metrics,
+        ("ttft_ms", "ttft_ms", _step_metric(lambda s: s["ttft_ms"]), False),
+        ("itl_ms (per-request mean)", "itl_ms", _step_metric(_per_request_itl), False),
+        ("tokens_per_s (per step)", "tokens_per_s", _step_metric(_tokens_per_s), True),
         ("peak_rss_mb", "peak_rss_mb", _peak_rss, False),
     ]
-    return metrics
 
 
 def parse_gate(gate: str | None) -> tuple[str, ...]:
@@ -169,8 +325,48 @@ def parse_gate(gate: str | None) -> tuple[str, ...]:
     return names
 
 
+def _without(settings: dict[str, Any], excluded: dict[str, Any]) -> dict[str, Any]:
+    """`settings` less the parts `excluded` names (True: a whole section; a set: keys of a section)."""
+    kept = {}
+    for key, value in settings.items():
+        rule = excluded.get(key)
+        if rule is True:
+            continue
+        kept[key] = (
+            {k: v for k, v in value.items() if k not in rule} if rule and isinstance(value, dict) else value
+        )
+    return kept
+
+
+def _with_defaults(defaults: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config over today's defaults: a field added since a run was made reads as its default,
+    not as a difference."""
+    merged = dict(defaults)
+    for key, value in settings.items():
+        old = merged.get(key)
+        merged[key] = (
+            _with_defaults(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
+def setting_differences(base: RunData, new: RunData) -> list[str]:
+    """`field (base -> new)` for every setting in config.json that shapes what a run measures (those
+    the fingerprint covers) and differs between the runs."""
+    defaults = RunConfig().shaping_config()
+    documents = [
+        _without(_with_defaults(defaults, run.config.get("config", {})), NOT_FINGERPRINTED)
+        for run in (base, new)
+    ]
+    return [
+        change
+        for change in differences(*documents)
+        if not change.startswith(tuple(f"{name} " for name in NOT_COMPARED_SETTINGS))
+    ]
+
+
 def comparability_problems(base: RunData, new: RunData) -> list[str]:
-    """Why two runs do not measure the same workload (different flows or model), if they do not."""
+    """Why two runs do not measure the same experiment (flows, model or settings differ), if they do not."""
     problems = []
     base_flow, new_flow = base.config.get("flow", {}), new.config.get("flow", {})
     for key, what in (("name", "flow"), ("template_sha256", "flow template"), ("fixture_sha256", "fixtures")):
@@ -179,40 +375,34 @@ def comparability_problems(base: RunData, new: RunData) -> list[str]:
     base_model, new_model = base.config.get("model", {}), new.config.get("model", {})
     if (base_model.get("name") or base_model.get("path")) != (new_model.get("name") or new_model.get("path")):
         problems.append(f"different model ({base_model.get('name')} vs {new_model.get('name')})")
+    settings = setting_differences(base, new)
+    if settings:
+        problems.append(f"different settings: {', '.join(settings)}")
     return problems
 
 
 def compare_runs(
     base: RunData, new: RunData, *, alpha: float, threshold_pct: float, gate: tuple[str, ...], seed: int
 ) -> list[Comparison]:
-    return [
-        judge(
-            name,
-            samples(base),
-            samples(new),
-            higher_is_better=higher,
-            alpha=alpha,
-            threshold_pct=threshold_pct,
-            seed=seed,
-            gated=family in gate,
-        )
-        for name, family, samples, higher in metric_extractors(base, new)
-    ]
+    extractors = metric_extractors(base, new)
+    tests = sum(family in gate for _, family, _, _ in extractors)
+    resamples = resamples_for(alpha, tests)
+    results = [
+        judge(name, samples(base), samples(new), higher_is_better=higher, alpha=alpha,
+              threshold_pct=threshold_pct, seed=seed, gated=family in gate, resamples=resamples)
+        for name, family, samples, higher in extractors
+    ]  # fmt: skip
+    return holm_verdicts(results, alpha)
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def comparison_rows(results: list[Comparison], alpha: float) -> tuple[list[str], list[list[str]]]:
     """The verdict table, as the terminal and the HTML page both show it."""
-    header = [
-        "metric",
-        "n",
-        "base p50",
-        "new p50",
-        "delta",
-        f"{1 - alpha:.0%} CI of diff",
-        "verdict",
-        "gated",
-        "note",
-    ]
+    header = ["metric", "n", "base p50", "new p50", "delta", f"{1 - alpha:.0%} CI of diff", "p", "p Holm",
+              "verdict", "gated", "note"]  # fmt: skip
     rows = [
         [
             r.metric,
@@ -221,6 +411,8 @@ def comparison_rows(results: list[Comparison], alpha: float) -> tuple[list[str],
             fmt(r.new, 2),
             "-" if r.delta_pct is None else f"{r.delta_pct:+.1f}%",
             "-" if r.ci_low is None else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+            _p(r.p_value),
+            _p(r.p_holm),
             r.verdict,
             "yes" if r.gated else "",
             r.note,
@@ -228,6 +420,40 @@ def comparison_rows(results: list[Comparison], alpha: float) -> tuple[list[str],
         for r in results
     ]
     return header, rows
+
+
+def comparison_title(base: str, new: str, results: list[Comparison], alpha: float, threshold: float) -> str:
+    family = sum(result.p_holm is not None for result in results)
+    return (
+        f"{base} -> {new} (alpha {alpha:g}, Holm over {family} gated metric(s); threshold {threshold:g}%; "
+        "n = workflows, resampled whole)"
+    )
+
+
+LEFT_COLUMNS = ("metric", "verdict", "note")
+VERDICT_STYLES = {"regression": "bold red", "improvement": "bold green"}
+
+
+def print_comparison(console: Console, title: str, header: list[str], rows: list[list[str]]) -> None:
+    """The verdict table: a Rich table on a terminal; elsewhere (a pipe, a CI log, a file) plain columns
+    as wide as their widest cell, so no cell is cut to some assumed terminal width."""
+    if console.is_terminal:
+        table = Table(title=title, title_justify="left")
+        for column in header:
+            table.add_column(column, justify="left" if column in LEFT_COLUMNS else "right")
+        for row in rows:
+            table.add_row(*(Text(cell, style=VERDICT_STYLES.get(cell, "")) for cell in row))
+        console.print(table)
+        return
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [title]
+    for cells in (header, *rows):
+        aligned = [
+            cell.ljust(width) if name in LEFT_COLUMNS else cell.rjust(width)
+            for name, cell, width in zip(header, cells, widths, strict=True)
+        ]
+        lines.append("  ".join(aligned).rstrip())
+    console.out("\n".join(lines), highlight=False)
 
 
 def compare_html(
@@ -246,10 +472,12 @@ def compare_html(
         png = plots.distribution({"base": base_samples[metric], "new": new_samples[metric]}, title)
         if (uri := data_uri(png)) is not None:
             figures.append((f"{title}: base vs new", uri))
+    title = comparison_title("base", "new", results, alpha, threshold)
     sections = [
         {"title": "Runs", "rows": [("base", str(base.run_dir)), ("new", str(new.run_dir))]},
-        {"title": f"Verdicts (alpha {alpha:g}, threshold {threshold:g}%)", "header": header, "rows": rows},
-    ]
+        {"title": f"Verdicts ({title.removeprefix('base -> new (').removesuffix(')')})", "header": header,
+         "rows": rows},
+    ]  # fmt: skip
     return render_page(f"flowperf compare: {base.run_dir.name} -> {new.run_dir.name}", sections, figures)
 
 

@@ -61,6 +61,11 @@ class StepRecord(Record):
     finish_reason: str | None = None
     engine_queue_ms: float | None = None
     engine_ttft_ms: float | None = None
+    connect_wait_ms: Duration | None = Field(
+        default=None,
+        description="over HTTP: waiting for a pooled connection (or a new one to open) before the request "
+        "was submitted, harness clock; outside ttft_ms and step_ms, which start at submission",
+    )
     error_type: str | None = None
     error_message: str | None = None
     prompt_text: str | None = None
@@ -79,7 +84,10 @@ class StepRecord(Record):
 class WorkflowRecord(Record):
     """One finished workflow (a row of `workflows.csv`): a workflow counts once this row exists.
     `workflow_ms` is its makespan, first step submitted to last step finished; `arrival_offset_ms` is its
-    scheduled arrival in open loop (empty closed loop)."""
+    scheduled arrival in open loop (empty closed loop).
+
+    `latency_ms` and `start_delay_ms` are derived from the offsets rather than stored, so every row ever
+    written (and the CSV header of a directory being resumed) has them without a new column."""
 
     flow_index: int
     flow_id: str
@@ -106,6 +114,23 @@ class WorkflowRecord(Record):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def latency_ms(self) -> float:
+        """What a user arriving on schedule waits: open loop, scheduled arrival to last step finished
+        (a --concurrency cap's queueing included, so an overloaded server cannot hide it: coordinated
+        omission); closed loop there is no schedule and it is `workflow_ms`. Harness clock."""
+        if self.arrival_offset_ms is None:
+            return self.workflow_ms
+        return round(self.end_offset_ms - self.arrival_offset_ms, 3)
+
+    @property
+    def start_delay_ms(self) -> float | None:
+        """Open loop: scheduled arrival to first step submitted (waiting for a --concurrency slot, or for
+        a busy event loop); None closed loop. `latency_ms = start_delay_ms + workflow_ms`. Harness clock."""
+        if self.arrival_offset_ms is None:
+            return None
+        return round(self.start_offset_ms - self.arrival_offset_ms, 3)
 
     def csv_cells(self) -> dict[str, Any]:
         """The row as CSV cells: a missing value is an empty cell."""
@@ -162,7 +187,16 @@ class PhaseRecord(Record):
     workflows: int | None = None
 
 
-MetricRecord = ResourceSample | GpuInfoRecord | PhaseRecord
+class MonitorErrorRecord(Record):
+    """Why resource sampling stopped early (`metrics.jsonl`, type `monitor_error`): from that moment the
+    session has no samples, and a summary must say so rather than look complete."""
+
+    type: Literal["monitor_error"] = "monitor_error"
+    session: int
+    error: str
+
+
+MetricRecord = ResourceSample | GpuInfoRecord | PhaseRecord | MonitorErrorRecord
 """Any record of metrics.jsonl; its `type` field tells which."""
 METRIC_RECORD = TypeAdapter(Annotated[MetricRecord, Field(discriminator="type")])
 

@@ -93,10 +93,20 @@ def header_rows(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
             f"{engine.get('engine', '-')} {engine.get('engine_version', '')} on {engine.get('device', '-')}",
         ),
         ("CUDA graphs", f"{engine.get('cuda_graph_mode', '-')} ({engine.get('cuda_graph_note', '')})"),
+        ("KV cache", kv_cache_text(engine.get("details") or {})),
         ("load", load),
         ("created", str(run.config.get("created_at", "-"))),
         ("git commit", str(run.config.get("git_commit") or "-")),
     ]
+
+
+def kv_cache_text(details: dict[str, Any]) -> str:
+    tokens = details.get("kv_cache_tokens")
+    if tokens is None:
+        return "-"
+    blocks = details.get("num_kv_blocks")
+    layout = f" ({blocks:,} blocks of {details.get('block_size')})" if blocks is not None else ""
+    return f"{tokens:,} tokens{layout}"
 
 
 def timing_rows(summary: RunSummary) -> list[tuple[str, str]]:
@@ -178,6 +188,7 @@ def resource_rows(summary: RunSummary) -> list[tuple[str, str]]:
                        f"{fmt(resources.engine_rss_growth_mb_per_100_steps, 2)} MB per 100 steps "
                        "(- = run too short to fit)"),
         ("GPU", gpu_text),
+        *(("sampling stopped", error) for error in resources.monitor_errors),
     ]  # fmt: skip
 
 
@@ -190,6 +201,33 @@ def throughput_text(summary: RunSummary) -> str:
         f"{fmt(throughput.workflows_per_s, 3)} workflows/s; "
         f"workflows in flight: mean {fmt(concurrency.mean, 2)}, max {fmt(concurrency.max)}"
     )
+
+
+def _percentiles(distribution: Any) -> str:
+    return "/".join(fmt(getattr(distribution, p)) for p in PERCENTILES)
+
+
+def workflow_text(summary: RunSummary) -> str:
+    """Workflow latency; open loop also from each workflow's scheduled arrival, and the part of it spent
+    waiting to start (for a --concurrency slot), so queueing cannot hide behind a short makespan."""
+    latency = summary.latency
+    text = f"p50/p95/p99 {_percentiles(latency.workflow_ms)} ms first step to last"
+    delay = summary.load.start_delay_ms
+    if summary.run.mode == "open_loop" and delay is not None:
+        text += (
+            f"; from scheduled arrival {_percentiles(latency.workflow_latency_ms)} ms, "
+            f"of which waiting to start {_percentiles(delay)} ms"
+        )
+    return text
+
+
+def beyond_engine_text(summary: RunSummary) -> str | None:
+    """Where the engine reports its own TTFT: how much of the client's TTFT it does not see (its front
+    end, tokenising, transport, the client), so a slow first token can be placed."""
+    beyond = summary.latency.ttft_beyond_engine_ms
+    if not beyond.count:
+        return None
+    return f"p50/p95/p99 {_percentiles(beyond)} ms of TTFT outside the engine (front end, transport, client)"
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[Any], right: tuple[str, ...] = ()) -> Table:
@@ -215,6 +253,8 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
     parts: list[Any] = [
         _table("timing", ("phase", "time", "note"), timing_rows(summary), right=("time",)),
         _table("latency by step (ms)", step_columns, step_rows(summary), right=step_columns[1:]),
+        f"[bold]workflows[/] {workflow_text(summary)}",
+        *([f"[bold]TTFT[/] {text}"] if (text := beyond_engine_text(summary)) else []),
         f"[bold]throughput[/] {throughput_text(summary)}",
         _table(
             "prefix cache by step position",
@@ -293,6 +333,8 @@ def html_report(run: RunData, summary: RunSummary) -> str:
         {"title": "Run", "rows": header_rows(run, summary)},
         {"title": "Timing", "header": ["phase", "time", "note"], "rows": timing_rows(summary)},
         {"title": "Latency by step (ms)", "header": step_header, "rows": step_rows(summary)},
+        {"title": "Workflows", "note": workflow_text(summary)},
+        *([{"title": "TTFT", "note": text}] if (text := beyond_engine_text(summary)) else []),
         {"title": "Throughput", "note": throughput_text(summary)},
         {
             "title": "Prefix cache by step position",

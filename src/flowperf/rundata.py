@@ -46,7 +46,7 @@ def typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
 
 def workflow_frame(store: RunStore) -> pd.DataFrame:
     """Counted workflows: one row per flow_index (the first, should a damaged directory hold two)."""
-    rows = [row for row in store.read_workflows() if _has_int_keys(row)]
+    rows = [row for row in store.read_workflows() if has_int_keys(row)]
     if not rows:
         return pd.DataFrame()
     frame = typed(pd.DataFrame(rows), WORKFLOW_KINDS)
@@ -85,7 +85,8 @@ def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _has_int_keys(row: dict[str, str]) -> bool:
+def has_int_keys(row: dict[str, str]) -> bool:
+    """A workflow row whose flow index and session read as numbers (a damaged row does not count)."""
     try:
         int(row["flow_index"]), int(row["session"])
     except (KeyError, TypeError, ValueError):

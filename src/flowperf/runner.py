@@ -59,6 +59,12 @@ def generation_params(
     )
 
 
+def poisson_arrivals(rate: float, count: int, seed: int) -> np.ndarray:
+    """`count` arrival times (s from the window start) of a Poisson process at `rate` per second: gaps
+    are exponential with mean 1/rate, drawn from `seed` alone so a run's schedule can be replayed."""
+    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, count))
+
+
 class Runner:
     """Drives workflows through an engine; every finished step and workflow goes to the sink of the call
     (the run directory for measured workflows, only the timing log for warm-up)."""
@@ -121,7 +127,7 @@ class Runner:
     ) -> None:
         """Workflows arrive as a seeded Poisson process at `rate` per second, whatever is in flight;
         with a cap, an arrival beyond it waits for a free slot (its wait shows as arrival-to-start)."""
-        arrivals = np.cumsum(np.random.default_rng(self.config.seed).exponential(1.0 / rate, len(workflows)))
+        arrivals = poisson_arrivals(rate, len(workflows), self.config.seed)
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def admit(flow: ExpandedFlow, arrival_ms: float) -> None:
@@ -267,6 +273,7 @@ def measured_fields(result: StepResult) -> dict[str, object]:
         "finish_reason": result.finish_reason,
         "engine_queue_ms": _rounded(result.engine_queue_ms),
         "engine_ttft_ms": _rounded(result.engine_ttft_ms),
+        "connect_wait_ms": _rounded(result.connect_wait_ms),
     }
 
 

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flowperf.records import RUN_SCHEMA_VERSION, GpuInfoRecord, MetricRecord, PhaseRecord, ResourceSample
+from flowperf.records import (
+    RUN_SCHEMA_VERSION,
+    GpuInfoRecord,
+    MetricRecord,
+    MonitorErrorRecord,
+    PhaseRecord,
+    ResourceSample,
+)
 from flowperf.rundata import step_frame, workflow_frame
 from flowperf.stats import describe
 from flowperf.store import RunStore
@@ -78,6 +85,13 @@ def _latencies(steps: pd.DataFrame) -> dict[str, Distribution]:
     return block | {"itl_ms": distribution(_itl_samples(steps))}
 
 
+def ttft_beyond_engine(steps: pd.DataFrame) -> pd.Series:
+    """Client TTFT minus the engine's, where both exist: durations, so their clocks need not agree."""
+    if steps.empty:
+        return pd.Series(dtype=float)
+    return (steps["ttft_ms"] - steps["engine_ttft_ms"]).dropna()
+
+
 def _by_step(ok_steps: pd.DataFrame) -> dict[str, StepIdLatencies]:
     by_step: dict[str, StepIdLatencies] = {}
     if ok_steps.empty:
@@ -130,6 +144,16 @@ def achieved_concurrency(
     )
 
 
+def workflow_latency(workflows: pd.DataFrame) -> pd.Series:
+    """`WorkflowRecord.latency_ms` over a table: from scheduled arrival in open loop, else workflow_ms."""
+    return (workflows["end_offset_ms"] - workflows["arrival_offset_ms"]).fillna(workflows["workflow_ms"])
+
+
+def start_delay(workflows: pd.DataFrame) -> pd.Series:
+    """`WorkflowRecord.start_delay_ms` over a table: arrival to start in open loop, NaN closed loop."""
+    return workflows["start_offset_ms"] - workflows["arrival_offset_ms"]
+
+
 def load_summary(workflows: pd.DataFrame) -> Load:
     """How much load the run really applied: concurrency achieved, and for open loop the wait from a
     workflow's scheduled arrival to its start (non-zero only when a --concurrency cap held it back)."""
@@ -141,9 +165,7 @@ def load_summary(workflows: pd.DataFrame) -> Load:
         achieved_concurrency=achieved_concurrency(
             session["start_offset_ms"].to_numpy(float), session["end_offset_ms"].to_numpy(float)
         ),
-        start_delay_ms=distribution(arrived["start_offset_ms"] - arrived["arrival_offset_ms"])
-        if not arrived.empty
-        else None,
+        start_delay_ms=distribution(start_delay(arrived)) if not arrived.empty else None,
     )
 
 
@@ -215,6 +237,7 @@ def resource_summary(records: MetricRecords) -> Resources:
         ),
         gpus=_gpu_use(records, samples),
         phases_ms=_phase_totals(records),
+        monitor_errors=[r.error for r in records if isinstance(r, MonitorErrorRecord)],
     )
 
 
@@ -276,6 +299,10 @@ def summarize_run(
         timing=context.timings.model_copy(update={"measured_window_ms": window_ms}),
         latency=RunLatencies(
             workflow_ms=distribution(ok_workflows["workflow_ms"] if not ok_workflows.empty else []),
+            workflow_latency_ms=distribution(
+                workflow_latency(ok_workflows) if not ok_workflows.empty else []
+            ),
+            ttft_beyond_engine_ms=distribution(ttft_beyond_engine(ok_steps)),
             **_latencies(ok_steps if not ok_steps.empty else pd.DataFrame()),
         ),
         latency_by_step=_by_step(ok_steps),

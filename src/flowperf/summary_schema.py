@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowperf.records import FIRST_RUN_SCHEMA_VERSION, RUN_SCHEMA_VERSION
 
-RunStatus = Literal["running", "complete", "stopped_on_failure", "interrupted", "partial"]
+RunStatus = Literal["running", "complete", "stopped_on_failure", "warmup_failed", "interrupted", "partial"]
 
 
 class Part(BaseModel):
@@ -44,6 +44,17 @@ class StepLatencies(Part):
 
 class RunLatencies(StepLatencies):
     workflow_ms: Distribution = Field(description="first step submitted to last step finished")
+    workflow_latency_ms: Distribution = Field(
+        default_factory=Distribution,
+        description="open loop: scheduled arrival to last step finished, harness clock (the wait for a "
+        "--concurrency slot included: no coordinated omission); closed loop: the same as workflow_ms",
+    )
+    ttft_beyond_engine_ms: Distribution = Field(
+        default_factory=Distribution,
+        description="per step where the engine reports its own TTFT: ttft_ms - engine_ttft_ms, two "
+        "durations on their own clocks; the time the engine does not see (its HTTP front end, tokenising "
+        "and detokenising, transport, the client)",
+    )
 
 
 class StepIdLatencies(StepLatencies):
@@ -106,7 +117,10 @@ class AchievedConcurrency(Part):
 class Load(Part):
     achieved_concurrency: AchievedConcurrency = Field(default_factory=AchievedConcurrency)
     start_delay_ms: Distribution | None = Field(
-        default=None, description="open loop: scheduled arrival to start (a --concurrency cap's wait)"
+        default=None,
+        description="open loop: scheduled arrival to first step submitted, harness clock (the wait for a "
+        "--concurrency slot, or for a busy event loop); per workflow, workflow_latency_ms is this plus "
+        "workflow_ms",
     )
 
 
@@ -142,6 +156,9 @@ class Resources(Part):
         default_factory=lambda: GpusUnavailable(reason="not sampled")
     )
     phases_ms: dict[str, PhaseTotal] = Field(default_factory=dict)
+    monitor_errors: list[str] = Field(
+        default_factory=list, description="why sampling stopped early, per session where it did"
+    )
 
 
 class RunInfo(Part):
@@ -155,6 +172,9 @@ class RunInfo(Part):
     warmup_workflows: int | None = None
     prefix_cache_reset: bool = False
     sample_interval_s: float | None = None
+    warmup_failure: str | None = Field(
+        default=None, description="why a fail-fast warm-up stopped the run (status warmup_failed)"
+    )
 
 
 class RunSummary(Part):
