@@ -239,6 +239,7 @@ def test_the_worker_writes_what_the_files_say_and_ends_with_finish(store: RunSto
     rng = random.Random(1)
     warnings: list[str] = []
     periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context(), warn=warnings.append)
+    asyncio.run(periodic.started())  # as a run does before it measures
     for flow in range(20):
         run_workflow(store, rng, flow, session=0)
     periodic.workflow_done()
@@ -259,6 +260,7 @@ def test_the_worker_writes_what_the_files_say_and_ends_with_finish(store: RunSto
 
 def test_no_worker_is_started_when_no_summary_can_fall_due(store: RunStore) -> None:
     periodic = PeriodicSummaries(store, every=10, interval_s=0.0, context=context(planned=9))
+    asyncio.run(periodic.started())  # as a run does before it measures
     assert periodic.worker_pid is None
     asyncio.run(periodic.finish())
 
@@ -267,6 +269,7 @@ def test_a_failing_summary_is_a_warning_and_the_worker_carries_on(store: RunStor
     store.path(SUMMARY).mkdir()  # summary.json cannot be replaced
     warnings: list[str] = []
     periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context(), warn=warnings.append)
+    asyncio.run(periodic.started())  # as a run does before it measures
     run_workflow(store, random.Random(2), 0, session=0)
     periodic.workflow_done()
     wait_until(lambda: (periodic.workflow_done(), warnings)[1] != [])
@@ -279,6 +282,7 @@ def test_a_failing_summary_is_a_warning_and_the_worker_carries_on(store: RunStor
 def test_a_killed_worker_is_a_warning_and_finish_returns(store: RunStore) -> None:
     warnings: list[str] = []
     periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context(), warn=warnings.append)
+    asyncio.run(periodic.started())  # as a run does before it measures
     os.kill(periodic.worker_pid, signal.SIGKILL)
     periodic._worker.process.join(30)
     periodic.workflow_done()
@@ -291,6 +295,7 @@ def test_a_killed_worker_is_a_warning_and_finish_returns(store: RunStore) -> Non
 def test_a_hung_worker_is_killed_at_finish_with_a_warning(store: RunStore) -> None:
     warnings: list[str] = []
     periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context(), warn=warnings.append)
+    asyncio.run(periodic.started())  # as a run does before it measures
     periodic.stop_timeout_s = 1.0
     process = periodic._worker.process
     os.kill(process.pid, signal.SIGSTOP)
@@ -308,6 +313,7 @@ def test_ctrl_c_to_the_process_group_leaves_the_worker_to_the_run(store: RunStor
     traceback), the run stops it in order."""
     warnings: list[str] = []
     periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context(), warn=warnings.append)
+    asyncio.run(periodic.started())  # as a run does before it measures
     wait_until(lambda: _imported(periodic.worker_pid))
     os.kill(periodic.worker_pid, signal.SIGINT)
     run_workflow(store, random.Random(6), 0, session=0)
@@ -328,3 +334,12 @@ def test_the_worker_imports_neither_vllm_nor_torch() -> None:
     probe = "import sys, flowperf.live_summary; print(sorted({'vllm', 'torch'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_started_returns_once_the_worker_has_imported_what_it_needs(store: RunStore) -> None:
+    """A run waits for this before its warm-up, so the worker's start-up CPU is never measured."""
+    periodic = PeriodicSummaries(store, every=1, interval_s=0.0, context=context())
+    assert periodic._worker is not None and not periodic._worker.ready()  # spawning takes ~1 s here
+    asyncio.run(periodic.started())
+    assert periodic._worker.ready()
+    asyncio.run(periodic.finish())

@@ -469,6 +469,7 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
         interrupts.raise_if_requested()  # a signal while the run directory was being opened
     run.monitor.start(session=run.opened.session, steps_done=lambda: run.sink.steps_done)
     await start_engine(run)
+    await run.periodic.started()
     if interrupts is not None:
         interrupts.on_request(runner.request_stop)
     failure = await warm_up(run) if config.warmup else None

@@ -40,6 +40,7 @@ from flowperf.store import METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
 from flowperf.summary import SummaryContext, summarize_run
 from flowperf.summary_schema import RunStatus, RunSummary
 
+STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0  # a summary in progress when the run ends may take this long before it is killed
 SPAWN = multiprocessing.get_context("spawn")  # vLLM's process model: no fork of a threaded process
 
@@ -211,6 +212,10 @@ def serve(run_dir: str, requests: Connection, replies: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = RunStore(Path(run_dir))
     tables = RunTables(store)
+    try:
+        replies.send(None)  # started: its imports are done, so none of their CPU lands in a measurement
+    except OSError:
+        return
     while True:
         try:
             context = requests.recv()
@@ -243,7 +248,7 @@ class SummaryWorker:
         self.process.start()
         child_requests.close()  # the worker's ends live in the worker only, so each side sees EOF
         child_replies.close()
-        self._outstanding = False
+        self._outstanding = True  # until the worker says it has started
         self.alive = True
 
     def ready(self) -> bool:
@@ -319,6 +324,16 @@ class PeriodicSummaries:
                 self._worker = SummaryWorker(store.run_dir, warn)
             except OSError as error:
                 warn(f"cannot start the periodic summary worker ({error})")
+
+    async def started(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Wait until the worker has imported what it needs (about a second of CPU on a small machine),
+        so that cost is paid before the warm-up and the measured window, never inside them; a worker
+        slower than `timeout_s` is simply not waited for."""
+        deadline = time.perf_counter() + timeout_s
+        while self._worker is not None and not self._worker.ready() and time.perf_counter() < deadline:
+            if not self._worker.alive:
+                return
+            await asyncio.sleep(0.02)
 
     @property
     def worker_pid(self) -> int | None:
