@@ -55,11 +55,19 @@ def runs(engine, engine_loop, tmp_path_factory) -> dict[str, Path]:
 def test_two_runs_of_the_same_config_show_no_regression(runs: dict[str, Path]) -> None:
     """The compared runs share the engine and the machine at the same moments: back-to-back runs on this
     shared 2-core VM drift together by up to ~30% (a whole run uniformly slower), which no statistic over
-    one run can tell from a change, so the fixture runs them side by side."""
+    one run can tell from a change, so the fixture runs them side by side. Side by side, though, the two
+    runs' workflows advance in lockstep on the one engine, so which of *their* steps overlap (a long
+    prefill of one with another's decode) is fixed for the whole run: a per-step median can shift by tens
+    of percent with no change at all (seen in CI: summarize -27%, critique +44%, workflow +0.8%). The
+    gate is therefore on the whole-workflow and all-step metrics, which such an alignment cannot move."""
     arguments = ["compare", str(runs["base"]), str(runs["same"])]
-    done = run_bench(*arguments, env={"COLUMNS": "200"}, timeout=120)
+    gate = ["--gate", "workflow_ms,ttft_ms,itl_ms,tokens_per_s"]
+    done = run_bench(*arguments, *gate, env={"COLUMNS": "200"}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "regression" not in done.stdout
+    assert "regression in gated" not in done.stderr
+    for metric in ("workflow_ms", "ttft_ms", "itl_ms", "tokens_per_s"):
+        (line,) = [row for row in done.stdout.splitlines() if row.startswith(metric)]
+        assert "regression" not in line, line
     assert (
         "workflow_ms" in done.stdout and "step_ms[critique]" in done.stdout and "tokens_per_s" in done.stdout
     )
