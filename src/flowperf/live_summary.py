@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import json
 import multiprocessing
 import os
 import signal
@@ -29,13 +28,12 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from flowperf.records import METRIC_RECORD, MetricRecord
-from flowperf.rundata import STEP_KINDS, WORKFLOW_KINDS, has_int_keys, typed
+from flowperf.rundata import WORKFLOW_KINDS, has_int_keys, parse_step_line, step_table, typed
 from flowperf.store import METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
 from flowperf.summary import SummaryContext, summarize_run
 from flowperf.summary_schema import RunStatus, RunSummary
@@ -84,13 +82,6 @@ class TailedFile:
         return [line for line in text.split("\n") if line], restarted
 
 
-def _step_chunk(rows: list[tuple[Any, ...]], gaps: list[np.ndarray]) -> pd.DataFrame:
-    """Step lines as `rundata.step_frame` tables them (same columns, dtypes and gap arrays)."""
-    frame = typed(pd.DataFrame.from_records(rows, columns=list(STEP_KINDS)), STEP_KINDS)
-    frame["itl_ms"] = gaps
-    return frame
-
-
 class StepTable:
     """Every step line read so far, tabled once, with the keys `rundata.step_frame` selects by."""
 
@@ -99,20 +90,10 @@ class StepTable:
         self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
 
     def add(self, lines: list[str]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        gaps: list[np.ndarray] = []
-        keys: list[tuple[int, int, int]] = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-                key = (int(record["flow_index"]), int(record.get("session", 0)), int(record["step_index"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-            keys.append(key)
-            rows.append(tuple(record.get(column) for column in STEP_KINDS))
-            gaps.append(np.asarray(record.get("itl_ms") or (), dtype=float))
-        if rows:
-            self._chunks.append(_step_chunk(rows, gaps))
+        parsed = [row for row in map(parse_step_line, lines) if row is not None]
+        if parsed:
+            keys, rows, gaps = zip(*parsed, strict=True)
+            self._chunks.append(step_table(list(rows), list(gaps)))
             self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
 
     def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
@@ -124,14 +105,14 @@ class StepTable:
             self._chunks = [pd.concat(self._chunks, ignore_index=True)]
             self._keys = [np.concatenate(self._keys)]
         if not self._chunks:
-            return _step_chunk([], [])
+            return step_table([], [])
         keys = self._keys[0]
         wanted = pd.MultiIndex.from_arrays([counted["flow_index"], counted["session"]])
         counted_rows = np.flatnonzero(pd.MultiIndex.from_arrays([keys[:, 0], keys[:, 1]]).isin(wanted))
         first = ~pd.DataFrame(keys[counted_rows][:, [0, 2]]).duplicated(keep="first").to_numpy()
         chosen = counted_rows[first]
         if chosen.size == 0:
-            return _step_chunk([], [])
+            return step_table([], [])
         return self._chunks[0].iloc[chosen].reset_index(drop=True)
 
 

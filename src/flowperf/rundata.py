@@ -53,6 +53,29 @@ def workflow_frame(store: RunStore) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["flow_index"], keep="first")
 
 
+StepKey = tuple[int, int, int]  # flow_index, session, step_index
+StepRow = tuple[StepKey, tuple[Any, ...], np.ndarray]
+
+
+def parse_step_line(line: str) -> StepRow | None:
+    """One steps.jsonl line cut down to its key, its STEP_KINDS fields and its gaps as a float array;
+    None for a line that is not a step (damaged): the one reading of a step line for every table."""
+    try:
+        record = json.loads(line)
+        key = (int(record["flow_index"]), int(record.get("session", 0)), int(record["step_index"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    row = tuple(record.get(column) for column in STEP_KINDS)
+    return key, row, np.asarray(record.get("itl_ms") or (), dtype=float)
+
+
+def step_table(rows: list[tuple[Any, ...]], gaps: list[np.ndarray]) -> pd.DataFrame:
+    """Parsed step lines as a table: fixed dtypes, one gap array per step."""
+    frame = typed(pd.DataFrame.from_records(rows, columns=list(STEP_KINDS)), STEP_KINDS)
+    frame["itl_ms"] = gaps
+    return frame
+
+
 def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
     """Steps of counted workflows, from the session that completed each: every StepRecord field but the
     texts, with the inter-token gaps as one float array per step.
@@ -67,22 +90,17 @@ def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
     seen: set[tuple[int, int]] = set()
     rows: list[tuple[Any, ...]] = []
     gaps: list[np.ndarray] = []
-    columns = list(STEP_KINDS)
     for line in iter_complete_lines(store.path(STEPS)):
-        try:
-            record = json.loads(line)
-            key = (int(record["flow_index"]), int(record["step_index"]))
-            counted_key = (key[0], int(record.get("session", 0)))
-        except (ValueError, KeyError, TypeError):
+        parsed = parse_step_line(line)
+        if parsed is None:
             continue
-        if counted_key not in wanted or key in seen:
+        (flow, session, step), row, step_gaps = parsed
+        if (flow, session) not in wanted or (flow, step) in seen:
             continue
-        seen.add(key)
-        rows.append(tuple(record.get(column) for column in columns))
-        gaps.append(np.asarray(record.get("itl_ms") or (), dtype=float))
-    frame = typed(pd.DataFrame.from_records(rows, columns=columns), STEP_KINDS)
-    frame["itl_ms"] = gaps
-    return frame
+        seen.add((flow, step))
+        rows.append(row)
+        gaps.append(step_gaps)
+    return step_table(rows, gaps)
 
 
 def has_int_keys(row: dict[str, str]) -> bool:
