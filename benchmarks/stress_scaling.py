@@ -5,6 +5,8 @@ Prints three tables:
 2. the same from a fresh process with an empty numba cache, so compilation is counted honestly;
 3. simulation time and events per second over requests x GPUs, with the arrival rate scaled with the
    GPU count (--rate-per-gpu) so every cluster is equally loaded.
+`vllm` is the engine model (vLLM V1's scheduler per GPU, defaults of `bench stress`: 8192 batched tokens,
+400,000 KV tokens); its events are its iterations plus its arrivals, every iteration being stepped.
 
 Run: python benchmarks/stress_scaling.py [--rate-per-gpu 1.5] [--interpreted]
 (--interpreted adds a row with numba's JIT disabled, the baseline that motivated compiling the loops).
@@ -25,7 +27,7 @@ from flowperf.stress.service import ServiceModel
 from flowperf.stress.spec import Scheduler, TestSpec
 from flowperf.stress.workload import cached_workload
 
-SCHEDULERS = ("bins-1", "bins-4", "continuous")
+SCHEDULERS = ("bins-1", "bins-4", "continuous", "vllm")
 REQUESTS = (10_000, 100_000, 1_000_000)
 GPUS = (1, 10, 100)
 COLD_SCRIPT = """
@@ -84,7 +86,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        for scheduler in ("bins-4", "continuous"):
+        for scheduler in ("bins-4", "continuous", "vllm"):
             env = os.environ | {"NUMBA_CACHE_DIR": cache}
             began = time.perf_counter()
             done = subprocess.run(
@@ -103,7 +105,7 @@ def main() -> None:
     )
 
     rows = []
-    for scheduler in ("bins-4", "continuous"):
+    for scheduler in ("bins-4", "continuous", "vllm"):
         for requests in REQUESTS:
             for gpus in GPUS:
                 result, total = one_test(scheduler, requests, gpus, args.rate_per_gpu * gpus)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ODD_SERVICE, reference_bins, reference_continuous_one_gpu
+from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
 
 
@@ -115,3 +116,19 @@ def test_misuse_is_refused():
         simulate(np.zeros(2), np.ones(2), np.ones(2), SimConfig(1, 1, True, ODD_SERVICE), bin_of=np.zeros(2))
     with pytest.raises(ValueError, match="at least one GPU"):
         simulate(np.zeros(2), np.ones(2), np.ones(2), SimConfig(0, 1, False, ODD_SERVICE))
+
+
+def test_an_arrival_starts_on_an_idle_gpu_after_another_gpu_took_the_request_planned_elsewhere():
+    """GPU 0 is in a 2 s prefill with a free slot when request 4 arrives, so it plans to admit it at its
+    boundary; GPU 1 frees a slot first and takes request 4 instead; GPU 2 then goes idle. Request 5 must
+    start on GPU 2 at once; with the stale promise still counted it waited almost a second for a busy GPU's
+    next completion."""
+    service = ServiceModel(
+        prefill_base_s=0.0, prefill_per_token_s=0.001, decode_base_s=0.01, decode_per_request_s=0.0
+    )
+    arrival = np.array([0.0, 0.001, 0.001, 0.002, 0.003, 0.05])
+    prompt = np.array([2000, 1, 1, 1, 1, 1])
+    output = np.array([2, 3, 100, 5, 2, 2])
+    outcome = simulate(arrival, prompt, output, SimConfig(3, 2, True, service))
+    assert outcome.start[4] == pytest.approx(0.023)  # GPU 1 drained the queue at its first completion
+    assert outcome.start[5] == arrival[5]

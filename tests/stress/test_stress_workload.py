@@ -18,11 +18,7 @@ from flowperf.stress.workload import (
     source_trace,
 )
 
-TRACE = Trace(
-    timestamp_s=np.array([0.0, 1.0, 3.0]),
-    input_tokens=np.array([10, 20, 30]),
-    output_tokens=np.array([5, 6, 7]),
-)
+TRACE = Trace.of_lengths(np.array([0.0, 1.0, 3.0]), np.array([10, 20, 30]), np.array([5, 6, 7]))
 
 
 def spec(n: int = 7, **changes) -> WorkloadSpec:

@@ -1,21 +1,38 @@
-"""Fit the service model's a, b, c, d by least squares from the steps a `bench run` measured.
+"""Fit the engine model's iteration time (a, b, c, d, e) by least squares from the steps a run measured.
 
-Prefill: the engine's own time from first scheduling to first token (`engine_ttft_ms - engine_queue_ms`,
-both on the engine's clock) against the prompt tokens it had to compute (prompt minus prefix-cache hits)
-gives a + b * tokens. The harness's TTFT would also hold queueing in the engine and the client's
-transport, which the simulator models separately; it is used only for runs without engine timings
-(an OpenAI server that reports none), and the fit says so.
+The model prices one engine iteration: `a + b * prefill tokens` if it prefills anything, else `c`, plus
+`d * decodes + e * their context tokens`. A run records requests, not iterations, so the fit rebuilds
+iterations from the requests' own timestamps:
 
-Decode: each step's time per output token against the engine's running batch while it decoded gives
-c + d * batch. The run records do not hold vLLM's running-request count, so the batch is estimated from
-the records themselves: the requests in flight (submitted, not finished) averaged over the step's decode
-window, on the harness clock within one session. With nothing waiting in the engine's queue that equals
-the running batch; with requests queued it over-counts, which is why a run under the engine's
-`max_num_seqs` calibrates decode best.
+- each request's prefill is one iteration whose length the engine measured on its own clock
+  (`engine_ttft_ms - engine_queue_ms`: first scheduled to first token, no queueing, no transport);
+- each gap between two of a request's tokens (`itl_ms`, harness clock) is one decode iteration.
+
+What else ran in that iteration is read off every request's token timeline: vLLM emits one token per
+scheduled request per iteration, so the tokens that reached the harness close to this iteration's end
+came out of it. "Close" is up to half the iteration before its end (the previous iteration's tokens came
+a whole iteration earlier) and up to three quarters of the shortest usual iteration (the 5th percentile
+of the token gaps) after it, since the next iteration may be a short one. A first token is a prefill (its
+uncached prompt tokens); any other is a decode (its context tokens). The run's own
+`max_num_batched_tokens` says when a prefill was split into chunks across iterations, and another
+request's token arriving well inside a measured interval says that an iteration ended within it (a
+prefill chunked behind others' tokens, a request left out of an iteration): such intervals are more than
+one iteration and are left out.
+
+`harness_overhead_s` is what the harness adds to the engine's TTFT (the request's way into the engine and
+its first token's way back), taken from requests that found the engine idle; validation adds it to the
+simulated latencies so they compare with what the harness measured.
+
+A run without engine timings (an OpenAI server that reports none) falls back to the harness TTFT of
+requests that found the engine idle for the prefill iterations, which then include the transport, and
+the fit says so.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,78 +48,138 @@ from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
 PREFILL_FROM_ENGINE = "engine: engine_ttft_ms - engine_queue_ms (first scheduled to first token)"
-PREFILL_FROM_HARNESS = "harness: ttft_ms (includes queueing; the run has no engine timings)"
-DECODE_SOURCE = "tpot_ms against requests in flight, averaged over each step's decode window"
+PREFILL_FROM_HARNESS = "harness: ttft_ms of requests that found the engine idle (no engine timings in run)"
+DECODE_SOURCE = "itl_ms: each gap between a request's tokens, harness clock"
+COEFFICIENTS = ("a", "b", "c", "d", "e")
+BUDGET_IN_LOG = re.compile(r"max_num_batched_tokens=(\d+)")
 
 
 @dataclass(frozen=True)
-class LinearFit:
-    """y = intercept + slope * x with both kept non-negative; errors in the units of y.
+class Iterations:
+    """Measured iterations: duration (s) and what ran in them, as far as the token timelines tell."""
 
-    `residual_p50/p90/p99` are percentiles of |y - fit|: RMSE alone hides whether a few outliers or a
-    wrong shape make the error.
+    seconds: np.ndarray
+    prefill_tokens: np.ndarray
+    decodes: np.ndarray
+    context_tokens: np.ndarray
+    tokens: np.ndarray  # tokens seen coming out of it: the iteration was measured about this many times
+    from_prefill: np.ndarray  # measured as a request's prefill (else as a gap between two tokens)
+
+    def design(self) -> np.ndarray:
+        """Columns for a, b, c, d, e: the model is linear in them given the composition."""
+        prefills = (self.prefill_tokens > 0).astype(float)
+        return np.column_stack(
+            [prefills, self.prefill_tokens, 1.0 - prefills, self.decodes, self.context_tokens]
+        ).astype(float)
+
+
+@dataclass(frozen=True)
+class IterationFit:
+    """The fitted coefficients (seconds per unit) and how well they explain the measured iterations.
+
+    `residual_p50/p90/p99` are percentiles of |measured - fitted|, in seconds: RMSE alone hides whether a
+    few outliers or a wrong shape make the error. `unidentified` names coefficients the run cannot tell
+    apart: a column that is never non-zero (no decodes, no prefill-free iteration), set to 0, or one that
+    is a combination of the others (every decode-only iteration with one decode: c and d), whose split
+    is the least-squares one and means nothing alone.
     """
 
-    intercept: float
-    slope: float
+    coefficients: dict[str, float]
     rmse: float
     r2: float | None
-    points: int
-    slope_identifiable: bool
+    prefill_points: int
+    decode_points: int
+    dropped: int  # intervals left out as more than one iteration
     residual_p50: float
     residual_p90: float
     residual_p99: float
+    unidentified: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Calibration:
     service: ServiceModel
-    prefill: LinearFit
-    decode: LinearFit
+    fit: IterationFit
+    harness_overhead_s: float
     steps_used: int
     steps_skipped: int
     prefill_source: str
     decode_source: str
 
     def as_dict(self) -> dict[str, Any]:
+        sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
         return {
             "service": self.service.model_dump(),
-            "prefill_fit": asdict(self.prefill) | {"source": self.prefill_source},
-            "decode_fit": asdict(self.decode) | {"source": self.decode_source},
+            "harness_overhead_s": self.harness_overhead_s,
+            "fit": asdict(self.fit) | sources,
             "steps_used": self.steps_used,
             "steps_skipped": self.steps_skipped,
         }
 
 
-def fit_line(x: np.ndarray, y: np.ndarray) -> LinearFit:
-    """Least squares under intercept, slope >= 0 (a negative cost is noise, not physics).
+def nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """min |x c - y| subject to c >= 0 (a negative cost is noise, not physics).
 
-    With two parameters the constrained optimum is the unconstrained one, or else lies on an edge where
-    one parameter is zero, so no general solver is needed. With a single distinct x the slope cannot be
-    told from the intercept: it is set to zero and flagged.
+    At the optimum the positive coefficients are the unconstrained least-squares solution on their own
+    columns, so trying every subset of at most five columns (32 small solves) finds it exactly, with no
+    solver dependency.
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    identifiable = np.unique(x).size > 1
-    intercept, slope = float(y.mean()), 0.0
-    if identifiable:
-        slope, intercept = (float(v) for v in np.polyfit(x, y, 1))
-        if intercept < 0:
-            intercept, slope = 0.0, float(x @ y / (x @ x))
-        if slope < 0:
-            intercept, slope = float(y.mean()), 0.0
-    residual = y - (intercept + slope * x)
+    best, best_error = np.zeros(x.shape[1]), float(y @ y)
+    for mask in itertools.product((False, True), repeat=x.shape[1]):
+        columns = np.flatnonzero(mask)
+        if columns.size == 0:
+            continue
+        solution = np.zeros(x.shape[1])
+        solution[columns] = np.linalg.lstsq(x[:, columns], y, rcond=None)[0]
+        error = float(((x @ solution - y) ** 2).sum())
+        if solution.min() >= 0 and error < best_error * (1 - 1e-12):
+            best, best_error = solution, error
+    return best
+
+
+def fit_iterations(iterations: Iterations, dropped: int = 0) -> IterationFit:
+    """The coefficients that best price the measured iterations, with the fit's error.
+
+    Rows are weighted so that every iteration counts once: one that made n tokens is seen about n times
+    (once per token). Plain least squares on those rows keeps the fitted iterations' total equal to the
+    measured total (its residuals sum to zero when a and c are free), and a request's latency is a sum of
+    the iterations it lives through, so that total is what the simulator must get right. (Weighting by
+    relative error instead was tried: it fits the short decode iterations better but under-prices the
+    long mixed ones, and the simulator then under-predicts the very run it was fitted on by 15-20%.)
+    """
+    x, y = iterations.design(), iterations.seconds
+    varied = x.any(axis=0)
+    once = 1.0 / np.sqrt(np.maximum(iterations.tokens, 1.0))
+    solution = np.zeros(x.shape[1])
+    solution[varied] = nonnegative_least_squares(x[:, varied] * once[:, None], y * once)
+    residual = y - x @ solution
     spread = float(((y - y.mean()) ** 2).sum())
     p50, p90, p99 = (float(v) for v in np.percentile(np.abs(residual), [50, 90, 99]))
-    return LinearFit(
-        intercept=intercept,
-        slope=slope,
+    return IterationFit(
+        coefficients=dict(zip(COEFFICIENTS, (float(v) for v in solution), strict=True)),
         rmse=float(np.sqrt(np.mean(residual**2))),
         r2=1.0 - float((residual**2).sum()) / spread if spread > 0 else None,
-        points=int(x.size),
-        slope_identifiable=bool(identifiable),
+        prefill_points=int(iterations.from_prefill.sum()),
+        decode_points=int((~iterations.from_prefill).sum()),
+        dropped=dropped,
         residual_p50=p50,
         residual_p90=p90,
         residual_p99=p99,
+        unidentified=tuple(
+            name for name, known in zip(COEFFICIENTS, _separable(x), strict=True) if not known
+        ),
+    )
+
+
+def _separable(x: np.ndarray) -> np.ndarray:
+    """Whether each column adds a dimension the others do not span (so its coefficient is its own)."""
+    scaled = x / np.maximum(np.abs(x).max(axis=0), 1e-300)
+    rank = np.linalg.matrix_rank(scaled)
+    return np.array(
+        [
+            scaled[:, j].any() and np.linalg.matrix_rank(np.delete(scaled, j, axis=1)) < rank
+            for j in range(x.shape[1])
+        ]
     )
 
 
@@ -133,69 +210,190 @@ def read_steps(run_dir: Path) -> tuple[list[StepRecord], list[StepRecord]]:
     return successful, others
 
 
-def prefill_seconds(steps: list[StepRecord]) -> tuple[np.ndarray, str]:
-    """Each step's prefill time, from the engine's clock when every step has it (never mixing sources)."""
-    if all(step.engine_ttft_ms is not None and step.engine_queue_ms is not None for step in steps):
-        engine = [(step.engine_ttft_ms or 0.0) - (step.engine_queue_ms or 0.0) for step in steps]
-        return np.maximum(np.array(engine, dtype=float), 0.0) / 1000.0, PREFILL_FROM_ENGINE
-    return np.array([step.ttft_ms for step in steps], dtype=float) / 1000.0, PREFILL_FROM_HARNESS
+def run_batched_tokens(run_dir: Path) -> int | None:
+    """The run's `max_num_batched_tokens`: the engine argument flowperf passed, else the figure vLLM logged
+    at start-up (engine.log), else None (unknown: a bare steps.jsonl, or a remote server)."""
+    config_path = Path(run_dir) / "config.json"
+    if config_path.is_file():
+        recorded = json.loads(config_path.read_text(encoding="utf-8")).get("config") or {}
+        extra = (recorded.get("engine") or {}).get("extra_engine_args") or {}
+        if extra.get("max_num_batched_tokens"):
+            return int(extra["max_num_batched_tokens"])
+    log = Path(run_dir) / "engine.log"
+    if log.is_file():
+        found = BUDGET_IN_LOG.search(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            return int(found.group(1))
+    return None
 
 
-def decode_window_occupancy(steps: list[StepRecord], every: list[StepRecord]) -> np.ndarray:
-    """For each step, the requests in flight averaged over its decode window (first to last token).
+@dataclass(frozen=True)
+class _Timeline:
+    """Every token of one session's requests, by arrival at the harness (ms), with running sums of what
+    each token says about the iteration that made it."""
 
-    `every` is all the run's steps, failed ones too (they occupied the engine). Offsets are comparable
-    only within one session, so each session's in-flight count is integrated on its own.
-    """
-    occupancy = np.empty(len(steps))
-    for session in {step.session for step in steps}:
-        in_session = [step for step in every if step.session == session]
-        starts = np.array([step.start_offset_ms for step in in_session])
-        ends = starts + np.array([step.step_ms for step in in_session])
-        times = np.concatenate([starts, ends])
-        order = np.argsort(times, kind="stable")
-        times = times[order]
-        counts = np.cumsum(np.concatenate([np.ones(starts.size), -np.ones(ends.size)])[order])
-        area = np.concatenate([[0.0], np.cumsum(counts[:-1] * np.diff(times))])
-        for index, step in enumerate(steps):
-            if step.session != session:
-                continue
-            begin, end = step.start_offset_ms + (step.ttft_ms or 0.0), step.start_offset_ms + step.step_ms
-            occupancy[index] = (np.interp(end, times, area) - np.interp(begin, times, area)) / (end - begin)
-    return occupancy
+    times: np.ndarray
+    prefills: np.ndarray  # cumulative count of first tokens
+    decodes: np.ndarray  # cumulative count of tokens that were decodes
+    context: np.ndarray  # cumulative context tokens of those decodes
+    prefill: np.ndarray  # cumulative prompt tokens computed by the prefills the first tokens end
+
+    @classmethod
+    def of(cls, steps: list[StepRecord]) -> _Timeline:
+        times, decode, context, prefill = [], [], [], []
+        for step in steps:
+            first = step.start_offset_ms + (step.ttft_ms or 0.0)
+            gaps = np.asarray(step.itl_ms or [], dtype=float)
+            times.append(np.concatenate([[first], first + np.cumsum(gaps)]))
+            decode.append(np.concatenate([[0.0], np.ones(gaps.size)]))
+            # the k-th token (k >= 1) is computed over the prompt and the k - 1 tokens before it
+            context.append(np.concatenate([[0.0], (step.prompt_tokens or 0) + np.arange(gaps.size)]))
+            prefill.append(np.concatenate([[float(_computed(step))], np.zeros(gaps.size)]))
+        order = np.argsort(np.concatenate(times), kind="stable")
+
+        def running(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([[0.0], np.cumsum(np.concatenate(parts)[order])])
+
+        firsts = [1.0 - part for part in decode]
+        return cls(
+            np.concatenate(times)[order], running(firsts), running(decode), running(context), running(prefill)
+        )
+
+    def around(self, end_ms: np.ndarray, before_ms: np.ndarray, after_ms: float) -> tuple[np.ndarray, ...]:
+        """(prefill tokens, decodes, context tokens, tokens) of the tokens that arrived from `before_ms`
+        before each iteration's end to `after_ms` after it."""
+        lo = np.searchsorted(self.times, end_ms - before_ms, side="right")
+        hi = np.searchsorted(self.times, end_ms + np.minimum(before_ms, after_ms), side="right")
+        return (
+            self.prefill[hi] - self.prefill[lo],
+            self.decodes[hi] - self.decodes[lo],
+            self.context[hi] - self.context[lo],
+            self.prefills[hi] - self.prefills[lo] + self.decodes[hi] - self.decodes[lo],
+        )
+
+    def inside(self, end_ms: np.ndarray, length_ms: np.ndarray, margin_ms: float) -> np.ndarray:
+        """How many tokens arrived inside each interval, more than `margin_ms` from either end."""
+        lo = np.searchsorted(self.times, end_ms - length_ms + margin_ms, side="right")
+        hi = np.searchsorted(self.times, end_ms - margin_ms, side="left")
+        return np.maximum(hi - lo, 0)
+
+
+def _computed(step: StepRecord) -> int:
+    return max((step.prompt_tokens or 0) - (step.cached_prompt_tokens or 0), 0)
+
+
+def _measured(steps: list[StepRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(iteration end on the harness clock, its length, measured as a prefill?) for every prefill and
+    token gap, all ms; prefills from the engine's clock when every step has it (never mixing sources)."""
+    ends, lengths, is_prefill = [], [], []
+    from_engine = all(step.engine_ttft_ms is not None and step.engine_queue_ms is not None for step in steps)
+    for step in steps:
+        first = step.start_offset_ms + (step.ttft_ms or 0.0)
+        if from_engine:
+            ends.append(first)
+            lengths.append(max((step.engine_ttft_ms or 0.0) - (step.engine_queue_ms or 0.0), 0.0))
+            is_prefill.append(True)
+        elif step.inflight_at_start == 1:
+            ends.append(first)
+            lengths.append(step.ttft_ms or 0.0)
+            is_prefill.append(True)
+        gaps = np.asarray(step.itl_ms or [], dtype=float)
+        ends.extend(first + np.cumsum(gaps))
+        lengths.extend(gaps)
+        is_prefill.extend([False] * gaps.size)
+    source = PREFILL_FROM_ENGINE if from_engine else PREFILL_FROM_HARNESS
+    return np.array(ends), np.array(lengths), np.array(is_prefill, dtype=bool), source
+
+
+def observe_iterations(ok: list[StepRecord], budget: int | None) -> tuple[Iterations, int, str]:
+    """The run's measured iterations with their composition, session by session (offsets are on one
+    clock only within a session); returns them, how many intervals were left out as more than one
+    iteration, and the prefill source."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    source = PREFILL_FROM_ENGINE
+    for session in sorted({step.session for step in ok}):
+        *columns, source = _session_iterations([step for step in ok if step.session == session], budget)
+        parts.append(tuple(columns))
+    seconds, prefill, decodes, context, tokens, is_prefill, keep = (
+        np.concatenate(part) for part in zip(*parts, strict=True)
+    )
+    measured = np.isfinite(seconds) & (seconds > 0)
+    keep &= measured
+    iterations = Iterations(
+        seconds[keep], prefill[keep], decodes[keep], context[keep], tokens[keep], is_prefill[keep]
+    )
+    return iterations, int((measured & ~keep).sum()), source
+
+
+def _session_iterations(steps: list[StepRecord], budget: int | None) -> tuple[Any, ...]:
+    """One session's measured intervals: (seconds, prefill tokens, decodes, context tokens, tokens, is a
+    prefill, is one iteration, prefill source). An interval is more than one iteration when a token
+    arrived well inside it, or when it would prefill more than the budget; and every interval during a
+    prefill that took several iterations is too uncertain to keep, since that prefill's earlier chunks
+    ran in iterations that no token of its own shows."""
+    ends, lengths, is_prefill, source = _measured(steps)
+    gaps = lengths[~is_prefill & (lengths > 0)]
+    margin = 0.75 * float(np.percentile(gaps if gaps.size else lengths, 5))
+    timeline = _Timeline.of(steps)
+    prefill, decodes, context, tokens = timeline.around(ends, lengths / 2, margin)
+    several = timeline.inside(ends, lengths, margin) > 0
+    if budget is not None:
+        several |= prefill > budget
+    chunked = is_prefill & several
+    during = _overlapping(
+        ends - lengths - margin, ends + margin, ends[chunked] - lengths[chunked], ends[chunked]
+    )
+    return lengths / 1000.0, prefill, decodes, context, tokens, is_prefill, ~several & ~during, source
+
+
+def _overlapping(starts: np.ndarray, ends: np.ndarray, others_start: np.ndarray, others_end: np.ndarray):
+    """Whether each interval (starts, ends) overlaps any of the others, in O(n log n): the others are
+    merged into disjoint intervals, and an interval overlaps one iff the last merged interval that starts
+    before it ends ends after it starts."""
+    if others_start.size == 0:
+        return np.zeros(starts.size, dtype=bool)
+    order = np.argsort(others_start)
+    lo, hi = others_start[order], np.maximum.accumulate(others_end[order])
+    new = np.concatenate([[True], lo[1:] > hi[:-1]])
+    merged_lo, merged_hi = lo[new], hi[np.concatenate([np.flatnonzero(new)[1:] - 1, [lo.size - 1]])]
+    index = np.searchsorted(merged_lo, ends, side="left") - 1
+    return (index >= 0) & (merged_hi[np.maximum(index, 0)] > starts)
+
+
+def harness_overhead_s(ok: list[StepRecord]) -> float:
+    """The harness TTFT minus the engine's, median over requests that found nothing else in flight (so
+    none waited for the engine to finish an iteration before it even saw them); 0 without engine timings."""
+    timed = [step for step in ok if step.engine_ttft_ms is not None and step.ttft_ms is not None]
+    alone = [step for step in timed if step.inflight_at_start == 1] or timed
+    if not alone:
+        return 0.0
+    added = [(step.ttft_ms or 0.0) - (step.engine_ttft_ms or 0.0) for step in alone]
+    return max(float(np.median(added)), 0.0) / 1000.0
 
 
 def calibrate(run_dir: Path) -> Calibration:
-    """Fit prefill and decode lines from a run's successful steps; times in the model are seconds."""
+    """Fit the iteration-time model from a run's successful steps; times in the model are seconds."""
     ok, others = read_steps(run_dir)
     if len(ok) < 2:
         raise UserError(
             f"--calibrate: {Path(run_dir) / STEPS} has {len(ok)} successful steps; need 2 or more"
         )
-    computed = np.array(
-        [max((step.prompt_tokens or 0) - (step.cached_prompt_tokens or 0), 0) for step in ok], dtype=float
-    )
-    prefill_y, prefill_source = prefill_seconds(ok)
-    prefill = fit_line(computed, prefill_y)
-    decoding = [step for step in ok if step.itl_ms and step.step_ms > (step.ttft_ms or 0.0)]
-    if not decoding:
+    if not any(step.itl_ms for step in ok):
         raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
-    per_token = [
-        step.tpot_ms if step.tpot_ms is not None else np.mean(step.itl_ms or [0.0]) for step in decoding
-    ]
-    decode = fit_line(
-        decode_window_occupancy(decoding, ok + others), np.array(per_token, dtype=float) / 1000.0
-    )
+    iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
+    fit = fit_iterations(iterations, dropped)
+    a, b, c, d, e = (fit.coefficients[name] for name in COEFFICIENTS)
     service = ServiceModel(
-        prefill_base_s=prefill.intercept,
-        prefill_per_token_s=prefill.slope,
-        decode_base_s=decode.intercept,
-        decode_per_request_s=decode.slope,
+        prefill_base_s=a,
+        prefill_per_token_s=b,
+        decode_base_s=c,
+        decode_per_request_s=d,
+        decode_per_context_token_s=e,
     )
     return Calibration(
         service,
-        prefill,
-        decode,
+        fit,
+        harness_overhead_s(ok),
         len(ok),
         len(others),
         prefill_source=prefill_source,

@@ -6,6 +6,7 @@ do not pay for them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import count
@@ -49,14 +50,15 @@ PredictorErrorOption = Annotated[
     float, typer.Option(help="Sigma of lognormal noise on predicted output lengths (0 = exact).")
 ]
 BatchSizeOption = Annotated[
-    int, typer.Option(help="Requests per static batch; slots per GPU for continuous.")
+    int,
+    typer.Option(help="Requests per static batch; slots per GPU for continuous; max_num_seqs for vllm."),
 ]
 GpusOption = Annotated[int, typer.Option(help="GPU count of step 1 and of a --num-requests run.")]
 SchedulerOption = Annotated[
     str | None,
     typer.Option(
-        help="bins-K or continuous: the scheduler of a --num-requests run (default continuous); forces "
-        "step 2's scheduler."
+        help="bins-K, continuous or vllm: the scheduler of a --num-requests run (default continuous); "
+        "forces step 2's scheduler."
     ),
 ]
 NumRequestsOption = Annotated[
@@ -86,8 +88,34 @@ ResumeOption = Annotated[
 ]
 CalibrateOption = Annotated[
     Path | None,
-    typer.Option(help="Fit the service model from this `bench run` directory's steps.jsonl first."),
+    typer.Option(help="Fit the iteration-time model from this run directory (`bench run`/`replay`) first."),
 ]
+MaxBatchedTokensOption = Annotated[
+    int, typer.Option(help="vllm: token budget of one iteration (chunked prefill).")
+]
+KvCacheTokensOption = Annotated[int, typer.Option(help="vllm: KV-cache capacity of one GPU, tokens.")]
+BlockSizeOption = Annotated[int, typer.Option(help="vllm: tokens per KV-cache block.")]
+PrefixCachingOption = Annotated[
+    bool, typer.Option("--prefix-caching/--no-prefix-caching", help="vllm: reuse cached prompt blocks.")
+]
+TokenScaleOption = Annotated[
+    float, typer.Option(help="Multiply every trace length (and hash block) by this.")
+]
+StartOption = Annotated[float | None, typer.Option(help="Keep trace requests from this second on.")]
+DurationOption = Annotated[float | None, typer.Option(help="Keep this many seconds of the trace.")]
+ValidateOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--validate",
+        help="Simulate the requests this run directory served and compare with what it measured "
+        "(needs --calibration).",
+    ),
+]
+CalibrationOption = Annotated[
+    Path | None,
+    typer.Option(help="--validate's model: a run directory to fit, or a JSON file (stress_analysis.json)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="--validate: print JSON instead of a table.")]
 
 
 def stress(
@@ -115,36 +143,26 @@ def stress(
     ray_address: RayAddressOption = None,
     resume: ResumeOption = False,
     calibrate: CalibrateOption = None,
+    max_num_batched_tokens: MaxBatchedTokensOption = _DEFAULTS.max_num_batched_tokens,
+    kv_cache_tokens: KvCacheTokensOption = _DEFAULTS.kv_cache_tokens,
+    block_size: BlockSizeOption = _DEFAULTS.block_size,
+    prefix_caching: PrefixCachingOption = _DEFAULTS.prefix_caching,
+    token_scale: TokenScaleOption = _DEFAULTS.token_scale,
+    start: StartOption = None,
+    duration: DurationOption = None,
+    validate_run: ValidateOption = None,
+    calibration: CalibrationOption = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Simulate a GPU cluster under multi-bin or continuous batching: steps 1-3 of the stress suite."""
-    config = parse_flags(
-        workload=workload,
-        rate=rate,
-        use_real_timestamps=use_real_timestamps,
-        rps_scaling=rps_scaling,
-        predictor_error=predictor_error,
-        batch_size=batch_size,
-        gpus=gpus,
-        scheduler=scheduler,
-        num_requests=num_requests,
-        d_sla=d_sla,
-        sla_target=sla_target,
-        step1_only=step1_only,
-        step2_only=step2_only,
-        step3_only=step3_only,
-        max_requests=max_requests,
-        max_gpus=max_gpus,
-        best_gpu_count=best_gpu_count,
-        seed=seed,
-        out=out,
-        workers=workers,
-        executor=executor,
-        ray_address=ray_address,
-        resume=resume,
-        calibrate=calibrate,
-    )
-    calibration = _fit_calibration(config)
-    _print_summary(_run_with_progress(config, calibration))
+    """Simulate a GPU cluster under multi-bin, continuous or vLLM V1 batching: steps 1-3 of the stress
+    suite, one test, or (--validate) a measured run's requests against what the run measured."""
+    # Each parameter is named after its StressConfig field, so the flags go over as they are.
+    config = parse_flags(**locals())
+    if config.validate_run is not None and config.calibration is not None:
+        _print_validation(config.validate_run, config.calibration, config)
+        return
+    fitted = _fit_calibration(config)
+    _print_summary(_run_with_progress(config, fitted))
 
 
 def _fit_calibration(config: StressConfig) -> Calibration | None:
@@ -205,27 +223,51 @@ def _progress_bar(tests: list[TestSpec]) -> Iterator[OnResult]:
 
 
 def _print_calibration(calibration: Calibration) -> None:
-    table = Table(title="Service model fitted from the run", title_justify="left")
-    for column in ("parameter", "value", "fit RMSE", "|resid| p50/p99", "R²", "steps"):
-        table.add_column(column, justify="right" if column != "parameter" else "left")
-    for name, fit, intercept, slope in (
-        ("prefill", calibration.prefill, "a (ms)", "b (ms/token)"),
-        ("decode", calibration.decode, "c (ms)", "d (ms/request)"),
-    ):
-        r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
-        rows = ((intercept, fit.intercept), (slope, fit.slope))
-        for label, value in rows:
-            residuals = f"{fit.residual_p50 * 1000:.3g}/{fit.residual_p99 * 1000:.3g} ms"
-            table.add_row(
-                f"{name} {label}", f"{value * 1000:.4g}", f"{fit.rmse * 1000:.3g} ms", residuals, r2,
-                str(fit.points),
-            )  # fmt: skip
-        if not fit.slope_identifiable:
-            console.print(
-                f"[yellow]{name}: one distinct x in the run, so its slope is unknown and set to 0[/]"
-            )
+    fit = calibration.fit
+    table = Table(title="Iteration-time model fitted from the run", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    rows = (
+        ("a: prefill pass, ms", "a"),
+        ("b: per prefill token, ms", "b"),
+        ("c: decode-only iteration, ms", "c"),
+        ("d: per decoding sequence, ms", "d"),
+        ("e: per context token decoded, ms", "e"),
+    )
+    for label, name in rows:
+        note = " (never varied: set to 0)" if name in fit.unidentified else ""
+        table.add_row(label, f"{fit.coefficients[name] * 1000:.4g}{note}")
+    table.add_row("harness overhead, ms", f"{calibration.harness_overhead_s * 1000:.3g}")
     console.print(table)
-    console.print(f"prefill fitted on {calibration.prefill_source}; decode on {calibration.decode_source}")
+    r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
+    console.print(
+        f"{fit.prefill_points} prefills and {fit.decode_points} token gaps ({fit.dropped} longer than one "
+        f"iteration left out): RMSE {fit.rmse * 1000:.3g} ms, |residual| p50/p99 "
+        f"{fit.residual_p50 * 1000:.3g}/{fit.residual_p99 * 1000:.3g} ms, R² {r2}"
+    )
+    console.print(f"prefills from {calibration.prefill_source}; decodes from {calibration.decode_source}")
+
+
+def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) -> None:
+    """Predicted against measured, as a table or (--json) one JSON document on stdout."""
+    from flowperf.stress.validate import validate
+
+    result = validate(run_dir, calibration, config.max_num_batched_tokens)
+    if config.json_output:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(title=f"Engine model against {run_dir} ({result.requests} requests)", title_justify="left")
+    for column in ("figure", "predicted", "measured", "error"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for figure in result.figures:
+        measured = "not recorded" if figure.measured is None else f"{figure.measured:.4g}"
+        error = "" if figure.relative_error is None else f"{figure.relative_error:+.1%}"
+        table.add_row(figure.name, f"{figure.predicted:.4g}", measured, error)
+    console.print(table)
+    console.print(f"requests: {result.requests_from}; measured: {result.ttft_source}")
+    console.print(
+        f"engine: {result.engine}; harness overhead added: {result.harness_overhead_s * 1000:.3g} ms"
+    )
 
 
 def _print_summary(report: SuiteReport) -> None:

@@ -50,6 +50,16 @@ class StressConfig(BaseModel):
     ray_address: str | None = None
     resume: bool = False
     calibrate: Path | None = None
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    kv_cache_tokens: int = Field(400_000, ge=1)
+    block_size: int = Field(16, ge=1)
+    prefix_caching: bool = True
+    token_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+    start: float | None = Field(None, ge=0, allow_inf_nan=False)
+    duration: float | None = Field(None, gt=0, allow_inf_nan=False)
+    validate_run: Path | None = None
+    calibration: Path | None = None
+    json_output: bool = False
 
     @field_validator("workload", mode="before")
     @classmethod
@@ -83,6 +93,15 @@ class StressConfig(BaseModel):
             raise _FlagError("ray_address", "needs --executor ray")
         if self.use_real_timestamps and not self.workload.has_timestamps:
             raise _FlagError("use_real_timestamps", "the synthetic workload has no timestamps; use --rate")
+        for field, given in (
+            ("token_scale", self.token_scale != 1.0),
+            ("start", self.start is not None),
+            ("duration", self.duration is not None),
+        ):
+            if given and not self.workload.has_timestamps:
+                raise _FlagError(field, "selects from a trace; the synthetic workload has none")
+        if (self.validate_run is None) != (self.calibration is None):
+            raise _FlagError("validate_run", "and --calibration go together")
         return self
 
     @property
@@ -103,8 +122,11 @@ class StressConfig(BaseModel):
 
     def test_config(self, service: ServiceModel) -> SimTestConfig:
         """What every test of this run shares, with the service model (default or calibrated)."""
+        source = self.workload.model_copy(
+            update={"token_scale": self.token_scale, "start_s": self.start, "duration_s": self.duration}
+        )
         return SimTestConfig(
-            source=self.workload,
+            source=source,
             use_real_timestamps=self.use_real_timestamps,
             rate=self.rate,
             rps_scaling=self.rps_scaling,
@@ -113,6 +135,10 @@ class StressConfig(BaseModel):
             batch_size=self.batch_size,
             service=service,
             d_sla=self.d_sla,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            kv_cache_tokens=self.kv_cache_tokens,
+            block_size=self.block_size,
+            prefix_caching=self.prefix_caching,
         )
 
 
@@ -138,4 +164,8 @@ def parse_flags(**flags: Any) -> StressConfig:
         cause = first.get("ctx", {}).get("error")
         field = cause.field if isinstance(cause, _FlagError) else str(first["loc"][0]) if first["loc"] else ""
         message = str(cause) if isinstance(cause, ValueError) else first["msg"]
-        raise UserError(f"--{field.replace('_', '-')}: {message}") from None
+        flag = _FLAG_NAMES.get(field, field.replace("_", "-"))
+        raise UserError(f"--{flag}: {message}") from None
+
+
+_FLAG_NAMES = {"validate_run": "validate", "json_output": "json"}  # fields whose name is not the flag's

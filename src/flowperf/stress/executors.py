@@ -19,12 +19,13 @@ import numpy as np
 
 from flowperf.errors import UserError
 from flowperf.stress.bins import cached_bins
+from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
-from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
+from flowperf.stress.workload import Workload, adopt_trace, cached_workload, source_trace
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
 
@@ -36,17 +37,28 @@ def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
     workload = cached_workload(spec)
     scheduler = test.scheduler
     bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
-    sim_config = SimConfig(
-        test.n_gpus, test_config.batch_size, scheduler.kind == "continuous", test_config.service
-    )
     sim_began = time.perf_counter()
-    outcome = simulate(
-        workload.arrival_s,
-        workload.input_tokens,
-        workload.output_tokens,
-        sim_config,
-        bin_of=None if bins is None else bins.bin_of,
-    )
+    if scheduler.kind == "vllm":
+        outcome = simulate_engine(
+            workload.arrival_s,
+            workload.input_tokens,
+            workload.output_tokens,
+            test.n_gpus,
+            test_config.engine(),
+            test_config.service,
+            workload_prefixes(workload),
+        )
+    else:
+        sim_config = SimConfig(
+            test.n_gpus, test_config.batch_size, scheduler.kind == "continuous", test_config.service
+        )
+        outcome = simulate(
+            workload.arrival_s,
+            workload.input_tokens,
+            workload.output_tokens,
+            sim_config,
+            bin_of=None if bins is None else bins.bin_of,
+        )
     sim_s = time.perf_counter() - sim_began
     figures = outcome_metrics(workload, outcome, test.n_gpus, test_config.d_sla)
     return TestResult(
@@ -67,12 +79,21 @@ def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
     )
 
 
+def workload_prefixes(workload: Workload) -> Prefixes | None:
+    """The prefix blocks of a workload tiled from a trace with hash ids (None otherwise)."""
+    trace = workload.trace
+    if trace is None or trace.block_tokens == 0 or workload.trace_row is None:
+        return None
+    return Prefixes(workload.trace_row, trace.hash_offsets, trace.hash_ids, trace.block_tokens)
+
+
 def warm_up() -> None:
     """Compile the simulator's loops, or load them from numba's on-disk cache, before the first test is
     timed; done in the parent first so worker processes find the cache filled."""
     one = np.ones(1)
     for continuous in (False, True):
         simulate(one, one, one, SimConfig(1, 1, continuous, ServiceModel()))
+    simulate_engine(one, one, one, 1, EngineConfig(), ServiceModel())
 
 
 @contextmanager
@@ -106,9 +127,7 @@ def open_executor(
 
 def _costliest_first(tests: Sequence[TestSpec]) -> list[TestSpec]:
     """Longest tests first, so no worker is left with a big one at the end (cost grows with requests)."""
-    return sorted(
-        tests, key=lambda test: -test.num_requests * (3 if test.scheduler.kind == "continuous" else 1)
-    )
+    return sorted(tests, key=lambda test: -test.num_requests * (1 if test.scheduler.kind == "bins" else 3))
 
 
 def _pool_results(

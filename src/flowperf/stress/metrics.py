@@ -34,4 +34,5 @@ def outcome_metrics(workload: Workload, outcome: Outcome, n_gpus: int, d_sla: fl
         "batches": outcome.batches,
         "iterations": outcome.iterations,
         "events": outcome.events,
+        "preemptions": outcome.preemptions,
     }

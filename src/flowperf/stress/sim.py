@@ -49,6 +49,7 @@ class Outcome:
     mean_fill: float
     iterations: float
     events: int
+    preemptions: int = 0
 
 
 def simulate(
@@ -64,7 +65,7 @@ def simulate(
     `service_time_s`, for static batching only, replaces the token model: a batch then lasts as long as
     its longest member's service time, and a request's first token is its start (queueing theory checks).
     """
-    arrival = _kernel_array(arrival_s, np.float64)
+    arrival = kernel_array(arrival_s, np.float64)
     n = arrival.size
     if n and not bool(np.all(np.diff(arrival) >= 0)):
         raise ValueError("arrival times must be sorted")
@@ -72,13 +73,13 @@ def simulate(
         raise ValueError("need at least one GPU and a batch size of at least one")
     service = config.service
     start, first, finish = np.empty(n), np.empty(n), np.empty(n)
-    decode_iterations = np.maximum(_kernel_array(output_tokens, np.int64) - 1, 0)
+    decode_iterations = np.maximum(kernel_array(output_tokens, np.int64) - 1, 0)
     if config.continuous:
         if bin_of is not None or service_time_s is not None:
             raise ValueError("continuous batching has one queue and works from the token model")
         busy, batches, fill, iterations, events = _continuous_loop(
             arrival,
-            _kernel_array(input_tokens, np.float64),
+            kernel_array(input_tokens, np.float64),
             decode_iterations,
             config.n_gpus,
             config.batch_size,
@@ -91,9 +92,9 @@ def simulate(
             finish,
         )
     else:
-        bins = np.zeros(n, np.int64) if bin_of is None else _kernel_array(bin_of, np.int64)
+        bins = np.zeros(n, np.int64) if bin_of is None else kernel_array(bin_of, np.int64)
         if service_time_s is None:
-            prefill_tokens = _kernel_array(input_tokens, np.float64)
+            prefill_tokens = kernel_array(input_tokens, np.float64)
             work = decode_iterations.astype(np.float64)
             a, b, c, d = (
                 service.prefill_base_s,
@@ -103,7 +104,7 @@ def simulate(
             )
         else:
             prefill_tokens = np.zeros(n)
-            work = _kernel_array(service_time_s, np.float64)
+            work = kernel_array(service_time_s, np.float64)
             a, b, c, d = 0.0, 0.0, 1.0, 0.0
         busy, batches, fill, iterations, events = _bins_loop(
             arrival,
@@ -124,7 +125,7 @@ def simulate(
     return Outcome(start, first, finish, busy, batches, fill / config.batch_size, iterations, events)
 
 
-def _kernel_array(values: np.ndarray, dtype: type) -> np.ndarray:
+def kernel_array(values: np.ndarray, dtype: type) -> np.ndarray:
     """Contiguous and writeable: numba compiles read-only arrays (cached workloads) as another type, and
     one compiled signature per loop keeps the on-disk cache to a single entry."""
     return np.require(values, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
@@ -230,6 +231,11 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
     Every pass of the loop takes one action, earliest first: start an idle GPU or plan an admission for the
     requests waiting beyond the slots already promised to them, else run the next GPU event, else take the
     next arrivals. Starting a GPU and running its event end in the same admission and re-keying code.
+
+    A GPU at a boundary takes every waiting request it has room for, including ones another GPU had planned
+    to admit. When that leaves fewer waiting than the slots still promised, every plan is withdrawn (the
+    loop re-plans the rest at once): a promise for requests already gone would make the next arrival wait
+    for that GPU's boundary while a GPU sat idle.
     """
     n = arrival.size
     members = np.zeros((n_gpus, slots), np.int64)
@@ -249,6 +255,8 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
     idle = np.arange(n_gpus - 1, -1, -1)
     n_idle = n_gpus
     planned_slots = 0  # free slots of GPUs with a planned admission
+    planned = np.zeros(n_gpus, np.int64)  # the GPUs with a planned admission
+    n_planned = 0
     queue_head = 0
     r_next = 0
     now = 0.0
@@ -275,6 +283,8 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
                     step += 1
             join_at[gpu] = base_i[gpu] + step
             planned_slots += slots - active[gpu]
+            planned[n_planned] = gpu
+            n_planned += 1
             target = min(next_done[gpu], join_at[gpu])
             n_busy = heap_set(heap, pos, event_at, n_busy, gpu, base_t[gpu] + (target - base_i[gpu]) * tau)
             continue
@@ -289,6 +299,11 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
                 boundary = min(boundary, join_at[gpu])
                 planned_slots -= slots - active[gpu]
                 join_at[gpu] = -1
+                for index in range(n_planned):
+                    if planned[index] == gpu:
+                        n_planned -= 1
+                        planned[index] = planned[n_planned]
+                        break
             steps = boundary - base_i[gpu]
             iterations += steps
             occupancy += steps * active[gpu]
@@ -329,6 +344,16 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
                 first[r] = base_t[gpu]
             queue_head += take
             admissions += 1
+            if r_next - queue_head < planned_slots:
+                for index in range(n_planned):
+                    other = planned[index]
+                    join_at[other] = -1
+                    tau = c + d * active[other]
+                    at = base_t[other] + (next_done[other] - base_i[other]) * tau
+                    n_busy = heap_set(heap, pos, event_at, n_busy, other, at)
+                    n_open = heap_set(open_heap, open_pos, load, n_open, other, float(active[other]))
+                n_planned = 0
+                planned_slots = 0
         if active[gpu] == 0:
             busy += now - busy_since[gpu]
             idle[n_idle] = gpu

@@ -8,34 +8,40 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.workload import WorkloadSource, WorkloadSpec
 
-_SCHEDULER = re.compile(r"bins-([1-9][0-9]*)|continuous")
+if TYPE_CHECKING:
+    from flowperf.stress.engine import EngineConfig
+
+_SCHEDULER = re.compile(r"bins-([1-9][0-9]*)|continuous|vllm")
 
 
 class Scheduler(BaseModel):
-    """`bins-K` (static batching from K equal-mass queues; K=1 is plain static batching) or `continuous`."""
+    """`bins-K` (static batching from K equal-mass queues; K=1 is plain static batching), `continuous`
+    (iteration-level batching, prefill first) or `vllm` (the engine model: vLLM V1's scheduler per GPU)."""
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["bins", "continuous"]
+    kind: Literal["bins", "continuous", "vllm"]
     k: int | None = Field(None, ge=1)
 
     @classmethod
     def parse(cls, name: str) -> Scheduler:
         match = _SCHEDULER.fullmatch(name)
         if match is None:
-            raise ValueError(f"unknown scheduler {name!r}; expected bins-K (K >= 1) or continuous")
-        return cls(kind="bins", k=int(match[1])) if match[1] else cls(kind="continuous")
+            raise ValueError(f"unknown scheduler {name!r}; expected bins-K (K >= 1), continuous or vllm")
+        if match[1]:
+            return cls(kind="bins", k=int(match[1]))
+        return cls(kind="vllm" if name == "vllm" else "continuous")
 
     @property
     def name(self) -> str:
-        return "continuous" if self.kind == "continuous" else f"bins-{self.k}"
+        return f"bins-{self.k}" if self.kind == "bins" else self.kind
 
 
 class SimTestConfig(BaseModel):
@@ -53,6 +59,10 @@ class SimTestConfig(BaseModel):
     batch_size: int = Field(ge=1)
     service: ServiceModel
     d_sla: float = Field(gt=0)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    kv_cache_tokens: int = Field(400_000, ge=1)
+    block_size: int = Field(16, ge=1)
+    prefix_caching: bool = True
 
     def workload(self, num_requests: int) -> WorkloadSpec:
         return WorkloadSpec.of(
@@ -63,6 +73,18 @@ class SimTestConfig(BaseModel):
             rps_scaling=self.rps_scaling,
             predictor_error=self.predictor_error,
             seed=self.seed,
+        )
+
+    def engine(self) -> EngineConfig:
+        """The per-GPU engine of the `vllm` scheduler; its `max_num_seqs` is the batch size."""
+        from flowperf.stress.engine import EngineConfig  # numba: never on the CLI's import path (see cli)
+
+        return EngineConfig(
+            max_num_seqs=self.batch_size,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            kv_cache_tokens=self.kv_cache_tokens,
+            block_size=self.block_size,
+            prefix_caching=self.prefix_caching,
         )
 
     def fingerprint(self) -> str:
@@ -118,6 +140,7 @@ class TestResult(BaseModel):
     batches: int
     iterations: float
     events: int
+    preemptions: int
     sim_s: float
     wall_s: float
     events_per_s: float

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowperf.errors import UserError
-from flowperf.stress.traces import BURSTGPT, SHIPPED, Trace, load_trace, shipped_path
+from flowperf.stress.traces import BURSTGPT, SHIPPED, Trace, load_trace
 
 SYNTHETIC = "synthetic"
 
@@ -30,7 +30,8 @@ class WorkloadSource(BaseModel):
     """Where requests come from: a shipped trace name, `synthetic`, `burstgpt:PATH` or a trace file PATH.
 
     For a file, `identity` pins its resolved path, size and modification time, so an edited file is a
-    different source for every cache.
+    different source for every cache. `token_scale`, `start_s` and `duration_s` select and scale the
+    trace as `traces.load_trace` does (`--token-scale`, `--start`, `--duration`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -39,6 +40,9 @@ class WorkloadSource(BaseModel):
     path: Path | None = None
     burstgpt: bool = False
     identity: tuple[str, int, int] | None = None
+    token_scale: float = 1.0
+    start_s: float | None = None
+    duration_s: float | None = None
 
     @classmethod
     def parse(cls, spec: str) -> WorkloadSource:
@@ -108,12 +112,18 @@ class WorkloadSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Workload:
-    """Requests sorted by arrival; `predicted_output` is what a length-aware scheduler sees."""
+    """Requests sorted by arrival; `predicted_output` is what a length-aware scheduler sees.
+
+    `trace` is the trace the requests were tiled from (None for synthetic) and `trace_row[i]` request i's
+    row in it, so prefix-block ids are read from the trace rather than copied a million times.
+    """
 
     arrival_s: np.ndarray
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     predicted_output: np.ndarray
+    trace: Trace | None = None
+    trace_row: np.ndarray | None = None
 
 
 def stream(seed: int, purpose: str) -> np.random.Generator:
@@ -129,10 +139,14 @@ def source_trace(source: WorkloadSource) -> Trace | None:
     if source not in _parsed:
         if source.name == SYNTHETIC:
             _parsed[source] = None
-        elif source.path is None:
-            _parsed[source] = load_trace(shipped_path(source.name))
         else:
-            _parsed[source] = load_trace(source.path, BURSTGPT if source.burstgpt else None)
+            _parsed[source] = load_trace(
+                source.name if source.path is None else source.path,
+                BURSTGPT if source.burstgpt else None,
+                token_scale=source.token_scale,
+                start_s=source.start_s,
+                duration_s=source.duration_s,
+            )
     return _parsed[source]
 
 
@@ -158,11 +172,11 @@ def build_workload(spec: WorkloadSpec, trace: Trace | None) -> Workload:
         output_tokens = _lognormal_tokens(lengths, n, *_SYNTHETIC_OUTPUT)
         arrival = _poisson_arrivals(spec.seed, spec.rate, n)
     else:
-        rows = np.arange(n) % trace.timestamp_s.size
-        input_tokens = trace.input_tokens[rows]
+        rows = np.arange(n) % trace.size
+        input_tokens = trace.prompt_tokens[rows]
         output_tokens = trace.output_tokens[rows]
         if spec.use_real_timestamps and spec.rps_scaling is not None:
-            arrival = _tiled_timestamps(trace.timestamp_s, n) / spec.rps_scaling
+            arrival = _tiled_timestamps(trace.arrival_s, n) / spec.rps_scaling
         elif spec.rate is not None:
             arrival = _poisson_arrivals(spec.seed, spec.rate, n)
         else:
@@ -171,7 +185,10 @@ def build_workload(spec: WorkloadSpec, trace: Trace | None) -> Workload:
     if spec.predictor_error > 0:
         noise = stream(spec.seed, "predictor").lognormal(0.0, spec.predictor_error, n)
         predicted = np.maximum(np.rint(output_tokens * noise), 1).astype(np.int64)
-    return Workload(*(_frozen(values) for values in (arrival, input_tokens, output_tokens, predicted)))
+    arrays = (_frozen(values) for values in (arrival, input_tokens, output_tokens, predicted))
+    if trace is None:
+        return Workload(*arrays)
+    return Workload(*arrays, trace=trace, trace_row=_frozen(np.arange(n) % trace.size))
 
 
 @lru_cache(maxsize=12)

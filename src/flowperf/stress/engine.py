@@ -1,0 +1,329 @@
+"""The engine model: N GPUs, each running vLLM V1's scheduler, fed round-robin by a router.
+
+What it models, per GPU and per iteration, as vLLM V1's scheduler does:
+- running requests first, in admission order, each taking the tokens it still needs (one for a decode, the
+  rest of its prompt for a prefill) up to what is left of `max_num_batched_tokens` (chunked prefill);
+- then waiting requests (preempted ones first), while a slot of `max_num_seqs` and token budget are left
+  and the KV cache has the blocks the chunk needs;
+- KV cache in blocks of `block_size` tokens: a request holds the blocks of the tokens it has computed; when
+  a running request needs a block and none is free, the last-admitted running request is preempted by
+  recompute (its blocks freed, back to the front of the queue, all its tokens recomputed later); no new
+  request joins in an iteration that preempted;
+- prefix caching: a trace's hash ids name prompt blocks; a GPU keeps the blocks it computed in an LRU as
+  large as its KV cache, and a request's prefill skips its longest cached prefix (at least one token is
+  always computed, as vLLM does). Without hash ids a request may bring its measured cache hit instead.
+
+One iteration costs `d * decodes + e * their context tokens`, plus `a + b * prefill tokens` if it prefills
+anything, else `c`: piecewise linear, so `a` and `b` keep their meaning from the batching model (the cost
+of a pass that prefills) and `bench stress --calibrate` fits them from the same engine timings.
+
+Simplifications (documented in docs/stress.md): a cached prefix shared by running requests is counted
+once, in the cache, not in each request's blocks, and the cache's LRU capacity is the whole KV cache (vLLM
+keeps blocks in use out of eviction); routing is round-robin, so GPUs are independent and simulated one
+after another, each in a tight loop with no global event heap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from flowperf.stress.service import ServiceModel
+from flowperf.stress.sim import Outcome, kernel_array
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One GPU's vLLM engine settings; `kv_cache_tokens` is rounded down to whole blocks."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    kv_cache_tokens: int = 400_000
+    block_size: int = 16
+    prefix_caching: bool = True
+
+    @property
+    def kv_blocks(self) -> int:
+        return self.kv_cache_tokens // self.block_size
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    """Prefix blocks per request: request i's ids are `ids[offsets[row[i]]:offsets[row[i] + 1]]`, each
+    standing for `block_tokens` prompt tokens (a trace's ragged arrays, shared across tiles by `row`)."""
+
+    row: np.ndarray
+    offsets: np.ndarray
+    ids: np.ndarray
+    block_tokens: int
+
+
+def simulate_engine(
+    arrival_s: np.ndarray,
+    prompt_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    n_gpus: int,
+    engine: EngineConfig,
+    service: ServiceModel,
+    prefixes: Prefixes | None = None,
+    cached_tokens: np.ndarray | None = None,
+) -> Outcome:
+    """Serve requests sorted by arrival; request i goes to GPU i mod `n_gpus`.
+
+    `cached_tokens` (per request, optional) is a known prefix-cache hit for requests without hash ids,
+    e.g. what the engine reported for a measured run. `start` is each request's first scheduling.
+    """
+    arrival = kernel_array(arrival_s, np.float64)
+    prompt, output = kernel_array(prompt_tokens, np.int64), kernel_array(output_tokens, np.int64)
+    n = arrival.size
+    _check(arrival, prompt, output, n_gpus, engine)
+    if prefixes is None or prefixes.ids.size == 0:
+        row, offsets, dense, n_hash, block_tokens = np.zeros(n, np.int64), np.zeros(2, np.int64), None, 0, 0
+    else:
+        row, offsets, block_tokens = prefixes.row, prefixes.offsets, prefixes.block_tokens
+        unique, dense = np.unique(prefixes.ids, return_inverse=True)  # dense ids index the LRU's arrays
+        n_hash = unique.size
+    hit = np.zeros(n, np.int64) if cached_tokens is None else kernel_array(cached_tokens, np.int64)
+    start, first, finish = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    busy, iterations, occupancy, preemptions = _engine_loop(
+        arrival, prompt, output, hit, kernel_array(row, np.int64), kernel_array(offsets, np.int64),
+        kernel_array(np.zeros(0) if dense is None else dense, np.int64), n_hash, block_tokens, n_gpus,
+        engine.max_num_seqs, engine.max_num_batched_tokens, engine.kv_blocks, engine.block_size,
+        engine.prefix_caching, service.decode_base_s, service.decode_per_request_s,
+        service.decode_per_context_token_s, service.prefill_base_s, service.prefill_per_token_s,
+        start, first, finish,
+    )  # fmt: skip
+    fill = occupancy / max(iterations, 1) / engine.max_num_seqs
+    return Outcome(start, first, finish, busy, n, fill, float(iterations), iterations + n, preemptions)
+
+
+def _check(
+    arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, n_gpus: int, engine: EngineConfig
+) -> None:
+    """Refuse what would make the loop wrong or endless: unsorted arrivals, no output, or a request whose
+    tokens cannot all be held in one GPU's KV cache (vLLM refuses it too)."""
+    if arrival.size and not bool(np.all(np.diff(arrival) >= 0)):
+        raise ValueError("arrival times must be sorted")
+    if n_gpus < 1 or min(engine.max_num_seqs, engine.max_num_batched_tokens, engine.block_size) < 1:
+        raise ValueError("need at least one GPU, one sequence slot, one batched token and a block size >= 1")
+    if arrival.size == 0:
+        return
+    if int(output.min()) < 1 or int(prompt.min()) < 0:
+        raise ValueError("every request needs at least one output token and a prompt length >= 0")
+    largest = int((prompt + output - 1).max())
+    if math.ceil(largest / engine.block_size) > engine.kv_blocks:
+        raise ValueError(
+            f"a request of {largest} tokens needs more KV cache than one GPU has "
+            f"({engine.kv_blocks} blocks of {engine.block_size} tokens)"
+        )
+
+
+@njit(cache=True)
+def _lru_touch(block, prev, nxt, present, state, capacity):
+    """Make `block` the most recently used cached block, inserting it (and evicting the least recently
+    used when full) if absent. `state` is [least recent, most recent, count]; -1 marks an empty end."""
+    if capacity <= 0:
+        return
+    if present[block]:
+        if state[1] == block:
+            return
+        before, after = prev[block], nxt[block]
+        if before >= 0:
+            nxt[before] = after
+        else:
+            state[0] = after
+        prev[after] = before
+    else:
+        if state[2] >= capacity:
+            oldest = state[0]
+            present[oldest] = False
+            state[0] = nxt[oldest]
+            if state[0] >= 0:
+                prev[state[0]] = -1
+            else:
+                state[1] = -1
+            state[2] -= 1
+        present[block] = True
+        state[2] += 1
+    prev[block] = state[1]
+    nxt[block] = -1
+    if state[1] >= 0:
+        nxt[state[1]] = block
+    else:
+        state[0] = block
+    state[1] = block
+
+
+# One hot compiled loop, exempt from the size rules: splitting it costs a call per iteration in nopython mode.
+@njit(cache=True)
+def _engine_loop(  # noqa: C901
+    arrival,
+    prompt,
+    output,
+    known_hit,
+    row,
+    offsets,
+    ids,
+    n_hash,
+    block_tokens,
+    n_gpus,
+    max_seqs,
+    budget_cap,
+    kv_blocks,
+    block_size,
+    caching,
+    c,
+    d,
+    e,
+    a,
+    b,
+    start,
+    first,
+    finish,
+):
+    """Every GPU's iterations, one GPU after another; returns (busy GPU-s, iterations, sum over iterations
+    of sequences scheduled, preemptions). See the module docstring for the scheduling rules."""
+    n = arrival.size
+    computed = np.zeros(n, np.int64)  # tokens whose KV is computed
+    generated = np.zeros(n, np.int64)  # output tokens emitted
+    held = np.zeros(n, np.int64)  # KV blocks held, beyond the cached prefix
+    shared = np.zeros(n, np.int64)  # KV blocks of the cached prefix it started from
+    cached_blocks = np.zeros(n, np.int64)  # prompt hash blocks it has put in the cache
+    run = np.zeros(max_seqs, np.int64)
+    chunk = np.zeros(max_seqs, np.int64)
+    waiting_again = np.zeros(n, np.int64)  # preempted requests, a stack: the latest goes first
+    prev = np.full(max(n_hash, 1), -1, np.int64)
+    nxt = np.full(max(n_hash, 1), -1, np.int64)
+    present = np.zeros(max(n_hash, 1), np.bool_)
+    lru = np.full(3, -1, np.int64)
+    capacity = kv_blocks * block_size // block_tokens if caching and block_tokens > 0 else 0
+    busy = 0.0
+    iterations = 0
+    occupancy = 0
+    preemptions = 0
+    for gpu in range(n_gpus):
+        present[:] = False
+        lru[0], lru[1], lru[2] = -1, -1, 0
+        mine = (n - gpu + n_gpus - 1) // n_gpus  # requests gpu, gpu + n_gpus, ...
+        head = 0  # next of mine never scheduled
+        tail = 0  # mine[head:tail] have arrived and wait
+        n_again = 0
+        n_run = 0
+        free = kv_blocks
+        now = 0.0
+        while True:
+            while tail < mine and arrival[gpu + tail * n_gpus] <= now:
+                tail += 1
+            if n_run == 0 and n_again == 0 and head == tail:
+                if tail == mine:
+                    break
+                now = arrival[gpu + tail * n_gpus]
+                continue
+            budget = budget_cap
+            preempted = False
+            scheduled = 0
+            while scheduled < n_run and budget > 0:
+                r = run[scheduled]
+                tokens = min(prompt[r] + generated[r] - computed[r], budget)
+                need = (computed[r] + tokens + block_size - 1) // block_size - shared[r] - held[r]
+                while need > free and n_run > scheduled:
+                    n_run -= 1
+                    victim = run[n_run]
+                    free += held[victim]
+                    held[victim] = 0
+                    shared[victim] = 0
+                    computed[victim] = 0
+                    waiting_again[n_again] = victim
+                    n_again += 1
+                    preemptions += 1
+                    preempted = True
+                if n_run == scheduled:
+                    break
+                chunk[scheduled] = tokens
+                budget -= tokens
+                free -= need
+                held[r] += need
+                scheduled += 1
+            while (
+                not preempted
+                and scheduled == n_run
+                and n_run < max_seqs
+                and budget > 0
+                and (n_again > 0 or head < tail)
+            ):
+                r = waiting_again[n_again - 1] if n_again > 0 else gpu + head * n_gpus
+                total = prompt[r] + generated[r]
+                hit = 0
+                blocks = 0
+                if caching:
+                    lo, hi = offsets[row[r]], offsets[row[r] + 1]
+                    while lo + blocks < hi and present[ids[lo + blocks]]:
+                        blocks += 1
+                    hit = max(blocks * block_tokens, known_hit[r])
+                    hit = (max(min(hit, total - 1), 0) // block_size) * block_size
+                tokens = min(total - hit, budget)
+                need = (hit + tokens + block_size - 1) // block_size - hit // block_size
+                if need > free:
+                    break
+                for j in range(blocks):
+                    _lru_touch(ids[offsets[row[r]] + j], prev, nxt, present, lru, capacity)
+                if n_again > 0:
+                    n_again -= 1
+                else:
+                    head += 1
+                    start[r] = now
+                computed[r] = hit
+                shared[r] = hit // block_size
+                held[r] = need
+                free -= need
+                run[n_run] = r
+                chunk[n_run] = tokens
+                n_run += 1
+                budget -= tokens
+                scheduled = n_run
+            if scheduled == 0:
+                continue  # everything was preempted; the next pass readmits from the freed cache
+            prefill = 0
+            decodes = 0
+            context = 0
+            for i in range(scheduled):
+                r = run[i]
+                if generated[r] > 0 and prompt[r] + generated[r] - computed[r] == 1:
+                    decodes += 1
+                    context += computed[r]
+                else:
+                    prefill += chunk[i]
+            took = (a + b * prefill if prefill > 0 else c) + d * decodes + e * context
+            now += took
+            busy += took
+            iterations += 1
+            occupancy += scheduled
+            kept = 0
+            for i in range(n_run):
+                r = run[i]
+                if i < scheduled:
+                    computed[r] += chunk[i]
+                    if caching and block_tokens > 0:
+                        lo, hi = offsets[row[r]], offsets[row[r] + 1]
+                        done = computed[r] // block_tokens
+                        if computed[r] >= prompt[r]:
+                            done = hi - lo
+                        while cached_blocks[r] < min(done, hi - lo):
+                            _lru_touch(ids[lo + cached_blocks[r]], prev, nxt, present, lru, capacity)
+                            cached_blocks[r] += 1
+                    if computed[r] >= prompt[r] + generated[r]:
+                        generated[r] += 1
+                        if generated[r] == 1:
+                            first[r] = now
+                        if generated[r] >= output[r]:
+                            finish[r] = now
+                            free += held[r]
+                            held[r] = 0
+                            continue
+                run[kept] = r
+                kept += 1
+            n_run = kept
+    return busy, iterations, occupancy, preemptions

@@ -1,0 +1,203 @@
+"""`bench stress --validate RUN_DIR --calibration FILE_OR_RUN_DIR`: how far the engine model is from a run.
+
+The run's own requests are simulated on one GPU with the engine model: arrivals are when the harness
+submitted each step (`start_offset_ms`), lengths are what the engine served, engine limits come from the
+run's config.json. A `bench replay` run names its trace window in config.json, so the trace is reloaded
+and the simulator's prefix cache sees the same hash blocks the engine's did; any other run brings the
+prefix-cache hits the engine reported instead. The iteration-time model comes from a calibration made on
+*another* run, so the error is a prediction's, not a fit's.
+
+Latencies are compared as the harness measured them (`ttft_ms`, `step_ms`): the engine's own TTFT starts
+when its core takes the request in, which under load is after the iteration it arrived during, so it
+leaves out part of the queueing the simulator models. The calibration's harness overhead (the request's
+way in and its tokens' way out) is added to the simulated times, half on each side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowperf.errors import UserError
+from flowperf.rundata import RunData, load_run
+from flowperf.stress.calibrate import run_batched_tokens
+from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
+from flowperf.stress.service import ServiceModel
+from flowperf.stress.traces import load_trace
+
+TTFT_SOURCE = "ttft_ms and step_ms (harness: submission to first and last token)"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One predicted-versus-measured figure; `relative_error` is (predicted - measured) / measured."""
+
+    name: str
+    predicted: float
+    measured: float | None
+    relative_error: float | None
+
+
+@dataclass(frozen=True)
+class Validation:
+    run_dir: str
+    requests: int
+    requests_from: str
+    engine: dict[str, Any]
+    service: dict[str, Any]
+    harness_overhead_s: float
+    ttft_source: str
+    figures: list[Figure]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def figure(self, name: str) -> Figure:
+        return next(figure for figure in self.figures if figure.name == name)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The requests a run served, as the simulator takes them (arrivals in s from the first)."""
+
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    prefixes: Prefixes | None
+    cached_tokens: np.ndarray | None
+    source: str
+
+
+def load_calibration(source: Path) -> tuple[ServiceModel, float]:
+    """(service model, harness overhead in s) from a run directory (fitted now), or a JSON file holding
+    a `service` model directly or under `calibration` (as `stress_analysis.json` does)."""
+    source = Path(source)
+    if source.is_dir():
+        from flowperf.stress.calibrate import calibrate
+
+        fitted = calibrate(source)
+        return fitted.service, fitted.harness_overhead_s
+    if not source.is_file():
+        raise UserError(f"--calibration: {source}: no such file or run directory")
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+        if "service" not in document:
+            document = document.get("calibration") or {}
+        service = ServiceModel.model_validate(document.get("service"))
+        return service, float(document.get("harness_overhead_s") or 0.0)
+    except (ValueError, AttributeError, TypeError) as error:
+        raise UserError(
+            f"--calibration: {source}: no service model in it ({error})".splitlines()[0]
+        ) from None
+
+
+def engine_of(run: RunData, max_num_batched_tokens: int) -> EngineConfig:
+    """The engine limits the run used: vLLM's own figures from config.json where recorded (the token
+    budget from the engine arguments or vLLM's start-up log), else the settings flowperf gave it, else
+    `max_num_batched_tokens` and vLLM's defaults."""
+    engine = run.config.get("engine") or {}
+    details = engine.get("details") or {}
+    settings = (run.config.get("config") or {}).get("engine") or {}
+    block_size = int(details.get("block_size") or settings.get("block_size") or 16)
+    kv_tokens = details.get("kv_cache_tokens")
+    if not kv_tokens:
+        raise UserError(
+            f"--validate: {run.run_dir}: config.json does not record the KV cache size (engine.details."
+            "kv_cache_tokens); validate a run on the in-process engine"
+        )
+    return EngineConfig(
+        max_num_seqs=int(details.get("max_num_seqs") or settings.get("max_num_seqs") or 256),
+        max_num_batched_tokens=run_batched_tokens(run.run_dir) or max_num_batched_tokens,
+        kv_cache_tokens=int(kv_tokens),
+        block_size=block_size,
+        prefix_caching=bool(details.get("prefix_caching", settings.get("enable_prefix_caching", True))),
+    )
+
+
+def served_steps(run: RunData) -> pd.DataFrame:
+    """The run's successful steps in submission order; one session only, since offsets of different
+    sessions (a resumed run) are not on one clock."""
+    steps = run.ok_steps
+    if steps.empty:
+        raise UserError(f"--validate: {run.run_dir}: no successful steps to compare with")
+    if steps["session"].nunique() > 1:
+        raise UserError(
+            f"--validate: {run.run_dir}: the run spans several sessions (resumed); use one made in one go"
+        )
+    return steps.sort_values("start_offset_ms", kind="stable").reset_index(drop=True)
+
+
+def served_requests(run: RunData, steps: pd.DataFrame) -> Served:
+    """What the simulator replays: the trace's own requests (with their hash ids) for a `bench replay`
+    run, else the steps' lengths and their reported prefix-cache hits."""
+    arrival = (steps["start_offset_ms"].to_numpy() - steps["start_offset_ms"].min()) / 1000.0
+    prompt = steps["prompt_tokens"].fillna(0).to_numpy(np.int64)
+    output = np.maximum(steps["output_tokens"].fillna(1).to_numpy(np.int64), 1)
+    window = (run.config.get("config") or {}).get("trace")
+    if not window:
+        cached = steps["cached_prompt_tokens"].fillna(0).to_numpy(np.int64)
+        return Served(arrival, prompt, output, None, cached, "the steps' lengths and reported cache hits")
+    trace = load_trace(
+        window["source"],
+        token_scale=window.get("token_scale", 1.0),
+        max_requests=window.get("max_requests"),
+        start_s=window.get("start_s"),
+        duration_s=window.get("duration_s"),
+    )
+    rows = steps["flow_index"].to_numpy(np.int64)
+    if rows.max() >= trace.size or not np.array_equal(trace.prompt_tokens[rows], prompt):
+        raise UserError(
+            f"--validate: {run.run_dir}: its steps do not match the trace window in its config.json "
+            f"({window['source']}): was the trace file changed since the replay?"
+        )
+    prefixes = Prefixes(rows, trace.hash_offsets, trace.hash_ids, trace.block_tokens)
+    return Served(arrival, prompt, output, prefixes, None, f"trace {window['source']} (hash ids reloaded)")
+
+
+def validate(run_dir: Path, calibration: Path, max_num_batched_tokens: int = 8192) -> Validation:
+    """Simulate the run's requests with the calibrated model and compare the figures."""
+    run = load_run(run_dir, "--validate")
+    steps = served_steps(run)
+    engine = engine_of(run, max_num_batched_tokens)
+    service, overhead = load_calibration(calibration)
+    served = served_requests(run, steps)
+    arrival = served.arrival_s + overhead / 2  # the way into the engine
+    outcome = simulate_engine(
+        arrival, served.prompt_tokens, served.output_tokens, 1, engine, service,
+        prefixes=served.prefixes, cached_tokens=served.cached_tokens,
+    )  # fmt: skip
+    first, finish = outcome.first_token + overhead / 2, outcome.finish + overhead / 2  # the way back
+    ttft, e2e = first - served.arrival_s, finish - served.arrival_s
+    measured_ttft, measured_e2e = steps["ttft_ms"].to_numpy() / 1000.0, steps["step_ms"].to_numpy() / 1000.0
+    measured_span = float((served.arrival_s + measured_e2e).max())
+    pairs = [
+        ("ttft_p50_s", np.percentile(ttft, 50), np.percentile(measured_ttft, 50)),
+        ("ttft_p95_s", np.percentile(ttft, 95), np.percentile(measured_ttft, 95)),
+        ("e2e_p50_s", np.percentile(e2e, 50), np.percentile(measured_e2e, 50)),
+        ("e2e_p95_s", np.percentile(e2e, 95), np.percentile(measured_e2e, 95)),
+        ("throughput_rps", len(steps) / float(finish.max()), len(steps) / measured_span),
+        ("preemptions", outcome.preemptions, None),  # the run records none of vLLM's preemptions
+    ]
+    return Validation(
+        run_dir=str(run_dir),
+        requests=len(steps),
+        requests_from=served.source,
+        engine=asdict(engine),
+        service=service.model_dump(),
+        harness_overhead_s=overhead,
+        ttft_source=TTFT_SOURCE,
+        figures=[figure(name, predicted, measured) for name, predicted, measured in pairs],
+    )
+
+
+def figure(name: str, predicted: float, measured: float | None) -> Figure:
+    """A figure with its relative error; none when nothing was measured or the measure is 0."""
+    if measured is None:
+        return Figure(name, float(predicted), None, None)
+    error = (float(predicted) - float(measured)) / float(measured) if measured else None
+    return Figure(name, float(predicted), float(measured), error)
