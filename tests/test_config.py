@@ -85,11 +85,12 @@ def test_one_value_is_checked_against_its_own_field() -> None:
 
 PERSISTED_SHAPE = {
     "flow", "flows_dir", "fixtures_dir", "num_flows", "max_tokens", "concurrency", "rate", "seed",
-    "step_timeout_s", "fail_fast", "grace_s", "warmup", "reset_prefix_cache",
-    "engine.kind", "engine.model", "engine.dtype", "engine.max_model_len", "engine.block_size",
-    "engine.kv_cache_gib", "engine.gpu_memory_utilization", "engine.enforce_eager", "engine.cuda_graphs",
+    "step_timeout_s", "fail_fast", "grace_s", "warmup", "reset_prefix_cache", "trace",
+    "engine.kind", "engine.model", "engine.model_preset", "engine.dtype", "engine.max_model_len",
+    "engine.block_size", "engine.kv_cache_gib", "engine.gpu_memory_utilization", "engine.enforce_eager",
+    "engine.cuda_graphs",
     "engine.cudagraph_capture_sizes", "engine.max_num_seqs", "engine.enable_prefix_caching", "engine.seed",
-    "engine.extra_engine_args", "engine.base_url", "engine.api", "engine.api_key_env",
+    "engine.extra_engine_args", "engine.base_url", "engine.routing", "engine.api", "engine.api_key_env",
     "engine.connect_timeout_s", "engine.read_timeout_s", "engine.server_port", "engine.max_servers",
     "engine.server_start_timeout_s",
     "output.out_dir", "output.run_id", "output.save_text", "output.summary_every",

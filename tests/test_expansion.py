@@ -57,16 +57,16 @@ def test_flows_cycle_through_records_with_stable_ids(template: Path) -> None:
     assert [f.record_index for f in flows][58:62] == [58, 59, 0, 1]
     assert flows[7].flow_id == "summarize_critique_refine-000007"
     # the first step needs no earlier output, so its prompt is rendered once per record at expansion
-    first = flows.steps[0]
+    first = flows.plan(flows[61], seed=0)[0]
     prompt = flows.render(flows[61], first, {})
     assert flows.records[1]["title"] in prompt
 
 
 def test_later_steps_render_with_real_outputs_inserted_literally(template: Path) -> None:
     flows = expand_with_cache(template, 3, force=False, warn=print).flows
-    critique = flows.steps[1]
+    critique = flows.plan(flows[0], seed=0)[1]
     output = "THE SUMMARY {{ 7*7 }} {% raw %}"
-    prompt = flows.render(flows[0], critique, {"summarize": output})
+    prompt = flows.render(flows[0], critique, {"summarize": [output]})
     assert output in prompt
     assert "49" not in prompt
 
@@ -126,7 +126,7 @@ def test_damaged_cache_is_a_miss_with_a_warning(template: Path, damage: str, war
         # a valid-looking edit that also fixes up the recorded hash must still be rejected if malformed
         import hashlib
 
-        broken = expanded.read_text().replace('"format_version":2', '"format_version":"x"')
+        broken = expanded.read_text().replace('"format_version":3', '"format_version":"x"')
         expanded.write_text(broken)
         entries = json.loads(index.read_text())
         entries["entries"][0]["expanded_sha256"] = hashlib.sha256(broken.encode()).hexdigest()

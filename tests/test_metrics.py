@@ -71,11 +71,11 @@ def test_every_step_record_is_complete_and_consistent(engine, engine_loop, tmp_p
     # summary.json on disk is the same document, and reads back into the same model
     on_disk = (result.run_dir / SUMMARY).read_text()
     loaded = RunSummary.model_validate_json(on_disk)
-    assert loaded.schema_version == RUN_SCHEMA_VERSION == 2
+    assert loaded.schema_version == RUN_SCHEMA_VERSION == 3
     assert loaded.to_json() == summary.to_json()
     # the on-disk shape itself (what users script against): the renamed per-step rate, not the old name
     document = json.loads(on_disk)
-    assert document["schema_version"] == 2
+    assert document["schema_version"] == 3
     for block in document["latency_by_step"].values():
         assert "request_output_tokens_per_s" in block and "output_tokens_per_s" not in block
     assert "output_tokens_per_s" in document["throughput"]

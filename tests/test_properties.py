@@ -134,10 +134,10 @@ def test_any_template_and_fixture_expand_or_fail_cleanly(
         flows = expansion.flows
         assert len(flows) == n
         assert ExpandedFlowSet.from_json(flows.to_json()).to_json() == flows.to_json()
-        outputs = {step.id: "{{ 7*7 }} output" for step in flows.steps}
-        for step in flows.steps:
-            prompt = flows.render(flows[0], step, outputs)
-            if step.uses_steps:
+        outputs = {step.id: ["{{ 7*7 }} output"] for step in flows.steps}
+        for node in flows.plan(flows[0], seed=0):
+            prompt = flows.render(flows[0], node, outputs)
+            if node.step.uses_steps:
                 assert "{{ 7*7 }} output" in prompt
 
 
@@ -155,9 +155,9 @@ def test_well_formed_flows_always_expand_and_chain(flow: tuple[dict, list[dict]]
         assert fresh.flows.to_json() == cached.flows.to_json()
         flows = cached.flows
         assert [flow.record_index for flow in flows] == [i % len(rows) for i in range(n)]
-        outputs = {step.id: f"<{step.id} says {{{{ 7*7 }}}}>" for step in flows.steps}
+        outputs = {step.id: [f"<{step.id} says {{{{ 7*7 }}}}>"] for step in flows.steps}
         for flow in flows:
-            for step in flows.steps:
-                prompt = flows.render(flow, step, outputs)
-                for used in step.uses_steps:
-                    assert outputs[used] in prompt
+            for node in flows.plan(flow, seed=0):
+                prompt = flows.render(flow, node, outputs)
+                for used in node.step.uses_steps:
+                    assert outputs[used][0] in prompt

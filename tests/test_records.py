@@ -97,6 +97,7 @@ def test_a_failed_step_line_has_no_measurement_keys() -> None:
     identity = STEP.model_dump(include=IDENTITY_FIELDS)
     failed = StepRecord(**identity, status="failed", step_ms=1.0, error_type="StepTimeout", error_message="x")
     assert set(json.loads(failed.to_line())) == IDENTITY_FIELDS | {
+        "kind",
         "status",
         "step_ms",
         "error_type",

@@ -48,7 +48,8 @@ def test_terminal_report_has_every_section(finished_run: Path) -> None:
         "flowperf run", "complete", "vllm", "CUDA graphs", "closed loop, concurrency 3", "timing",
         "engine start-up", "measured window", "latency by step", "summarize", "ttft p99", "itl p95",
         "tpot p50", "throughput", "prefix cache by step position", "resources", "peak RSS", "RSS growth",
-        "failures", "EngineError", "injected failure in flow 5 step refine",
+        "failures", "EngineError", "injected failure in flow 5 step refine", "LLM steps by turn depth",
+        "where the time went", "LLM requests in flight",
     ):  # fmt: skip
         assert expected in done.stdout, expected
 
@@ -74,10 +75,10 @@ def test_html_report_is_self_contained_and_renders_in_a_browser(finished_run: Pa
     assert done.returncode == 0, done.stderr
     html = page.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched from anywhere
-    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', html)) == 7
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', html)) == 10
     default = run_bench("report", str(finished_run), "--html", timeout=180)
     assert default.returncode == 0 and (finished_run / "report.html").is_file()
-    check_in_browser(page, expected_images=7)
+    check_in_browser(page, expected_images=10)
 
 
 def check_in_browser(page: Path, expected_images: int) -> None:

@@ -80,7 +80,7 @@ def test_cli_run_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     assert config["versions"]["vllm"] and config["versions"]["torch"]
     assert config["model"] == {"path": str(tiny_model), "name": str(tiny_model), "tiny": True}
     summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())
-    assert summary.schema_version == 2
+    assert summary.schema_version == 3
     assert summary.status == "complete"
     assert summary.counts.workflows_ok == 3
     for metric in ("workflow_ms", "step_ms", "ttft_ms"):

@@ -21,7 +21,7 @@ from jinja2.sandbox import SecurityError
 
 from flowperf.errors import UserError
 from flowperf.flows.cache import expand_with_cache
-from flowperf.flows.expand import PromptRenderer, StepSpec
+from flowperf.flows.expand import PromptRenderer, template_context
 from flowperf.flows.templating import MAX_EXPONENT, MAX_REPEATED_LENGTH
 
 RECORD = {"id": "r1", "title": "ab", "text": "plain"}
@@ -39,10 +39,9 @@ BOMB_CAP_BYTES = 1 << 30
 BOMB_TIMEOUT_S = 20.0
 BOMB_RENDER = """
 import json, sys
-from flowperf.flows.expand import PromptRenderer, StepSpec
-step = StepSpec(id="s", prompt=sys.argv[1], max_tokens=1, temperature=0.0, ignore_eos=True, uses_steps=())
+from flowperf.flows.expand import PromptRenderer, template_context
 try:
-    text = PromptRenderer()(step, {"title": "ab"}, {})
+    text = PromptRenderer().template("s", sys.argv[1]).render(template_context({"title": "ab"}, {}, None))
     print(json.dumps({"rendered": text[:200]}))
 except Exception as error:
     print(json.dumps({"error": type(error).__name__, "message": str(error)}))
@@ -50,8 +49,8 @@ except Exception as error:
 
 
 def render(source: str, record: dict[str, object] | None = None) -> str:
-    step = StepSpec(id="s", prompt=source, max_tokens=1, temperature=0.0, ignore_eos=True, uses_steps=())
-    return PromptRenderer()(step, RECORD if record is None else record, {})
+    context = template_context(RECORD if record is None else record, {}, None)
+    return PromptRenderer().template("s", source).render(context)
 
 
 def render_capped(source: str, timeout_s: float = BOMB_TIMEOUT_S) -> dict[str, str]:
@@ -150,13 +149,13 @@ def test_an_expanded_flow_keeps_fixture_text_and_step_outputs_literal(flow_dir: 
     flows = expand_with_cache(
         write_flow(flow_dir, "Text: {{ fixture.text }}"), 2, force=True, warn=print
     ).flows
-    first, second = flows.steps
+    first, second = flows.plan(flows[0], seed=0)
     assert [flows.render(flow, first, {}) for flow in flows] == [
         "Text: {{ 7*7 }} and {% if true %}yes{% endif %}",
         "Text: {{ fixture.__class__.__mro__ }} {{ cycler.__init__.__globals__ }}",
     ]
     output = "{{ 6*7 }} {% raw %}"
-    assert flows.render(flows[0], second, {"first": output}) == f"Earlier: {output}"
+    assert flows.render(flows[0], second, {"first": [output]}) == f"Earlier: {output}"
 
 
 @pytest.mark.parametrize(

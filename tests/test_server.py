@@ -20,9 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 from tokenizers import Tokenizer
+from transformers import AutoTokenizer
 
 from flowperf.config import EngineConfig
-from flowperf.engines.base import GenerationParams
+from flowperf.engines.base import GenerationParams, TokenPrompt
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.server import ServerRecord, ServerRegistry, healthy, server_arguments
 from flowperf.errors import UserError
@@ -88,6 +89,33 @@ def test_http_engine_measures_like_the_in_process_engine(server: ServerRecord, t
     assert first.engine_ttft_ms is not None and first.engine_queue_ms is not None
     (third,) = generate(http_engine(server), [prompt], max_tokens=4)
     assert third.cached_prompt_tokens >= 32  # prompt_tokens_details from the managed server
+
+
+def test_a_transcript_and_token_ids_reach_the_server_as_the_in_process_engine_sends_them(
+    server: ServerRecord, tiny_model: Path
+) -> None:
+    """A conversation turn goes to /v1/chat/completions and costs exactly the tokens of the model's chat
+    template (what the in-process engine sends, tests/test_agentic_runs.py); a token-id prompt goes as
+    it is, and a second one sharing its first 96 ids finds them in the prefix cache."""
+    transcript = (
+        {"role": "system", "content": "You are a careful assistant. " * 10},
+        {"role": "user", "content": "Fix the failing test."},
+        {"role": "assistant", "content": "read_file tests/test_x.py"},
+        {"role": "tool", "content": "def test_x(): assert 1 == 2", "tool_call_id": "call_2"},
+    )
+    (turn,) = generate(http_engine(server), [transcript], max_tokens=4)
+    rendered = AutoTokenizer.from_pretrained(tiny_model).apply_chat_template(
+        list(transcript), tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+    assert turn.prompt_tokens == len(rendered) and turn.output_tokens == 4
+    shared = tuple(range(200, 296))
+    first, second = (
+        TokenPrompt((*shared, *tail)) for tail in (tuple(range(300, 340)), tuple(range(340, 360)))
+    )
+    (one,) = generate(http_engine(server), [first], max_tokens=3)
+    (two,) = generate(http_engine(server), [second], max_tokens=3)
+    assert (one.prompt_tokens, two.prompt_tokens) == (136, 116)
+    assert two.cached_prompt_tokens == 96 and one.output_tokens == two.output_tokens == 3
 
 
 def histogram_sums(record: ServerRecord) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import fake_vllm_server
 from fake_vllm_server import fake_arguments
 from flowperf.config import EngineConfig
 from flowperf.engines import server as server_module
@@ -158,3 +159,105 @@ def test_a_started_server_survives_the_killing_of_the_run_s_descendants(
     time.sleep(0.2)
     (record,) = registry.servers()  # alive and still ours: the registry's own check
     assert record.pid == pid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def acquire_set(registry: ServerRegistry, replicas: int, gpus_per_replica: int = 1, **options):
+    limits = {"port": None, "max_servers": 4, "start_timeout_s": 30} | options
+    return registry.acquire_set(
+        EngineConfig(max_model_len=512), MODEL, replicas=replicas, gpus_per_replica=gpus_per_replica, **limits
+    )
+
+
+def test_a_replica_set_starts_together_and_is_reused_as_a_set(registry: ServerRegistry) -> None:
+    started = time.monotonic()
+    members, reused = acquire_set(registry, 3)
+    assert time.monotonic() - started < 3 * fake_vllm_server.START_DELAY_S  # their start-ups overlap
+    assert not reused and [m.replica for m in members] == [0, 1, 2]
+    assert len({m.port for m in members}) == 3 and len({m.replica_set for m in members}) == 1
+    assert all(m.devices is None and m.ready for m in members)  # no GPU here: nothing to pin
+    again, reused = acquire_set(registry, 3)
+    assert reused and [m.id for m in again] == [m.id for m in members]
+    assert registry.set_urls(None) == [m.base_url for m in members]
+    lone, _ = acquire(registry, 512, max_servers=4)  # a plain run never takes a set's member
+    assert lone.replica_set is None and lone.id not in {m.id for m in members}
+    assert registry.set_urls(members[0].replica_set) == [m.base_url for m in members]
+    with pytest.raises(UserError, match="no running replica set with id nope"):
+        registry.set_urls("nope")
+
+
+def test_a_set_restarts_only_its_missing_members(registry: ServerRegistry) -> None:
+    members, _ = acquire_set(registry, 2)
+    registry.stop(members[1].id)
+    again, reused = acquire_set(registry, 2)
+    assert not reused and again[0].id == members[0].id and again[1].id != members[1].id
+
+
+def test_each_replica_sees_only_its_own_gpus(
+    registry: ServerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "gpu_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    members, _ = acquire_set(registry, 2, gpus_per_replica=2)
+    assert [m.devices for m in members] == ["0,1", "2,3"]
+    seen = [psutil.Process(m.pid).environ().get("CUDA_VISIBLE_DEVICES") for m in members]
+    assert seen == ["0,1", "2,3"]
+    assert "replica 1 of set" in members[1].placement and "on GPUs 2,3" in members[1].placement
+    assert members[1].set_slot == f"{members[1].replica_set}/1 GPUs 2,3"
+
+
+def test_replicas_follow_the_gpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert server_module.replica_devices(2, 2, 4) == ["4,5", "6,7"]
+    assert server_module.replica_devices(3, 1, 4) == ["4", "5", "6"]
+    assert server_module.replica_devices(2, 1, 0) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("replicas", "gpus_per_replica", "gpus", "extra", "message"),
+    [
+        (3, 2, 4, {}, r"--replicas 3 x --gpus-per-replica 2: only 4 GPU\(s\) here"),
+        (1, 2, 0, {}, "--gpus-per-replica 2: no GPU on this machine"),
+        (2, 2, 4, {"tensor_parallel_size": 4}, r"--gpus-per-replica 2: the engine arguments use 4 GPU\(s\)"),
+        (5, 1, 8, {}, "--replicas 5: more than --max-servers 4"),
+    ],
+)
+def test_impossible_sets_are_refused_before_anything_starts(
+    registry: ServerRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    replicas,
+    gpus_per_replica,
+    gpus,
+    extra,
+    message,
+) -> None:
+    monkeypatch.setattr(server_module, "gpu_count", lambda: gpus)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(UserError, match=message):
+        registry.acquire_set(
+            EngineConfig(extra_engine_args=extra), MODEL, replicas=replicas,
+            gpus_per_replica=gpus_per_replica, port=None, max_servers=4, start_timeout_s=30,
+        )  # fmt: skip
+    assert registry.servers() == []
+
+
+def test_gpus_per_replica_means_tensor_parallel_unless_the_engine_args_say_otherwise() -> None:
+    assert server_module.replica_settings(EngineConfig(), 2).extra_engine_args == {"tensor_parallel_size": 2}
+    pipelined = EngineConfig(extra_engine_args={"pipeline_parallel_size": 2})
+    assert server_module.replica_settings(pipelined, 2) == pipelined
+    assert server_module.replica_settings(EngineConfig(), 1) == EngineConfig()
+
+
+def test_a_member_that_cannot_start_stops_the_ones_started_with_it(registry: ServerRegistry) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"--server-port {port}: 127.0.0.1:{port} is already in use"):
+            acquire_set(registry, 2, port=port - 1)
+    assert registry.servers() == []
+    assert not any(
+        server_module.SERVER_MODULE in " ".join(p.info["cmdline"] or [])
+        and str(port - 1) in (p.info["cmdline"] or [])
+        for p in psutil.process_iter(["cmdline"])
+    )

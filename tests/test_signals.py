@@ -289,6 +289,42 @@ def test_sigkill_at_random_points_then_resume_exactly_once(tmp_path: Path) -> No
             ServerRegistry().stop(record.id)
 
 
+def test_sigkill_during_graph_workflows_then_resume_exactly_once(tmp_path: Path) -> None:
+    """map_reduce fans out 4-8 branches per workflow and joins them: a kill lands while branches of
+    several workflows are in flight. Each workflow must end counted once, with exactly its own plan's
+    step lines, however many kills it lived through (an in-flight graph restarts whole)."""
+    rng = random.Random(int(os.environ.get("FLOWPERF_KILL_SEED", "20261129")))
+    total, out = 12, tmp_path / "runs"
+    run_dir = out / "graph"
+    with serve_in_thread(MockConfig(ttft_ms=150, itl_ms=2, lifetime_s=300)) as server:
+        fresh = ["--flow", "map_reduce", "-n", str(total), "--concurrency", "2", "--max-tokens", "4",
+                 "--warmup", "0", "--engine", "openai", "--base-url", f"http://127.0.0.1:{server.port}",
+                 "--out", str(out), "--run-id", "graph"]  # fmt: skip
+        for trial in range(5):
+            args = ["--resume", str(run_dir)] if (run_dir / "config.json").exists() else fresh
+            bench = BenchProcess(tmp_path, f"graph{trial}", *args)
+            target = (len(rows(run_dir)) if run_dir.exists() else 0) + rng.randint(1, 2)
+            wait_until(lambda target=target: run_dir.exists() and len(rows(run_dir)) >= target, bench)
+            time.sleep(rng.uniform(0.05, 0.3))  # inside a fan-out, a join, or a write
+            if bench.process.poll() is None:
+                bench.signal_group(signal.SIGKILL)
+            bench.process.wait()
+        final = BenchProcess(tmp_path, "graph-final", "--resume", str(run_dir))
+        assert final.wait(300) == 0, final.stderr[-2000:]
+    workflows = rows(run_dir)
+    assert sorted(int(row["flow_index"]) for row in workflows) == list(range(total))
+    steps = RunStore(run_dir).read_steps()
+    keys = [(s.flow_index, s.step_index) for s in steps]
+    assert len(keys) == len(set(keys))
+    for row in workflows:
+        own = [s for s in steps if s.flow_index == int(row["flow_index"])]
+        assert {s.session for s in own} == {int(row["session"])}
+        assert len(own) == int(row["steps"]) == int(row["steps_ok"]) >= 5  # 4+ branches and the join
+        assert sorted(s.step_index for s in own) == list(range(int(row["steps"])))
+    summary = read_summary(run_dir)
+    assert summary.counts.workflows_ok == total and summary.counts.sessions >= 3  # the kills landed
+
+
 # --- a signal in every phase: exit 130, one line, no traceback, summary.json wherever a directory exists
 
 

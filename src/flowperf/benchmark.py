@@ -26,6 +26,7 @@ from flowperf.config import RunConfig, differences
 from flowperf.deferred import DeferredSink
 from flowperf.engines.base import Engine, EngineError, EngineInfo
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
+from flowperf.engines.presets import preset_model_path
 from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
@@ -33,10 +34,13 @@ from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
+from flowperf.flows.filler import DEFAULT_TOKENS_PER_WORD, tokens_per_word
+from flowperf.flows.source import WorkflowSource
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.live_summary import PeriodicSummaries
 from flowperf.monitor import ResourceMonitor
 from flowperf.records import RUN_SCHEMA_VERSION, MonitorErrorRecord, WorkflowRecord, check_schema_version
+from flowperf.replay import load_requests
 from flowperf.runner import ExecutionConfig, Runner
 from flowperf.sinks import MeasuredSink, WarmupSink
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore, StoreWriteError
@@ -95,7 +99,7 @@ def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
     """The model directory to load: `--model` if given (must exist locally), else the tiny model."""
     if config.engine.kind == "openai":
         return ResolvedModel(path=None, tiny=False, name=config.engine.model)
-    path = local_model_path(config)
+    path = local_model_path(config) or preset_model_path(config, timing)
     if path is not None:
         return ResolvedModel(path=path, tiny=False, name=str(path))
     tiny = build_tiny_model(config.fixtures_dir)
@@ -103,18 +107,25 @@ def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:
     return ResolvedModel(path=tiny.path, tiny=True, name=str(tiny.path))
 
 
-def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path) -> Engine:
-    """The engine `config.engine.kind` names, not started."""
+def make_engine(config: RunConfig, model: ResolvedModel, log_path: Path, parallel_width: int = 1) -> Engine:
+    """The engine `config.engine.kind` names, not started; an HTTP client pools a connection for every
+    request that can be in flight (`parallel_width` per workflow: a graph's branches run at once), per
+    replica when there are several, since routing may send any of them every request in flight."""
     settings = config.engine
     if settings.kind == "vllm":
         assert model.path is not None
         return get_vllm_engine(settings, model.path, log_path)
+    urls = (settings.base_urls if settings.kind == "openai" else []) or [""]  # a managed server sets its own
     http = HttpClientConfig(
-        base_url=settings.base_url or "",
+        base_url=urls[0],
+        other_urls=tuple(urls[1:]),
+        routing=settings.routing,
         model=model.name,
         api=settings.api,
         api_key_env=settings.api_key_env,
-        concurrency=config.effective_concurrency or HTTP_POOL_WITHOUT_CAP,
+        concurrency=config.effective_concurrency * parallel_width
+        if config.effective_concurrency
+        else HTTP_POOL_WITHOUT_CAP,
         connect_timeout_s=settings.connect_timeout_s,
         read_timeout_s=settings.read_timeout_s,
     )
@@ -167,6 +178,7 @@ def config_document(
             "template_sha256": expansion.flows.template_sha256,
             "fixture_sha256": expansion.flows.fixture_sha256,
             "steps": [step.id for step in expansion.flows.steps],
+            "conversation": expansion.flows.conversation,
         },
         "model": {
             "path": None if model.path is None else str(model.path),
@@ -293,10 +305,14 @@ def expand_flows(
     config: RunConfig, timing: TimingLog, monitor: ResourceMonitor, hooks: RunHooks
 ) -> tuple[Expansion, float]:
     """The run's flows (from the cache when it holds them) and how long that took, in ms."""
-    template_path = resolve_flow(config.flow, config.flows_dir)
     started = time.perf_counter()
     with monitor.phase("flow_expansion"):
-        expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
+        if config.trace is not None:
+            model_dir = local_model_path(config) if config.engine.kind != "openai" else None
+            expansion = Expansion(load_requests(config, model_dir), "trace")
+        else:
+            template_path = resolve_flow(config.flow, config.flows_dir)
+            expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
     expansion_ms = (time.perf_counter() - started) * 1000.0
     timing.emit("flow_expansion_ms", expansion_ms, source=expansion.source, flows=len(expansion.flows))
     return expansion, expansion_ms
@@ -306,7 +322,7 @@ def run_info(config: RunConfig, expansion: Expansion, run_id: str) -> RunInfo:
     return RunInfo(
         run_id=run_id,
         flow=expansion.flows.name,
-        mode="open_loop" if config.rate else "closed_loop",
+        mode="open_loop" if config.open_loop else "closed_loop",
         concurrency=config.effective_concurrency,
         rate_per_s=config.rate,
         engine_kind=config.engine.kind,
@@ -316,7 +332,14 @@ def run_info(config: RunConfig, expansion: Expansion, run_id: str) -> RunInfo:
     )
 
 
-def execution_config(config: RunConfig, opened: OpenedRun) -> ExecutionConfig:
+def filler_ratio(flows: WorkflowSource, model: ResolvedModel) -> float:
+    """Tokens per filler word under the model's tokenizer, measured only for flows that use filler."""
+    if not any(step.filler_tokens is not None for step in flows.steps):
+        return DEFAULT_TOKENS_PER_WORD
+    return tokens_per_word(model.path)
+
+
+def execution_config(config: RunConfig, opened: OpenedRun, filler_tokens_per_word: float) -> ExecutionConfig:
     return ExecutionConfig(
         run_id=opened.run_id,
         concurrency=config.effective_concurrency,
@@ -328,6 +351,8 @@ def execution_config(config: RunConfig, opened: OpenedRun) -> ExecutionConfig:
         fail_fast=config.fail_fast,
         grace_s=config.grace_s,
         session=opened.session,
+        filler_tokens_per_word=filler_tokens_per_word,
+        time_scale=config.trace.time_scale if config.trace is not None and config.rate is None else None,
     )
 
 
@@ -410,8 +435,10 @@ def assemble(
         run=run_info(config, expansion, opened.run_id),
         timings=Timings(flow_expansion_ms=checked.expansion_ms, expansion_source=expansion.source),
     )
-    engine = engine or make_engine(config, checked.model, opened.store.path(ENGINE_LOG))
-    runner = Runner(expansion.flows, engine, execution_config(config, opened))
+    width = expansion.flows.parallel_width()
+    engine = engine or make_engine(config, checked.model, opened.store.path(ENGINE_LOG), width)
+    filler = filler_ratio(expansion.flows, checked.model)
+    runner = Runner(expansion.flows, engine, execution_config(config, opened, filler))
     periodic = PeriodicSummaries(
         opened.store,
         config.output.summary_every,

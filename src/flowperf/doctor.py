@@ -30,6 +30,7 @@ import psutil
 import flowperf
 from flowperf import ceiling
 from flowperf.config import CPU_DEFAULT_KV_CACHE_GIB, GIB, RunConfig
+from flowperf.engines.presets import PRESETS, Preset
 from flowperf.engines.tiny import MARKER_FILE, default_model_dir
 from flowperf.engines.vllm_local import CPU_DEFAULT_BLOCK_SIZE
 from flowperf.flows import resolve_flow
@@ -38,6 +39,7 @@ from flowperf.flows.expand import ExpandedFlowSet
 from flowperf.paths import flowperf_home
 
 BYTES_PER_KV_ELEMENT = 2  # bf16/fp16 KV cache
+VLLM_GPU_SHARE = 0.9  # vLLM's default gpu_memory_utilization: the part of a GPU it plans to use
 
 FIXTURES_DIR = "fixtures"
 
@@ -62,6 +64,58 @@ def gpu_findings() -> dict[str, Any]:
         return {"nvml": f"{count} GPU(s)", "gpus": "; ".join(devices) or "none"}
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_memory_bytes() -> list[int]:
+    """Each GPU's total memory through NVML; empty where there is no NVML or no GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        return [
+            pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total for i in range(count)
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def preset_fit(preset: Preset, sequence_tokens: int, gpus: list[int], ram_available: int) -> str:
+    """Whether the preset's weights and one full sequence's KV cache fit: in one GPU's share vLLM uses
+    (else on how many GPUs with tensor parallelism), or in the RAM available now on a CPU machine."""
+    need = preset.weight_bytes() + preset.kv_bytes_per_token() * sequence_tokens
+    if not gpus:
+        verdict = "fits" if need <= ram_available else "does NOT fit"
+        return f"{verdict} in RAM ({need / GIB:.1f} of {ram_available / GIB:.1f} GiB available)"
+    budget = VLLM_GPU_SHARE * min(gpus)
+    if need <= budget:
+        return f"fits one GPU ({need / GIB:.1f} of {budget / GIB:.1f} GiB at utilization {VLLM_GPU_SHARE})"
+    shards = math.ceil(need / budget)
+    if shards <= len(gpus):
+        return f"needs about {shards} GPUs (--engine-arg tensor_parallel_size={shards} or more)"
+    return f"does NOT fit {len(gpus)} GPU(s) ({need / GIB:.1f} GiB needed)"
+
+
+def preset_findings(max_model_len: int) -> dict[str, Any]:
+    """Per preset: weight memory (parameters x bf16), KV cache per token and per sequence of
+    max_model_len tokens (capped at the model's context), and whether that fits this machine."""
+    gpus = gpu_memory_bytes()
+    ram_available = psutil.virtual_memory().available
+    findings: dict[str, Any] = {}
+    for name, preset in PRESETS.items():
+        tokens = min(max_model_len, preset.max_positions)
+        kv_token = preset.kv_bytes_per_token()
+        findings[f"preset {name}"] = (
+            f"{preset.parameter_count() / 1e9:.2f} B params, weights {preset.weight_bytes() / GIB:.2f} GiB; "
+            f"KV {kv_token / 1024:.0f} KiB/token, {kv_token * tokens / GIB:.2f} GiB per {tokens:,}-token "
+            f"sequence; {preset_fit(preset, tokens, gpus, ram_available)}"
+        )
+    return findings
 
 
 def engine_findings() -> dict[str, Any]:
@@ -149,8 +203,11 @@ def workflow_peak_tokens(flows: ExpandedFlowSet, tokenizer_path: Path, max_token
     peak = 0
     for record_index in range(len(flows.records)):
         flow = flows[record_index]
-        for step in flows.steps:
-            prompt = flows.render(flow, step, {used: "" for used in step.uses_steps})
+        for node in flows.plan(flow, seed=0):
+            step = node.step
+            if step.kind != "llm":
+                continue
+            prompt = flows.render(flow, node, {used: [""] for used in step.uses_steps})
             tokens = len(tokenizer.encode(prompt).ids) + sum(lengths[used] for used in step.uses_steps)
             peak = max(peak, tokens + lengths[step.id])
     return peak
@@ -207,4 +264,5 @@ def capacity_findings(config: RunConfig, model_path: Path) -> dict[str, Any]:
         "concurrent workflows that fit": f"{fits:,}",
         "recommended --concurrency": f"{recommended} (capped at --num-flows {len(expansion.flows)}; "
         "throughput may flatten earlier on CPU: measure with bench run --concurrency)",
+        **preset_findings(config.engine.max_model_len),
     }

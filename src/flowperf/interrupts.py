@@ -22,10 +22,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -155,3 +155,21 @@ class InterruptController:
 
 def _nothing() -> None:
     return None
+
+
+T = TypeVar("T")
+
+
+def run_with_interrupts(main: Callable[[InterruptController], Awaitable[T]]) -> T:
+    """Run `main` on a new event loop with Ctrl-C owned by it for its duration: the first signal asks
+    for a graceful stop (what that means is `main`'s to say, through the controller), the second exits."""
+    interrupts = InterruptController()
+
+    async def run_once() -> T:
+        interrupts.install(asyncio.get_running_loop())
+        try:
+            return await main(interrupts)
+        finally:
+            interrupts.uninstall()
+
+    return asyncio.run(run_once())

@@ -126,7 +126,8 @@ class MockOpenAIServer:
 
     async def _stream(self, path: str, headers: dict[str, str], request: dict[str, Any], writer) -> None:
         arrived = time.perf_counter()
-        prompt = request.get("prompt") or json.dumps(request.get("messages"))
+        prompt = request.get("prompt") or request.get("messages")
+        prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
         match = FAULT_IN_PROMPT.search(prompt)
         fault = match.group(1) if match else self.config.fault
         log = RequestLog(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from typer.core import TyperCommand
 
-from flowperf.config import RunConfig
+from flowperf.config import HTTP_URL, RunConfig, replicas_problem
 from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error
 
@@ -49,7 +50,9 @@ class ConfigOption:
     help: str
     panel: str | None = None
     unset: str | None = None
-    parse: Callable[[str], Any] | None = None
+    parse: Callable[[Any], Any] | None = None
+    repeatable: bool = False
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -70,11 +73,13 @@ def option(
     help: str,
     panel: str | None = None,
     unset: str | None = None,
-    parse: Callable[[str], Any] | None = None,
+    parse: Callable[[Any], Any] | None = None,
     also: tuple[str, ...] = (),
+    repeatable: bool = False,
+    metavar: str | None = None,
 ) -> ConfigOption:
     """A config option setting `path` (and the paths in `also`, to the same value)."""
-    return ConfigOption(decls, (path, *also), help, panel, unset, parse)
+    return ConfigOption(decls, (path, *also), help, panel, unset, parse, repeatable, metavar)
 
 
 def positive_whole_numbers(text: str) -> list[int]:
@@ -86,6 +91,25 @@ def positive_whole_numbers(text: str) -> list[int]:
     if not numbers or any(number < 1 for number in numbers):
         raise ValueError("expected positive whole numbers")
     return numbers
+
+
+def base_urls(items: list[str]) -> str | list[str]:
+    """One `--base-url` is the server (a string, as it always was); several are replicas of one
+    deployment (a list). Each is checked here so the error names the URL at fault."""
+    for url in items:
+        if not re.match(HTTP_URL, url):
+            raise UserError(f"--base-url {url}: not an http:// or https:// URL")
+    problem = replicas_problem(items)
+    if problem is not None:
+        raise UserError(f"--base-url: {problem}")
+    return items[0] if len(items) == 1 else items
+
+
+def engine_args(items: list[str]) -> dict[str, Any]:
+    """Repeated `KEY=VALUE` items, checked against vLLM's engine arguments (engines/vllm_local.py)."""
+    from flowperf.engines.vllm_local import parse_engine_args
+
+    return parse_engine_args(items)
 
 
 FLOW = (
@@ -101,6 +125,12 @@ MODEL = (
         help="Local model directory (for --engine openai: the served model name).",
         unset="the embedded tiny model, built on first use",
     ),
+    option(
+        "engine.model_preset",
+        "--model-preset",
+        panel=ENGINE_PANEL,
+        help="A published architecture with dummy weights, nothing downloaded (see bench doctor).",
+    ),
     option("fixtures_dir", "--fixtures-dir", help="Corpus for the tiny model's tokenizer."),
 )
 ENDPOINT = (
@@ -115,7 +145,17 @@ ENDPOINT = (
         "engine.base_url",
         "--base-url",
         panel=ENGINE_PANEL,
-        help="OpenAI-compatible server for --engine openai.",
+        help="OpenAI-compatible server for --engine openai; repeat it for replicas of one deployment.",
+        parse=base_urls,
+        repeatable=True,
+        metavar="URL",
+    ),
+    option(
+        "engine.routing",
+        "--routing",
+        panel=ENGINE_PANEL,
+        help="With several --base-url: session sends each workflow to one replica (index mod N, its "
+        "prefix cache reused); round-robin sends each request to the next.",
     ),
     option(
         "engine.api",
@@ -167,6 +207,16 @@ ENGINE = (
         unset="1 on CPU; on GPU vLLM's own share of GPU memory (0.9)",
     ),
     option(
+        "engine.extra_engine_args",
+        "--engine-arg",
+        panel=ENGINE_PANEL,
+        help="A vLLM engine argument KEY=VALUE (VALUE as JSON where it parses), e.g. "
+        "tensor_parallel_size=2; repeatable.",
+        parse=engine_args,
+        repeatable=True,
+        metavar="KEY=VALUE",
+    ),
+    option(
         "seed",
         "--seed",
         also=("engine.seed",),
@@ -198,7 +248,7 @@ MEASUREMENT = (
         "concurrency",
         "--concurrency",
         panel=MEASUREMENT_PANEL,
-        help="Workflows in flight at once (steps of one workflow stay in order).",
+        help="Workflows (sessions) in flight at once; a session keeps its slot while it pauses for a tool.",
         unset="1, or no cap with --rate",
     ),
     option(
@@ -240,6 +290,31 @@ MONITOR = (
         help="Warn when RSS grows faster, MB per 100 steps.",
     ),
 )
+TRACE_PANEL = "Trace"
+TRACE = (
+    option(
+        "trace.time_scale",
+        "--time-scale",
+        panel=TRACE_PANEL,
+        help="Replay the trace's own arrival times this many times faster (--rate: Poisson instead).",
+    ),
+    option(
+        "trace.token_scale",
+        "--token-scale",
+        panel=TRACE_PANEL,
+        help="Multiply every prompt and output length (and prefix block), e.g. 0.05 for a small machine.",
+    ),
+    option(
+        "trace.max_requests",
+        "--max-requests",
+        panel=TRACE_PANEL,
+        help="Replay at most this many.",
+        unset="all",
+    ),
+    option("trace.start_s", "--start", panel=TRACE_PANEL, help="Window start, s into the trace.", unset="0"),
+    option("trace.duration_s", "--duration", panel=TRACE_PANEL, help="Window length, s.", unset="to the end"),
+)
+
 RESULTS = (
     option("output.out_dir", "--out", panel=RESULTS_PANEL, help="Root directory for run directories."),
     option(
@@ -283,7 +358,7 @@ def only(group: tuple[ConfigOption, ...], *flags: str) -> tuple[ConfigOption, ..
 def default_text(entry: ConfigOption) -> str | None:
     """The field's default as `--help` shows it: a bool by the flag that selects it, None in words."""
     default = entry.field.get_default(call_default_factory=True)
-    if default is None:
+    if default is None or default == {}:
         return entry.unset
     if isinstance(default, bool):
         on, _, off = entry.decls[0].partition("/")
@@ -317,9 +392,13 @@ def _bounds(field: FieldInfo) -> dict[str, float]:
 
 def _parameter(entry: ConfigOption) -> inspect.Parameter:
     field = entry.field
-    cli_type = str if entry.parse is not None else _without_none(field.annotation)
+    cli_type = list[str] if entry.repeatable else str if entry.parse else _without_none(field.annotation)
     declaration = typer.Option(
-        *entry.decls, help=help_text(entry), rich_help_panel=entry.panel, **_bounds(field)
+        *entry.decls,
+        help=help_text(entry),
+        rich_help_panel=entry.panel,
+        metavar=entry.metavar,
+        **_bounds(field),
     )
     return inspect.Parameter(
         entry.name,
@@ -348,7 +427,7 @@ def config_flags(entries: Iterable[ConfigOption], values: dict[str, Any]) -> Con
     flags: ConfigFlags = {}
     for entry in entries:
         given = values.get(entry.name)
-        if given is not None:
+        if given is not None and given != []:
             flags |= dict.fromkeys(entry.paths, _flag_value(entry, given))
     return flags
 

@@ -7,7 +7,9 @@ fields absent from a line (a failed step has no TTFT) read as missing, never as 
 
 `RUN_SCHEMA_VERSION` is written into config.json and summary.json. Version 1 directories (flowperf 0.1,
 before the version was recorded) hold records of the same shape and load as they are; a directory from
-a newer flowperf is refused with one line rather than misread.
+a newer flowperf is refused with one line rather than misread. Version 3 added graph workflows: a
+workflow may record several failed steps (`steps_failed`), and step indices are plan positions, not a
+chain.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from flowperf.errors import UserError
 
-RUN_SCHEMA_VERSION = 2
+RUN_SCHEMA_VERSION = 3
 FIRST_RUN_SCHEMA_VERSION = 1
 
 Status = Literal["ok", "failed"]
+StepKind = Literal["llm", "tool", "think"]
 Count = Annotated[int, Field(ge=0)]
 Duration = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -52,6 +55,15 @@ class StepRecord(Record):
     start_offset_ms: float
     status: Status
     step_ms: Duration
+    kind: StepKind = "llm"
+    node: str | None = Field(
+        default=None, description="the step instance: `id`, `id#turn` in a loop, `id[k]` in a fan-out"
+    )
+    needs: list[int] | None = Field(default=None, description="step_index of each step it waited for")
+    end_offset_ms: float | None = Field(default=None, description="when it finished, harness clock")
+    depth: int | None = Field(default=None, description="LLM calls on its transcript up to and including it")
+    turn: int | None = None
+    item_index: int | None = None
     ttft_ms: Duration | None = None
     tpot_ms: Duration | None = None
     itl_ms: list[Duration] | None = None
@@ -65,6 +77,11 @@ class StepRecord(Record):
         default=None,
         description="over HTTP: waiting for a pooled connection (or a new one to open) before the request "
         "was submitted, harness clock; outside ttft_ms and step_ms, which start at submission",
+    )
+    endpoint: int | None = Field(
+        default=None,
+        ge=0,
+        description="which replica served it: its position in --base-url order; absent with one",
     )
     error_type: str | None = None
     error_message: str | None = None
@@ -105,6 +122,11 @@ class WorkflowRecord(Record):
     end_offset_ms: float
     error_type: str = ""
     error_message: str = ""
+    steps_failed: int | None = None
+    critical_path_ms: float | None = None
+    llm_ms: float | None = None
+    tool_ms: float | None = None
+    engine_queue_ms: float | None = None
 
     @field_validator("error_message")
     @classmethod

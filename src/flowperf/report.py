@@ -9,22 +9,36 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
+import pandas as pd
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
 from flowperf import plots
-from flowperf.rundata import RunData
-from flowperf.summary import SummaryContext, summarize_run
-from flowperf.summary_schema import CachePosition, GpusUnavailable, RunInfo, RunSummary, Timings
+from flowperf.durable import iter_complete_lines
+from flowperf.records import StepRecord
+from flowperf.rundata import RunData, parse_step_line
+from flowperf.store import STEPS, RunStore
+from flowperf.summary import SummaryContext, llm_steps, summarize_run
+from flowperf.summary_schema import (
+    CachePosition,
+    GpusUnavailable,
+    RunInfo,
+    RunSummary,
+    Timings,
+    TurnGroup,
+)
 
 PERCENTILES = ("p50", "p95", "p99")
 LATENCIES = ("step_ms", "ttft_ms", "itl_ms", "tpot_ms")
+TURN_COLUMNS = ("steps", "mean prompt tokens", "cache hit", "ttft p50", "ttft p95", "tpot p50")
+TIMELINE_FIRST = 4  # workflows drawn as graphs: the first few, and the slowest
 STATUS_NOTES = {
     "complete": "complete",
     "stopped_on_failure": "stopped at the first failure (--fail-fast)",
@@ -145,9 +159,55 @@ def cache_row(row: CachePosition) -> list[str]:
     ]
 
 
+def _turn_cells(group: TurnGroup) -> list[str]:
+    ratio = group.cached_prompt_ratio
+    return [
+        str(group.steps),
+        fmt(group.prompt_tokens_mean, 0),
+        "-" if ratio is None else f"{ratio:.1%}",
+        fmt(group.ttft_ms.p50),
+        fmt(group.ttft_ms.p95),
+        fmt(group.tpot_ms.p50, 2),
+    ]
+
+
+def turn_rows(summary: RunSummary) -> list[list[str]]:
+    """LLM steps by turn depth; none when the run has one depth (a single call, or a schema-1/2 run)."""
+    if len(summary.turns) < 2:
+        return []
+    return [[str(turn.depth), *_turn_cells(turn)] for turn in summary.turns]
+
+
+def prompt_length_rows(summary: RunSummary) -> list[list[str]]:
+    """LLM steps by prompt-length bucket; none when every prompt falls in one bucket."""
+    if len(summary.by_prompt_length) < 2:
+        return []
+    return [
+        [f"{group.prompt_tokens_from:,}-{group.prompt_tokens_below - 1:,}", *_turn_cells(group)]
+        for group in summary.by_prompt_length
+    ]
+
+
+def time_split_text(summary: RunSummary) -> str | None:
+    """Where an ok workflow's time went, as means that add up: the makespan is its critical path's LLM
+    calls (the engine's queueing inside them) and tool/think pauses, plus the harness's hand-overs; the
+    wait for a slot (open loop) comes before the makespan. None before schema 3."""
+    split = summary.workflow_breakdown
+    if split is None:
+        return None
+    slot = split.slot_wait_ms
+    return (
+        f"mean per workflow (critical path, {split.workflows} ok workflows): makespan "
+        f"{fmt(split.makespan_ms.mean)} ms = LLM {fmt(split.llm_ms.mean)} ms "
+        f"(of which engine queue {fmt(split.engine_queue_ms.mean, 2)} ms) + tools/think "
+        f"{fmt(split.tool_ms.mean)} ms + scheduling {fmt(split.scheduling_gap_ms.mean, 2)} ms; "
+        f"slot wait {fmt(slot.mean) + ' ms' if slot is not None else '- (closed loop)'}"
+    )
+
+
 def metric_samples(run: RunData) -> dict[str, np.ndarray]:
-    """The samples behind each latency statistic: one per workflow, per step, per token gap."""
-    ok_workflows, ok_steps = run.ok_workflows, run.ok_steps
+    """The samples behind each latency statistic: one per workflow, per LLM step, per token gap."""
+    ok_workflows, ok_steps = run.ok_workflows, llm_steps(run.ok_steps)
     empty = np.array([], dtype=float)
     if ok_steps.empty:
         return {"workflow_ms": empty, "step_ms": empty, "ttft_ms": empty, "itl_ms": empty, "tpot_ms": empty}
@@ -194,12 +254,13 @@ def resource_rows(summary: RunSummary) -> list[tuple[str, str]]:
 
 def throughput_text(summary: RunSummary) -> str:
     throughput = summary.throughput
-    concurrency = summary.load.achieved_concurrency
+    concurrency, requests = summary.load.achieved_concurrency, summary.load.request_concurrency
     return (
         f"{fmt(throughput.output_tokens_per_s)} output tokens/s, "
-        f"{fmt(throughput.steps_per_s, 2)} steps/s, "
+        f"{fmt(throughput.steps_per_s, 2)} LLM steps/s, "
         f"{fmt(throughput.workflows_per_s, 3)} workflows/s; "
-        f"workflows in flight: mean {fmt(concurrency.mean, 2)}, max {fmt(concurrency.max)}"
+        f"workflows (sessions) in flight: mean {fmt(concurrency.mean, 2)}, max {fmt(concurrency.max)}; "
+        f"LLM requests in flight: mean {fmt(requests.mean, 2)}, max {fmt(requests.max)}"
     )
 
 
@@ -246,6 +307,21 @@ def _grid(rows: list[tuple[str, str]]) -> Table:
     return grid
 
 
+def _agentic_parts(summary: RunSummary) -> list[Any]:
+    """The turn-depth and prompt-length tables and where the time went, for runs that have them."""
+    parts: list[Any] = []
+    for title, first, rows in (
+        ("LLM steps by turn depth (ms)", "depth", turn_rows(summary)),
+        ("LLM steps by prompt length (ms)", "prompt tokens", prompt_length_rows(summary)),
+    ):
+        if rows:
+            columns = (first, *TURN_COLUMNS)
+            parts.append(_table(title, columns, rows, right=columns))
+    if (text := time_split_text(summary)) is not None:
+        parts.append(f"[bold]where the time went[/] {text}")
+    return parts
+
+
 def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
     console.print(Panel(_grid(header_rows(run, summary)), title="flowperf run", title_align="left"))
     step_columns = ("step", "n", *(f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES))
@@ -253,6 +329,7 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
     parts: list[Any] = [
         _table("timing", ("phase", "time", "note"), timing_rows(summary), right=("time",)),
         _table("latency by step (ms)", step_columns, step_rows(summary), right=step_columns[1:]),
+        *_agentic_parts(summary),
         f"[bold]workflows[/] {workflow_text(summary)}",
         *([f"[bold]TTFT[/] {text}"] if (text := beyond_engine_text(summary)) else []),
         f"[bold]throughput[/] {throughput_text(summary)}",
@@ -273,9 +350,17 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
 def json_report(run: RunData, summary: RunSummary) -> dict[str, Any]:
     """The summary plus derived tables, for other tools."""
     columns = ["step", "n"] + [f"{m}_{p}" for m in LATENCIES for p in PERCENTILES]
+    turn_columns = [column.replace(" ", "_") for column in TURN_COLUMNS]
     return summary.to_json() | {
         "tables": {
             "per_step": [dict(zip(columns, row, strict=True)) for row in step_rows(summary)],
+            "by_turn_depth": [
+                dict(zip(["depth", *turn_columns], row, strict=True)) for row in turn_rows(summary)
+            ],
+            "by_prompt_length": [
+                dict(zip(["prompt_tokens", *turn_columns], row, strict=True))
+                for row in prompt_length_rows(summary)
+            ],
             "failures": [
                 {"error_type": t, "workflows": n, "first_message": m} for t, n, m in failure_rows(run)
             ],
@@ -288,6 +373,32 @@ def data_uri(png: bytes | None) -> str | None:
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def timeline_workflows(run: RunData, first: int = TIMELINE_FIRST) -> list[tuple[str, list[StepRecord]]]:
+    """(label, step records) of the workflows drawn as graphs: the first `first` ok workflows and the
+    slowest. Whole records (the tables leave out each step's needs), read from the session that
+    completed each workflow, one per step as the tables count them."""
+    ok = run.ok_workflows
+    if ok.empty:
+        return []
+    chosen = ok.sort_values("flow_index").head(first)
+    slowest = ok.loc[[ok["workflow_ms"].idxmax()]]
+    chosen = pd.concat([chosen, slowest]).drop_duplicates(subset=["flow_index"])
+    keys = {(int(row.flow_index), int(row.session)): row for row in chosen.itertuples()}
+    records: dict[tuple[int, int], dict[int, StepRecord]] = {key: {} for key in keys}
+    for line in iter_complete_lines(RunStore(run.run_dir).path(STEPS)):
+        parsed = parse_step_line(line)
+        if parsed is not None and parsed[0][:2] in records:
+            records[parsed[0][:2]].setdefault(parsed[0][2], StepRecord.model_validate_json(line))
+    slowest_index = int(slowest["flow_index"].iloc[0])
+    shown = []
+    for (flow, session), row in keys.items():
+        tag = " (slowest)" if flow == slowest_index else ""
+        if records[(flow, session)]:
+            label = f"{row.flow_id}{tag}: makespan {row.workflow_ms:,.0f} ms"
+            shown.append((label, list(records[(flow, session)].values())))
+    return shown
+
+
 def run_figures(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
     """(title, data URI) of every plot the run has data for."""
     ok_workflows, ok_steps = run.ok_workflows, run.ok_steps
@@ -298,6 +409,9 @@ def run_figures(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
         ("Time to first token", plots.distribution({"TTFT": samples["ttft_ms"]}, "TTFT")),
         ("Inter-token latency", plots.distribution({"ITL": samples["itl_ms"]}, "ITL")),
         ("Timeline", plots.gantt(ok_workflows, ok_steps)),
+        ("Workflow graphs (first workflows and the slowest)", plots.workflow_graphs(timeline_workflows(run))),
+        ("TTFT and prefix-cache hits by turn depth", plots.turn_depth(summary.turns)),
+        ("TTFT by prompt length", plots.ttft_by_prompt_length(llm_steps(ok_steps), summary.by_prompt_length)),
         ("Resources", plots.resources(run.metrics)),
         ("Prefix-cache hits", plots.cache_hits(summary.prefix_cache)),
     ]
@@ -327,12 +441,26 @@ def render_page(title: str, sections: list[dict[str, Any]], figures: list[tuple[
     )
 
 
+def _agentic_sections(summary: RunSummary) -> list[dict[str, Any]]:
+    sections: list[dict[str, Any]] = []
+    for title, first, rows in (
+        ("LLM steps by turn depth (ms)", "depth", turn_rows(summary)),
+        ("LLM steps by prompt length (ms)", "prompt tokens", prompt_length_rows(summary)),
+    ):
+        if rows:
+            sections.append({"title": title, "header": [first, *TURN_COLUMNS], "rows": rows})
+    if (text := time_split_text(summary)) is not None:
+        sections.append({"title": "Where the time went", "note": text})
+    return sections
+
+
 def html_report(run: RunData, summary: RunSummary) -> str:
     step_header = ["step", "n"] + [f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES]
     sections = [
         {"title": "Run", "rows": header_rows(run, summary)},
         {"title": "Timing", "header": ["phase", "time", "note"], "rows": timing_rows(summary)},
         {"title": "Latency by step (ms)", "header": step_header, "rows": step_rows(summary)},
+        *_agentic_sections(summary),
         {"title": "Workflows", "note": workflow_text(summary)},
         *([{"title": "TTFT", "note": text}] if (text := beyond_engine_text(summary)) else []),
         {"title": "Throughput", "note": throughput_text(summary)},
@@ -355,6 +483,17 @@ def write_html(path: Path, page: str) -> None:
     from flowperf.durable import atomic_write_text
 
     atomic_write_text(path, page)
+
+
+def write_requested_html(html: str | None, default: Path, build: Callable[[], str]) -> Path | None:
+    """The page `--html` asked for (`html`: its value, see `options.html_path`), built and written
+    atomically; where it went, or None when none was asked for (then nothing is built)."""
+    from flowperf.options import html_path
+
+    page = html_path(html, default)
+    if page is not None:
+        write_html(page, build())
+    return page
 
 
 def print_run_table(summary: RunSummary, console: Console) -> None:

@@ -1,11 +1,15 @@
 """The executor: runs expanded workflows through one engine and records every step as it finishes.
 
-Steps of a workflow run strictly in order, each prompt rendered with the real outputs of the steps
-before it. Closed loop: up to `concurrency` workflows in flight (1 = sequential). Open loop (`rate`):
-workflows arrive as a seeded Poisson process whatever is in flight, for latency under load.
+A workflow runs its plan (`flows.plan`): each step starts as soon as the steps it needs have finished, so
+a chain runs in order and branches run concurrently; each prompt is rendered with the real outputs of the
+steps it needs. Tool and think steps pause for their drawn duration while the workflow keeps its
+concurrency slot, as a live agent session does. Closed loop: up to `concurrency` workflows in flight (1 =
+sequential). Open loop (`rate`): workflows arrive as a seeded Poisson process whatever is in flight, for
+latency under load.
 
-A failing step (engine error, HTTP error, timeout) fails its workflow, with the error recorded, and the
-run goes on: one bad request never costs the others, unless `fail_fast` asks otherwise.
+A failing step (engine error, HTTP error, timeout) fails its workflow, with the error recorded: no
+further step of it starts (running branches finish and are recorded), and the run goes on: one bad
+request never costs the others, unless `fail_fast` asks otherwise.
 
 A stop request (Ctrl-C) starts no new workflow and gives in-flight steps `grace_s` to finish before they
 are cancelled; a cancelled workflow writes no row, so a resumed run runs it again from its first step.
@@ -21,10 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowperf.engines.base import Engine, GenerationParams, StepResult
-from flowperf.flows.expand import ExpandedFlow, ExpandedFlowSet, StepSpec
+from flowperf.critical_path import critical_path
+from flowperf.engines.base import Engine, GenerationParams, Prompt, StepResult, TokenPrompt
+from flowperf.flows.expand import ExpandedFlow
+from flowperf.flows.filler import FillerText
+from flowperf.flows.plan import PlannedNode, StepSpec
+from flowperf.flows.source import WorkflowSource
 from flowperf.records import StepRecord, WorkflowRecord
 from flowperf.sinks import RecordSink
+from flowperf.workflow_state import WorkflowState
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class ExecutionConfig:
     fail_fast: bool = False
     grace_s: float = 30.0
     session: int = 0
+    filler_tokens_per_word: float = 1.0
+    time_scale: float | None = None
 
 
 class StepTimeout(Exception):
@@ -69,7 +80,7 @@ class Runner:
     """Drives workflows through an engine; every finished step and workflow goes to the sink of the call
     (the run directory for measured workflows, only the timing log for warm-up)."""
 
-    def __init__(self, flows: ExpandedFlowSet, engine: Engine, config: ExecutionConfig) -> None:
+    def __init__(self, flows: WorkflowSource, engine: Engine, config: ExecutionConfig) -> None:
         self.flows = flows
         self.engine = engine
         self.config = config
@@ -78,6 +89,7 @@ class Runner:
         self._stopping = False
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self.filler = FillerText(config.filler_tokens_per_word)
 
     def request_stop(self) -> None:
         """Start no new workflow; cancel what is still running after the grace period."""
@@ -103,11 +115,21 @@ class Runner:
 
         Returns whether the run was stopped before every workflow had started.
         """
-        if self.config.rate is None:
-            await self._closed_loop(list(workflows), self.config.concurrency or 1, sink)
+        todo = list(workflows)
+        if self.config.rate is None and self.config.time_scale is None:
+            await self._closed_loop(todo, self.config.concurrency or 1, sink)
         else:
-            await self._open_loop(list(workflows), self.config.rate, self.config.concurrency, sink)
+            await self._open_loop(todo, self._arrivals(todo), self.config.concurrency, sink)
         return self._stopping
+
+    def _arrivals(self, workflows: list[ExpandedFlow]) -> np.ndarray:
+        """Seconds from the window start: Poisson at `rate`, else the workflows' own timeline (a trace's)
+        from the first of them, `time_scale` times faster."""
+        if self.config.rate is not None:
+            return poisson_arrivals(self.config.rate, len(workflows), self.config.seed)
+        own = np.array([self.flows.arrival_s(flow) for flow in workflows], dtype=float)
+        assert self.config.time_scale is not None
+        return (own - own[0]) / self.config.time_scale if own.size else own
 
     async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int, sink: RecordSink) -> None:
         pending = iter(workflows)
@@ -123,11 +145,10 @@ class Runner:
         await self._gather_workers()
 
     async def _open_loop(
-        self, workflows: list[ExpandedFlow], rate: float, cap: int | None, sink: RecordSink
+        self, workflows: list[ExpandedFlow], arrivals: np.ndarray, cap: int | None, sink: RecordSink
     ) -> None:
-        """Workflows arrive as a seeded Poisson process at `rate` per second, whatever is in flight;
-        with a cap, an arrival beyond it waits for a free slot (its wait shows as arrival-to-start)."""
-        arrivals = poisson_arrivals(rate, len(workflows), self.config.seed)
+        """Workflows arrive on schedule (`arrivals`, s), whatever is in flight; with a cap, an arrival
+        beyond it waits for a free slot (its wait shows as arrival-to-start)."""
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def admit(flow: ExpandedFlow, arrival_ms: float) -> None:
@@ -170,19 +191,15 @@ class Runner:
     async def _run_workflow(
         self, flow: ExpandedFlow, arrival_ms: float | None, sink: RecordSink
     ) -> WorkflowRecord:
-        outputs: dict[str, str] = {}
-        steps: list[StepRecord] = []
+        plan = self.flows.plan(flow, self.config.seed)
+        state = WorkflowState(flow, plan, self.flows.system_message(flow))
         started = time.perf_counter()
-        for position, step in enumerate(self.flows.steps):
-            record, text = await self._run_step(flow, step, position, outputs)
-            sink.step(record)
-            steps.append(record)
-            if text is None:
-                break
-            outputs[step.id] = text
+        await self._execute(state, sink)
         ended = time.perf_counter()
+        steps = state.records
+        path = critical_path(steps)
         ok = [record for record in steps if record.status == "ok"]
-        failed = steps[-1] if len(ok) < len(steps) else None
+        failed = next((record for record in steps if record.status == "failed"), None)
         return WorkflowRecord(
             flow_index=flow.index,
             flow_id=flow.flow_id,
@@ -190,8 +207,9 @@ class Runner:
             status="ok" if failed is None else "failed",
             workflow_ms=round((ended - started) * 1000.0, 3),
             step_ms_sum=round(sum(record.step_ms for record in steps), 3),
-            steps=len(self.flows.steps),
+            steps=len(plan),
             steps_ok=len(ok),
+            steps_failed=len(steps) - len(ok),
             prompt_tokens=sum(record.prompt_tokens or 0 for record in ok),
             output_tokens=sum(record.output_tokens or 0 for record in ok),
             cached_prompt_tokens=sum(record.cached_prompt_tokens or 0 for record in ok),
@@ -200,56 +218,140 @@ class Runner:
             end_offset_ms=round(self._offset_ms(ended), 3),
             error_type=failed.error_type or "" if failed else "",
             error_message=failed.error_message or "" if failed else "",
+            **path.as_fields(),
         )
 
-    async def _run_step(
-        self, flow: ExpandedFlow, step: StepSpec, position: int, outputs: dict[str, str]
-    ) -> tuple[StepRecord, str | None]:
-        """Run one step: its record, and its output text (None if it failed). Never raises for a failure
-        of the step itself; it records it."""
-        params = generation_params(step, self.config, flow, position)
+    async def _execute(self, state: WorkflowState, sink: RecordSink) -> None:
+        """Run the plan's steps as their needs are met, concurrently where the graph allows; after a
+        failure start nothing new, let running siblings finish (their records count), and stop."""
+        finished: asyncio.Queue[StepRecord] = asyncio.Queue()
+        waiting = {node.index: len(node.needs) for node in state.plan}
+        dependents: dict[int, list[int]] = {}
+        for node in state.plan:
+            for need in node.needs:
+                dependents.setdefault(need, []).append(node.index)
+        async with asyncio.TaskGroup() as group:
+            running = 0
+            for node in state.plan:
+                if not node.needs:
+                    group.create_task(self._run_node(state, node, finished))
+                    running += 1
+            while running:
+                record = await finished.get()
+                running -= 1
+                sink.step(record)
+                state.records.append(record)
+                if record.status != "ok":
+                    state.failed = True
+                if state.failed:
+                    continue
+                for index in dependents.get(record.step_index, ()):
+                    waiting[index] -= 1
+                    if waiting[index] == 0:
+                        group.create_task(self._run_node(state, state.plan[index], finished))
+                        running += 1
+
+    async def _run_node(
+        self, state: WorkflowState, node: PlannedNode, finished: asyncio.Queue[StepRecord]
+    ) -> None:
         started = time.perf_counter()
-        self._inflight += 1
-        inflight_at_start = self._inflight
-        result: StepResult | None = None
-        error: Exception | None = None
-        prompt = ""
-        try:
-            prompt = self.flows.render(flow, step, outputs)
-            result = await self._generate(prompt, params, f"{self.config.run_id}-{flow.flow_id}-{step.id}")
-        except Exception as failure:
-            error = failure
-        finally:
-            self._inflight -= 1
-        identity = {
-            "flow_index": flow.index,
-            "flow_id": flow.flow_id,
+        if node.step.kind == "llm":
+            record = await self._run_llm(state, node, started)
+        else:
+            record = await self._run_pause(state, node, started)
+        finished.put_nowait(record)
+
+    def _identity(
+        self, state: WorkflowState, node: PlannedNode, started: float, max_tokens: int
+    ) -> dict[str, object]:
+        return {
+            "flow_index": state.flow.index,
+            "flow_id": state.flow.flow_id,
             "session": self.config.session,
-            "step_index": position,
-            "step_id": step.id,
-            "max_tokens": params.max_tokens,
-            "inflight_at_start": inflight_at_start,
+            "step_index": node.index,
+            "step_id": node.step.id,
+            "kind": node.step.kind,
+            "node": node.name,
+            "needs": list(node.needs),
+            "depth": node.depth if node.step.kind == "llm" else None,
+            "turn": node.turn,
+            "item_index": node.item_index,
+            "max_tokens": max_tokens,
             "start_offset_ms": round(self._offset_ms(started), 3),
         }
-        texts = (
-            {"prompt_text": prompt, "output_text": result.text if result else ""}
-            if self.config.save_text
-            else {}
-        )
-        if result is None:
-            assert error is not None
-            failure_ms = round((time.perf_counter() - started) * 1000.0, 3)
-            return StepRecord(
-                **identity,
-                **texts,
-                status="failed",
-                step_ms=failure_ms,
-                error_type=type(error).__name__,
-                error_message=str(error),
-            ), None
-        return StepRecord(**identity, **texts, status="ok", **measured_fields(result)), result.text
 
-    async def _generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
+    async def _run_pause(self, state: WorkflowState, node: PlannedNode, started: float) -> StepRecord:
+        """A tool or think step: wait its drawn duration (holding the workflow's slot, as a live agent
+        does), then a tool appends its result to the transcript."""
+        identity = self._identity(state, node, started, 0) | {"inflight_at_start": max(self._inflight, 1)}
+        result = ""
+        try:
+            await asyncio.sleep((node.duration_ms or 0.0) / 1000.0)
+            if node.step.kind == "tool":
+                result = self._tool_result(state, node)
+        except Exception as failure:
+            return self._failed(identity, started, failure)
+        ended = time.perf_counter()
+        state.finish_pause(node, result)
+        texts = {"output_text": result} if self.config.save_text and node.step.kind == "tool" else {}
+        return StepRecord(
+            **identity,
+            **texts,
+            status="ok",
+            step_ms=round((ended - started) * 1000.0, 3),
+            end_offset_ms=round(self._offset_ms(ended), 3),
+        )
+
+    def _tool_result(self, state: WorkflowState, node: PlannedNode) -> str:
+        if node.filler_tokens is not None:
+            return self.filler.text(node.filler_tokens, seed=state.flow.index * 1_000_003 + node.index)
+        if node.step.result is not None:
+            return self.flows.render_result(state.flow, node, state.outputs)
+        return ""
+
+    async def _run_llm(self, state: WorkflowState, node: PlannedNode, started: float) -> StepRecord:
+        """One LLM call: its record. Never raises for a failure of the call itself; it records it."""
+        params = generation_params(node.step, self.config, state.flow, node.index)
+        self._inflight += 1
+        identity = self._identity(state, node, started, params.max_tokens) | {
+            "inflight_at_start": self._inflight
+        }
+        result: StepResult | None = None
+        prompt: Prompt = ""
+        try:
+            rendered = node.step.prompt or not state.conversation  # in a conversation, none continues
+            prompt = state.prompt(
+                node, self.flows.render(state.flow, node, state.outputs) if rendered else None
+            )
+            result = await self._generate(
+                prompt, params, f"{self.config.run_id}-{state.flow.flow_id}-{node.name}"
+            )
+        except Exception as failure:
+            return self._failed(identity, started, failure)
+        finally:
+            self._inflight -= 1
+        ended = time.perf_counter()
+        state.finish_llm(node, prompt, result.text)
+        texts = (
+            {"prompt_text": prompt_text(prompt), "output_text": result.text} if self.config.save_text else {}
+        )
+        fields = measured_fields(result)
+        return StepRecord(
+            **identity, **texts, status="ok", end_offset_ms=round(self._offset_ms(ended), 3), **fields
+        )
+
+    def _failed(self, identity: dict[str, object], started: float, error: Exception) -> StepRecord:
+        ended = time.perf_counter()
+        return StepRecord(
+            **identity,
+            status="failed",
+            step_ms=round((ended - started) * 1000.0, 3),
+            end_offset_ms=round(self._offset_ms(ended), 3),
+            error_type=type(error).__name__,
+            error_message=str(error),
+        )
+
+    async def _generate(self, prompt: Prompt, params: GenerationParams, request_id: str) -> StepResult:
         request = self.engine.generate(prompt, params, request_id)
         timeout = self.config.step_timeout_s
         if not timeout:
@@ -274,7 +376,18 @@ def measured_fields(result: StepResult) -> dict[str, object]:
         "engine_queue_ms": _rounded(result.engine_queue_ms),
         "engine_ttft_ms": _rounded(result.engine_ttft_ms),
         "connect_wait_ms": _rounded(result.connect_wait_ms),
+        "endpoint": result.endpoint,
     }
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as saved with --save-text: a transcript as one `role: content` line block per message,
+    token ids as their count (a replayed trace's prompts are ids, not text)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, TokenPrompt):
+        return f"({len(prompt.ids)} token ids)"
+    return "\n".join(f"{message['role']}: {message['content']}" for message in prompt)
 
 
 def _rounded(value: float | None) -> float | None:

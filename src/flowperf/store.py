@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,14 +61,18 @@ StepKey = tuple[int, int, int]
 
 
 def expected_steps(row: dict[str, str]) -> int:
-    """How many step lines a workflow row accounts for: its ok steps, and the failed one that ended it."""
-    return int(row["steps_ok"]) + (row["status"] == "failed")
+    """How many step lines a workflow row accounts for: its ok steps and its failed ones (a chain, and
+    every row before schema 3, stops at its one failed step)."""
+    failed = row.get("steps_failed") or ("1" if row["status"] == "failed" else "0")
+    return int(row["steps_ok"]) + int(failed)
 
 
 def counted_workflows(rows: Iterable[dict[str, str]], step_keys: Collection[StepKey]) -> list[dict[str, str]]:
-    """The workflow rows that prove a finished workflow: the first row of each flow_index whose steps
-    (0 to `expected_steps` - 1, of the row's session) are all in `step_keys`. The one rule of what counts,
-    for resume and for every reader of a run directory."""
+    """The workflow rows that prove a finished workflow: the first row of each flow_index with at least
+    `expected_steps` distinct steps of the row's session in `step_keys` (a session runs a workflow once,
+    so its steps are that run's). The one rule of what counts, for resume and for every reader of a run
+    directory."""
+    recorded = Counter((flow, session) for flow, session, _ in step_keys)
     counted: dict[int, dict[str, str]] = {}
     for row in rows:
         try:
@@ -76,7 +81,7 @@ def counted_workflows(rows: Iterable[dict[str, str]], step_keys: Collection[Step
             continue
         if flow in counted or expected < 1:
             continue
-        if all((flow, session, step) in step_keys for step in range(expected)):
+        if recorded[(flow, session)] >= expected:
             counted[flow] = row
     return list(counted.values())
 
@@ -123,6 +128,7 @@ class RunStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self._logs: dict[str, DurableLog] = {}
+        self._workflow_columns: tuple[str, ...] | None = None
 
     @classmethod
     def create(cls, out_dir: Path, run_id: str) -> RunStore:
@@ -229,7 +235,15 @@ class RunStore:
         self._append(METRICS, metric_line(record))
 
     def append_workflow(self, record: WorkflowRecord) -> None:
-        self._append(WORKFLOWS, _csv_text([record.csv_cells()], header=self._is_empty(WORKFLOWS)))
+        """Append a row under the file's own header: a directory resumed from an older flowperf keeps its
+        columns (the new ones read as missing) rather than gaining misaligned cells."""
+        if self._is_empty(WORKFLOWS):
+            self._workflow_columns = WORKFLOW_COLUMNS
+            self._append(WORKFLOWS, _csv_text([record.csv_cells()], header=True))
+            return
+        if self._workflow_columns is None:
+            self._workflow_columns = _header(self.path(WORKFLOWS))
+        self._append(WORKFLOWS, _csv_text([record.csv_cells()], header=False, columns=self._workflow_columns))
 
     def read_steps(self) -> list[StepRecord]:
         """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
@@ -261,9 +275,16 @@ def _read_records(path: Path, parse: Callable[[str], T]) -> list[T]:
     return records
 
 
-def _csv_text(rows: list[dict[str, Any]], *, header: bool) -> str:
+def _header(path: Path) -> tuple[str, ...]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return tuple(next(csv.reader(handle), WORKFLOW_COLUMNS))
+
+
+def _csv_text(
+    rows: list[dict[str, Any]], *, header: bool, columns: tuple[str, ...] = WORKFLOW_COLUMNS
+) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=WORKFLOW_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     if header:
         writer.writeheader()
     writer.writerows(rows)

@@ -4,6 +4,9 @@ Computing from the files (never from in-memory state) means a summary written mi
 after any number of crashes and resumes counts exactly the workflows the directory records: a workflow
 counts once it has its row, steps count only as part of a counted workflow, and the measured window is
 the sum of each session's window (a session is one `bench run` or `--resume` of the directory).
+
+Run-wide step figures count LLM steps only (a tool or think step is a pause, not a request); a step
+without a kind (schema 1 and 2) is an LLM step.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from flowperf.summary_schema import (
     AchievedConcurrency,
     CachePosition,
     Counts,
+    DepthGroup,
     Distribution,
     GpusUnavailable,
     GpuUse,
     Load,
     PhaseTotal,
+    PromptLengthGroup,
     Resources,
     RunInfo,
     RunLatencies,
@@ -43,12 +48,14 @@ from flowperf.summary_schema import (
     StepIdLatencies,
     Throughput,
     Timings,
+    WorkflowBreakdown,
 )
 
 MetricRecords = list[MetricRecord]
 MIN_STEPS_FOR_LEAK_FIT = 100
 MIN_SAMPLES_FOR_LEAK_FIT = 8
 CONCURRENCY_SERIES_POINTS = 100
+SMALLEST_PROMPT_BUCKET = 256
 
 
 @dataclass
@@ -92,15 +99,101 @@ def ttft_beyond_engine(steps: pd.DataFrame) -> pd.Series:
     return (steps["ttft_ms"] - steps["engine_ttft_ms"]).dropna()
 
 
+def llm_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """The LLM steps of a table: kind llm, or no kind at all (schema 1 and 2 recorded LLM steps only)."""
+    if steps.empty or "kind" not in steps:
+        return steps
+    return steps[steps["kind"].fillna("llm") == "llm"]
+
+
+def _step_kind(group: pd.DataFrame) -> str:
+    return str(group["kind"].fillna("llm").iloc[0])
+
+
 def _by_step(ok_steps: pd.DataFrame) -> dict[str, StepIdLatencies]:
+    """Per step id, every kind: a tool or think step's step_ms is its duration, and it has no output rate."""
     by_step: dict[str, StepIdLatencies] = {}
     if ok_steps.empty:
         return by_step
     for step_id, group in ok_steps.groupby("step_id", sort=False):
+        kind = _step_kind(group)
         step_seconds = group["step_ms"].sum() / 1000.0
-        rate = float(group["output_tokens"].sum() / step_seconds) if step_seconds else None
-        by_step[str(step_id)] = StepIdLatencies(**_latencies(group), request_output_tokens_per_s=rate)
+        rate = float(group["output_tokens"].sum() / step_seconds) if step_seconds and kind == "llm" else None
+        by_step[str(step_id)] = StepIdLatencies(
+            **_latencies(group), kind=kind, request_output_tokens_per_s=rate
+        )
     return by_step
+
+
+def _turn_group(group: pd.DataFrame) -> dict[str, Any]:
+    """The TurnGroup figures of some ok LLM steps; the cache ratio is over tokens, not a mean of ratios."""
+    prompt = float(group["prompt_tokens"].sum())
+    cached = float(group["cached_prompt_tokens"].fillna(0).sum())
+    return {
+        "steps": len(group),
+        "prompt_tokens_mean": float(group["prompt_tokens"].mean())
+        if group["prompt_tokens"].notna().any()
+        else None,
+        "cached_prompt_ratio": cached / prompt if prompt else None,
+        "ttft_ms": distribution(group["ttft_ms"]),
+        "tpot_ms": distribution(group["tpot_ms"]),
+    }
+
+
+def by_depth(ok_llm: pd.DataFrame) -> list[DepthGroup]:
+    """Ok LLM steps grouped by turn depth, shallowest first (none where no step records its depth)."""
+    known = ok_llm.dropna(subset=["depth"]) if not ok_llm.empty else ok_llm
+    if known.empty:
+        return []
+    return [
+        DepthGroup(depth=int(depth), **_turn_group(group))
+        for depth, group in known.groupby(known["depth"].astype(int), sort=True)
+    ]
+
+
+def prompt_bucket(prompt_tokens: int) -> tuple[int, int]:
+    """The power-of-two bucket [from, below) of a prompt length: [0, 256), [256, 512), [512, 1024), ..."""
+    if prompt_tokens < SMALLEST_PROMPT_BUCKET:
+        return 0, SMALLEST_PROMPT_BUCKET
+    low = 1 << (int(prompt_tokens).bit_length() - 1)
+    return low, 2 * low
+
+
+def by_prompt_length(ok_llm: pd.DataFrame) -> list[PromptLengthGroup]:
+    """Ok LLM steps grouped by prompt-length bucket, shortest first."""
+    known = ok_llm.dropna(subset=["prompt_tokens"]) if not ok_llm.empty else ok_llm
+    if known.empty:
+        return []
+    lows = known["prompt_tokens"].astype(int).map(lambda tokens: prompt_bucket(tokens)[0])
+    groups: list[PromptLengthGroup] = []
+    for low, group in known.groupby(lows, sort=True):
+        bucket = prompt_bucket(int(low))
+        groups.append(
+            PromptLengthGroup(
+                prompt_tokens_from=bucket[0], prompt_tokens_below=bucket[1], **_turn_group(group)
+            )
+        )
+    return groups
+
+
+def workflow_breakdown(ok_workflows: pd.DataFrame) -> WorkflowBreakdown | None:
+    """Where ok workflows' time went (schema 3 on; None where no row has a critical path)."""
+    if ok_workflows.empty:
+        return None
+    known = ok_workflows.dropna(subset=["critical_path_ms"])
+    if known.empty:
+        return None
+    arrived = known.dropna(subset=["arrival_offset_ms"])
+    return WorkflowBreakdown(
+        workflows=len(known),
+        makespan_ms=distribution(known["workflow_ms"]),
+        critical_path_ms=distribution(known["critical_path_ms"]),
+        llm_ms=distribution(known["llm_ms"]),
+        tool_ms=distribution(known["tool_ms"]),
+        engine_queue_ms=distribution(known["engine_queue_ms"]),
+        scheduling_gap_ms=distribution(known["workflow_ms"] - known["critical_path_ms"]),
+        slot_wait_ms=distribution(start_delay(arrived)) if not arrived.empty else None,
+    )
 
 
 def _cache_by_position(ok_steps: pd.DataFrame) -> list[CachePosition]:
@@ -123,13 +216,17 @@ def _cache_by_position(ok_steps: pd.DataFrame) -> list[CachePosition]:
 
 
 def achieved_concurrency(
-    starts: np.ndarray, ends: np.ndarray, points: int = CONCURRENCY_SERIES_POINTS
+    starts: np.ndarray,
+    ends: np.ndarray,
+    points: int = CONCURRENCY_SERIES_POINTS,
+    window_ms: float | None = None,
 ) -> AchievedConcurrency:
-    """Workflows in flight over one session's window (which starts at offset 0): time-weighted mean,
-    peak, and a series sampled at `points` evenly spaced instants."""
+    """Intervals (workflows, requests) in flight over one session's window, which starts at offset 0 and
+    ends at `window_ms` (default: the last end): time-weighted mean, peak, and a series sampled at
+    `points` evenly spaced instants. Given the same window, two series share their instants."""
     if len(starts) == 0:
         return AchievedConcurrency()
-    window = float(ends.max())
+    window = float(ends.max()) if window_ms is None else window_ms
     times = np.concatenate([starts, ends])
     changes = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
     order = np.lexsort((changes, times))  # at equal times, a finish is counted before a start
@@ -154,17 +251,39 @@ def start_delay(workflows: pd.DataFrame) -> pd.Series:
     return workflows["start_offset_ms"] - workflows["arrival_offset_ms"]
 
 
-def load_summary(workflows: pd.DataFrame) -> Load:
-    """How much load the run really applied: concurrency achieved, and for open loop the wait from a
-    workflow's scheduled arrival to its start (non-zero only when a --concurrency cap held it back)."""
+def step_ends(steps: pd.DataFrame) -> pd.Series:
+    """Each step's end offset; schema 1 and 2 did not record it, so there it is start + step_ms."""
+    return steps["end_offset_ms"].fillna(steps["start_offset_ms"] + steps["step_ms"])
+
+
+def request_concurrency(steps: pd.DataFrame, session: int, window_ms: float) -> AchievedConcurrency:
+    """LLM requests in flight in `session` over its window (tool and think pauses hold no request)."""
+    requests = llm_steps(steps)
+    requests = requests[requests["session"] == session] if not requests.empty else requests
+    if requests.empty:
+        return AchievedConcurrency()
+    return achieved_concurrency(
+        requests["start_offset_ms"].to_numpy(float), step_ends(requests).to_numpy(float), window_ms=window_ms
+    )
+
+
+def load_summary(workflows: pd.DataFrame, steps: pd.DataFrame) -> Load:
+    """How much load the run really applied: sessions and LLM requests in flight side by side (over the
+    busiest session), and for open loop the wait from a workflow's scheduled arrival to its start
+    (non-zero only when a --concurrency cap held it back)."""
     if workflows.empty:
         return Load()
-    session = workflows[workflows["session"] == workflows["session"].value_counts().idxmax()]
+    busiest = workflows["session"].value_counts().idxmax()
+    session = workflows[workflows["session"] == busiest]
     arrived = session.dropna(subset=["arrival_offset_ms"])
+    window_ms = float(session["end_offset_ms"].max())
     return Load(
         achieved_concurrency=achieved_concurrency(
-            session["start_offset_ms"].to_numpy(float), session["end_offset_ms"].to_numpy(float)
+            session["start_offset_ms"].to_numpy(float),
+            session["end_offset_ms"].to_numpy(float),
+            window_ms=window_ms,
         ),
+        request_concurrency=request_concurrency(steps, int(busiest), window_ms),
         start_delay_ms=distribution(start_delay(arrived)) if not arrived.empty else None,
     )
 
@@ -279,6 +398,7 @@ def summarize_run(
     """The summary from a run directory's tables (counted workflows and their steps)."""
     ok_workflows = workflows[workflows["status"] == "ok"] if not workflows.empty else workflows
     ok_steps = steps[steps["status"] == "ok"] if not steps.empty else steps
+    ok_llm = llm_steps(ok_steps)
     failed = workflows[workflows["status"] != "ok"] if not workflows.empty else workflows
     window_ms = measured_window_ms(workflows)
     return RunSummary(
@@ -302,24 +422,27 @@ def summarize_run(
             workflow_latency_ms=distribution(
                 workflow_latency(ok_workflows) if not ok_workflows.empty else []
             ),
-            ttft_beyond_engine_ms=distribution(ttft_beyond_engine(ok_steps)),
-            **_latencies(ok_steps if not ok_steps.empty else pd.DataFrame()),
+            ttft_beyond_engine_ms=distribution(ttft_beyond_engine(ok_llm)),
+            **_latencies(ok_llm if not ok_llm.empty else pd.DataFrame()),
         ),
         latency_by_step=_by_step(ok_steps),
-        throughput=_throughput(ok_steps, len(ok_workflows), window_ms / 1000.0),
-        prefix_cache=_cache_by_position(ok_steps),
-        load=load_summary(workflows),
+        throughput=_throughput(ok_llm, len(ok_workflows), window_ms / 1000.0),
+        prefix_cache=_cache_by_position(ok_llm),
+        turns=by_depth(ok_llm),
+        by_prompt_length=by_prompt_length(ok_llm),
+        workflow_breakdown=workflow_breakdown(ok_workflows),
+        load=load_summary(workflows, steps),
         resources=resource_summary(metrics),
     )
 
 
-def _throughput(ok_steps: pd.DataFrame, ok_workflows: int, window_s: float) -> Throughput:
-    output_tokens = int(ok_steps["output_tokens"].sum()) if not ok_steps.empty else 0
+def _throughput(ok_llm: pd.DataFrame, ok_workflows: int, window_s: float) -> Throughput:
+    output_tokens = int(ok_llm["output_tokens"].sum()) if not ok_llm.empty else 0
     if window_s <= 0:
         return Throughput(output_tokens=output_tokens)
     return Throughput(
         output_tokens=output_tokens,
         output_tokens_per_s=output_tokens / window_s,
-        steps_per_s=len(ok_steps) / window_s,
+        steps_per_s=len(ok_llm) / window_s,
         workflows_per_s=ok_workflows / window_s,
     )

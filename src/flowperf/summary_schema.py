@@ -4,6 +4,11 @@ read, by attribute, never by string path.
 Every interval is defined once, in the field's description, and docs/ARCHITECTURE.md lists them. The JSON
 written is `RunSummary.model_dump(mode="json")`: the shape users script against. `schema_version` says
 which shape; version 1 (flowperf 0.1) named the per-step rate `output_tokens_per_s`.
+
+Run-wide step figures (latencies, steps/s, the prefix-cache table) count LLM steps only: a tool or think
+step is a pause, not a request, and appears only in `latency_by_step` (its `step_ms` is its duration).
+Directories from before step kinds (schema 1 and 2) hold LLM steps only and summarise as they did; the
+figures they lack columns for (turn depth, the per-workflow breakdown) are empty or None.
 """
 
 from __future__ import annotations
@@ -66,10 +71,11 @@ class StepIdLatencies(StepLatencies):
             data = {"request_output_tokens_per_s": data["output_tokens_per_s"]} | data
         return data
 
+    kind: str = Field(default="llm", description="llm, tool or think (schema 1 and 2: always llm)")
     request_output_tokens_per_s: float | None = Field(
         default=None,
         description="output tokens / step time, summed over this step's requests: the rate one request "
-        "sees (prefill included), not the engine's throughput",
+        "sees (prefill included), not the engine's throughput; None for tool and think steps",
     )
 
 
@@ -96,7 +102,7 @@ class Timings(Part):
 class Throughput(Part):
     output_tokens: int = 0
     output_tokens_per_s: float | None = None
-    steps_per_s: float | None = None
+    steps_per_s: float | None = Field(default=None, description="ok LLM steps / measured window")
     workflows_per_s: float | None = None
 
 
@@ -109,13 +115,26 @@ class CachePosition(Part):
 
 
 class AchievedConcurrency(Part):
-    mean: float | None = None
+    mean: float | None = Field(default=None, description="time-weighted mean in flight over the window")
     max: int | None = None
-    series: list[tuple[float, int]] = Field(default_factory=list)
+    series: list[tuple[float, int]] = Field(
+        default_factory=list, description="(ms since the window began, in flight) at evenly spaced instants"
+    )
 
 
 class Load(Part):
-    achieved_concurrency: AchievedConcurrency = Field(default_factory=AchievedConcurrency)
+    achieved_concurrency: AchievedConcurrency = Field(
+        default_factory=AchievedConcurrency,
+        description="workflows (sessions) in flight, each from its first step submitted to its last step "
+        "finished, over the busiest session's window (its start to its last workflow's end), harness clock",
+    )
+    request_concurrency: AchievedConcurrency = Field(
+        default_factory=AchievedConcurrency,
+        description="LLM requests in flight (steps of kind llm, failed ones included: they held the "
+        "engine too), each from start_offset_ms to end_offset_ms (schema 1 and 2: start + step_ms), over "
+        "the same window and instants as achieved_concurrency, harness clock; below it while sessions "
+        "pause in tools or think time",
+    )
     start_delay_ms: Distribution | None = Field(
         default=None,
         description="open loop: scheduled arrival to first step submitted, harness clock (the wait for a "
@@ -161,6 +180,60 @@ class Resources(Part):
     )
 
 
+class TurnGroup(Part):
+    """Ok LLM steps of one group (a turn depth, a prompt-length bucket): how context length and prefix
+    reuse shape the first token, the curve an agent builder needs."""
+
+    steps: int
+    prompt_tokens_mean: float | None = None
+    cached_prompt_ratio: float | None = Field(
+        default=None, description="sum of cached prompt tokens / sum of prompt tokens over the group"
+    )
+    ttft_ms: Distribution = Field(description="submit to first token event, harness clock")
+    tpot_ms: Distribution = Field(description="(step - ttft) / (output tokens - 1), per step")
+
+
+class DepthGroup(TurnGroup):
+    depth: int = Field(
+        description="StepRecord.depth: LLM calls on the step's transcript up to and including it (1 = the "
+        "conversation's first call); a branch continues its parent's count"
+    )
+
+
+class PromptLengthGroup(TurnGroup):
+    prompt_tokens_from: int = Field(description="smallest prompt length in the bucket (0, 256, 512, ...)")
+    prompt_tokens_below: int = Field(description="the bucket holds prompts shorter than this (powers of two)")
+
+
+class WorkflowBreakdown(Part):
+    """Where an ok workflow's time goes, one sample per workflow (schema 3 on). Harness perf_counter clock
+    unless said otherwise; `makespan = critical_path + scheduling_gap` and `critical_path = llm + tool`,
+    so the means add up. The critical path is the chain the run took: from the step that finished last,
+    back through the need that finished last, to a step with no needs."""
+
+    workflows: int
+    makespan_ms: Distribution = Field(description="workflow_ms: first step submitted to last step finished")
+    critical_path_ms: Distribution = Field(
+        description="sum of the critical path's step durations, each its start to its end"
+    )
+    llm_ms: Distribution = Field(description="the LLM steps' part of critical_path_ms")
+    tool_ms: Distribution = Field(description="the tool and think steps' part of critical_path_ms (pauses)")
+    engine_queue_ms: Distribution = Field(
+        description="part of llm_ms: the critical path's LLM steps' engine_queue_ms (arrival in the engine "
+        "to first scheduled) summed; durations on the engine's own clock, never mixed with ours; only "
+        "workflows where every such step reports it"
+    )
+    scheduling_gap_ms: Distribution = Field(
+        description="makespan_ms - critical_path_ms: time no critical-path step was running (the harness "
+        "handing over from a step to the next)"
+    )
+    slot_wait_ms: Distribution | None = Field(
+        default=None,
+        description="open loop: scheduled arrival to first step submitted (waiting for a --concurrency "
+        "slot), outside the makespan; None closed loop",
+    )
+
+
 class RunInfo(Part):
     run_id: str | None = None
     flow: str | None = None
@@ -188,6 +261,15 @@ class RunSummary(Part):
     latency_by_step: dict[str, StepIdLatencies] = Field(default_factory=dict)
     throughput: Throughput
     prefix_cache: list[CachePosition] = Field(default_factory=list)
+    turns: list[DepthGroup] = Field(
+        default_factory=list, description="ok LLM steps by turn depth (empty before schema 3)"
+    )
+    by_prompt_length: list[PromptLengthGroup] = Field(
+        default_factory=list, description="ok LLM steps by prompt length, power-of-two buckets from 256"
+    )
+    workflow_breakdown: WorkflowBreakdown | None = Field(
+        default=None, description="None for directories from before schema 3 (no critical-path columns)"
+    )
     load: Load
     resources: Resources
 

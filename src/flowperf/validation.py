@@ -18,11 +18,12 @@ from flowperf.errors import UserError
 MAX_SPEC_FILE_BYTES = 4 * 1024 * 1024
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """The first problem pydantic found as `field.path: message`, plus how many more there are."""
+def describe_validation_error(error: ValidationError, hidden: frozenset[str] = frozenset()) -> str:
+    """The first problem pydantic found as `field.path: message`, plus how many more there are. Parts
+    of the path in `hidden` (the tags of a tagged union, which are not in the user's file) are left out."""
     problems = error.errors(include_url=False)
     first = problems[0]
-    location = ".".join(str(part) for part in first["loc"])
+    location = ".".join(str(part) for part in first["loc"] if part not in hidden)
     message = first["msg"].removeprefix("Value error, ")
     text = f"{location}: {message}" if location else message
     if len(problems) > 1:

@@ -11,6 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+ChatMessage = dict[str, str]
+"""One message of a transcript: `role` (system, user, assistant, tool), `content`, and for a tool
+result the `tool_call_id` it answers."""
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt given as token ids (a replayed trace's request): sent as they are, so requests that
+    share leading ids share a cacheable prefix exactly."""
+
+    ids: tuple[int, ...]
+
+
+Prompt = str | tuple[ChatMessage, ...] | TokenPrompt
+"""What a step sends: a completion prompt, a conversation's whole transcript, or token ids. An engine
+renders a transcript with the model's chat template (in process) or sends it as chat messages (over
+HTTP); token ids go to the engine directly (in process) or as a completion's token-id prompt (HTTP)."""
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -42,6 +60,9 @@ class StepResult:
     engine_queue_ms: float | None = None
     engine_ttft_ms: float | None = None
     connect_wait_ms: float | None = None
+    endpoint: int | None = None
+    """Which of several replicas served it (its position in --base-url order), so a per-replica skew can
+    be told from an engine-wide one; None where the engine has one endpoint."""
 
     @property
     def tpot_ms(self) -> float | None:
@@ -103,8 +124,8 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Load the model so that the first measured request pays no start-up cost."""
 
-    async def generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
-        """Stream one completion and measure it."""
+    async def generate(self, prompt: Prompt, params: GenerationParams, request_id: str) -> StepResult:
+        """Stream one completion (or chat completion, for a transcript) and measure it."""
 
     async def reset_prefix_cache(self) -> bool:
         """Empty the engine's prefix cache; False when the engine cannot."""

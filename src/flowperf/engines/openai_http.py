@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible server, over one pooled keep-alive HTTP client for the whole run.
+"""Any OpenAI-compatible server, or several replicas of one deployment, over pooled keep-alive HTTP clients.
 
 Requests stream (`stream: true` with `stream_options.include_usage`), so TTFT is the first event that
 carries a token and every later event is one inter-token gap, measured in this process. Token counts come
@@ -14,15 +14,22 @@ delays the tokens it timestamps. TTFT starts when the request's headers are writ
 `on_request_headers_sent`), after the body is encoded and a pooled connection obtained; the wait for that
 connection (or for a new one to open) is `connect_wait_ms`.
 
+With several base URLs (replicas of one deployment) each replica gets its own pool, sized as the single
+pool would be, and discovery checks every one at start. Session routing sends every request of one
+workflow to replica `index mod N`, so its turns and branches find their prefix in that replica's cache and
+a resumed run sends a workflow where it went before; round-robin spreads requests one by one instead.
+
 The API key is read from the environment variable the user names and only ever placed in the
 Authorization header; it is never stored in the engine's settings, info or any file.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,16 +39,23 @@ from flowperf.engines.base import (
     EngineError,
     EngineInfo,
     GenerationParams,
+    Prompt,
     StepResult,
     StreamError,
+    TokenPrompt,
     TruncatedStream,
 )
 from flowperf.engines.streaming import StreamTimer
 from flowperf.errors import UserError
 
+Routing = Literal["session", "round-robin"]
+
 
 @dataclass(frozen=True)
 class HttpClientConfig:
+    """`base_url` and, for replicas of one deployment, the `other_urls`; `concurrency` sizes each
+    replica's pool (any one replica may get every request in flight)."""
+
     base_url: str
     model: str | None = None
     api: Literal["completions", "chat"] = "completions"
@@ -49,6 +63,24 @@ class HttpClientConfig:
     concurrency: int = 1
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
+    other_urls: tuple[str, ...] = ()
+    routing: Routing = "session"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.base_url, *self.other_urls)
+
+
+def session_key(request_id: str) -> int:
+    """The workflow a request belongs to, as a number: its index where the id says it, else a stable hash.
+
+    The engine sees only the request id, which the runner writes as `{run_id}-{flow_id}-{node}`; a node
+    name never holds a `-` (`id`, `id#turn`, `id[k]`) and a flow id ends in the workflow's index
+    (`<name>-<i:06d>`, warm-up `<name>-warmup-<k:06d>`), so `index mod N` spreads workflows evenly and
+    routes a resumed workflow where it went before. Any other id keeps its requests together by hash."""
+    session = request_id.rpartition("-")[0] or request_id
+    digits = session.rpartition("-")[2]
+    return int(digits) if digits.isdigit() else zlib.crc32(session.encode())
 
 
 def _sse_payloads(buffer: bytearray, chunk: bytes) -> list[bytes]:
@@ -118,22 +150,60 @@ class _StreamState:
         return queue_ms, None if queue_ms is None or prefill_ms is None else queue_ms + prefill_ms
 
 
+class _Endpoint:
+    """One replica: its URL, its own connection pool, and what discovery learned about it."""
+
+    def __init__(self, url: str, client: aiohttp.ClientSession, label: str) -> None:
+        self.url = url.rstrip("/")
+        self.client = client
+        self.label = label
+        self.is_vllm = False
+        self.version = "unknown"
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        async with self.client.get(self.url + path) as response:
+            if response.status != 200:
+                return response.status, None
+            return 200, await response.json(content_type=None)
+
+    async def served_models(self) -> list[str]:
+        """The models it lists; an EngineError naming it if it does not answer."""
+        try:
+            status, listing = await self.get_json("/v1/models")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise EngineError(
+                f"{self.label}: cannot reach the server ({type(error).__name__}: {error})"
+            ) from None
+        if status != 200:
+            raise EngineError(f"{self.label}: GET /v1/models answered {status}")
+        return [entry.get("id") for entry in listing.get("data", [])]
+
+    async def learn_version(self) -> None:
+        """vLLM answers GET /version; anything else is a generic OpenAI-compatible server."""
+        try:
+            status, version = await self.get_json("/version")
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            status = 0
+        self.is_vllm = status == 200
+        if self.is_vllm:
+            self.version = str(version.get("version", "unknown"))
+
+
 class OpenAIHttpEngine:
-    """Streams completions or chat completions from an OpenAI-compatible server."""
+    """Streams completions or chat completions from an OpenAI-compatible server or its replicas."""
 
     engine_name = "openai"
 
     def __init__(self, settings: HttpClientConfig) -> None:
         self.settings = settings
         self.model = settings.model
-        self._client: aiohttp.ClientSession | None = None
-        self._server_version = "unknown"
-        self._is_vllm = False
+        self._endpoints: list[_Endpoint] = []
+        self._round_robin = itertools.count()
         self.reused = False
 
     @property
     def started(self) -> bool:
-        return self._client is not None
+        return bool(self._endpoints)
 
     def _headers(self) -> dict[str, str]:
         name = self.settings.api_key_env
@@ -144,67 +214,65 @@ class OpenAIHttpEngine:
             raise UserError(f"--api-key-env {name}: that environment variable is not set")
         return {"Authorization": f"Bearer {key}"}
 
-    async def start(self) -> None:
-        if self._client is not None:
-            return
-        limit = max(1, self.settings.concurrency)
+    def _client(self, headers: dict[str, str]) -> aiohttp.ClientSession:
+        """A pool of its own for one replica, as large as the requests that can be in flight."""
         trace = aiohttp.TraceConfig()
         trace.on_request_headers_sent.append(_request_sent)
-        self._client = aiohttp.ClientSession(
-            headers=self._headers(),
+        return aiohttp.ClientSession(
+            headers=headers,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=self.settings.connect_timeout_s,
                 sock_read=self.settings.read_timeout_s,
             ),
-            connector=aiohttp.TCPConnector(limit=limit),
+            connector=aiohttp.TCPConnector(limit=max(1, self.settings.concurrency)),
             trace_configs=[trace],
         )
+
+    async def start(self) -> None:
+        if self._endpoints:
+            return
+        headers, urls = self._headers(), self.settings.urls
+        self._endpoints = [
+            _Endpoint(url, self._client(headers), url if len(urls) == 1 else f"{url} (replica {i + 1})")
+            for i, url in enumerate(urls)
+        ]
         try:
-            await self._discover()
+            for endpoint in self._endpoints:
+                await self._discover(endpoint)
         except BaseException:
             await self.shutdown()
             raise
 
-    def _url(self, path: str) -> str:
-        return self.settings.base_url.rstrip("/") + path
-
-    async def _get_json(self, path: str) -> tuple[int, Any]:
-        assert self._client is not None
-        async with self._client.get(self._url(path)) as response:
-            if response.status != 200:
-                return response.status, None
-            return 200, await response.json(content_type=None)
-
-    async def _discover(self) -> None:
-        """Check the server answers, pick the model, learn whether it is vLLM (for its extensions)."""
-        try:
-            status, listing = await self._get_json("/v1/models")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise EngineError(
-                f"{self.settings.base_url}: cannot reach the server ({type(error).__name__}: {error})"
-            ) from None
-        if status != 200:
-            raise EngineError(f"{self.settings.base_url}: GET /v1/models answered {status}")
-        served = [entry.get("id") for entry in listing.get("data", [])]
+    async def _discover(self, endpoint: _Endpoint) -> None:
+        """Check a replica answers and serves the model (the first one picks it when none was named), and
+        learn whether it is vLLM (for its extensions)."""
+        served = await endpoint.served_models()
         if self.model is None:
             if not served:
-                raise EngineError(f"{self.settings.base_url}: the server lists no model")
+                raise EngineError(f"{endpoint.label}: the server lists no model")
             self.model = served[0]
         elif served and self.model not in served:
             offered = ", ".join(served)
-            raise UserError(
-                f"--model {self.model}: not served at {self.settings.base_url} (it serves {offered})"
-            )
-        try:
-            status, version = await self._get_json("/version")
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            status = 0
-        self._is_vllm = status == 200
-        if self._is_vllm:
-            self._server_version = str(version.get("version", "unknown"))
+            raise UserError(f"--model {self.model}: not served at {endpoint.label} (it serves {offered})")
+        await endpoint.learn_version()
 
-    def _body(self, prompt: str, params: GenerationParams) -> dict[str, Any]:
+    def _route(self, request_id: str) -> int:
+        """The replica for this request: its workflow's (session routing) or the next one (round-robin)."""
+        count = len(self._endpoints)
+        if count == 1:
+            return 0
+        if self.settings.routing == "round-robin":
+            return next(self._round_robin) % count
+        return session_key(request_id) % count
+
+    def _path(self, prompt: Prompt) -> str:
+        """A transcript always goes to chat completions, token ids always to completions (the one
+        endpoint that takes them); a plain prompt to the endpoint of --api."""
+        chat = isinstance(prompt, tuple) or (self.settings.api == "chat" and isinstance(prompt, str))
+        return "/v1/chat/completions" if chat else "/v1/completions"
+
+    def _body(self, prompt: Prompt, params: GenerationParams, is_vllm: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": params.max_tokens,
@@ -214,26 +282,31 @@ class OpenAIHttpEngine:
         }
         if params.seed is not None:
             body["seed"] = params.seed
-        if self.settings.api == "chat":
+        if isinstance(prompt, TokenPrompt):
+            body["prompt"] = list(prompt.ids)
+        elif not isinstance(prompt, str):
+            body["messages"] = list(prompt)
+        elif self.settings.api == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
-        if self._is_vllm:
+        if is_vllm:
             body["ignore_eos"] = params.ignore_eos
             body["return_token_ids"] = True
         return body
 
-    async def generate(self, prompt: str, params: GenerationParams, request_id: str) -> StepResult:
-        client = self._client
-        if client is None:
+    async def generate(self, prompt: Prompt, params: GenerationParams, request_id: str) -> StepResult:
+        if not self._endpoints:
             raise EngineError("the engine was not started")
-        path = "/v1/chat/completions" if self.settings.api == "chat" else "/v1/completions"
-        content = json.dumps(self._body(prompt, params)).encode()
+        index = self._route(request_id)
+        endpoint = self._endpoints[index]
+        path = self._path(prompt)
+        content = json.dumps(self._body(prompt, params, endpoint.is_vllm)).encode()
         state = _StreamState()
         timer = StreamTimer()
         try:
-            async with client.post(
-                self._url(path),
+            async with endpoint.client.post(
+                endpoint.url + path,
                 data=content,
                 headers={"Content-Type": "application/json", "X-Request-Id": request_id},
                 trace_request_ctx=timer,
@@ -243,10 +316,10 @@ class OpenAIHttpEngine:
             raise EngineError(f"{type(error).__name__}: {error or 'connection failed'}") from None
         except ValueError as error:
             raise EngineError(f"malformed event from the server: {error}") from None
-        state.check(timer, params.max_tokens if self._is_vllm and params.ignore_eos else None)
+        state.check(timer, params.max_tokens if endpoint.is_vllm and params.ignore_eos else None)
         details = state.usage.get("prompt_tokens_details") or {}
         queue_ms, engine_ttft_ms = state.engine_times()
-        return timer.result(
+        result = timer.result(
             text="".join(state.pieces),
             prompt_tokens=int(state.usage.get("prompt_tokens", 0)),
             output_tokens=state.usage.get("completion_tokens"),
@@ -255,34 +328,50 @@ class OpenAIHttpEngine:
             engine_queue_ms=queue_ms,
             engine_ttft_ms=engine_ttft_ms,
         )
+        result.endpoint = index if len(self._endpoints) > 1 else None
+        return result
 
     async def reset_prefix_cache(self) -> bool:
-        """vLLM serves POST /reset_prefix_cache in its dev mode (flowperf's managed servers enable it)."""
-        if self._client is None or not self._is_vllm:
+        """vLLM serves POST /reset_prefix_cache in its dev mode (flowperf's managed servers enable it);
+        with replicas, True only when every one emptied its cache."""
+        if not self._endpoints or not all(endpoint.is_vllm for endpoint in self._endpoints):
             return False
-        try:
-            async with self._client.post(self._url("/reset_prefix_cache")) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        done = True
+        for endpoint in self._endpoints:
+            try:
+                async with endpoint.client.post(endpoint.url + "/reset_prefix_cache") as response:
+                    done = done and response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                done = False
+        return done
 
     def info(self) -> EngineInfo:
+        """One base URL is described as it always was; replicas add the endpoints and the routing."""
+        endpoints = self._endpoints
+        versions = sorted({endpoint.version for endpoint in endpoints}) or ["unknown"]
+        details: dict[str, Any] = {
+            "base_url": self.settings.base_url,
+            "api": self.settings.api,
+            "vllm": bool(endpoints) and all(endpoint.is_vllm for endpoint in endpoints),
+        }
+        if self.settings.other_urls:
+            details |= {"endpoints": list(self.settings.urls), "routing": self.settings.routing}
         return EngineInfo(
             engine=self.engine_name,
-            engine_version=self._server_version,
+            engine_version=", ".join(versions),
             model=str(self.model),
             device="remote",
             cuda_graph_mode="unknown",
             cuda_graph_note="decided by the server's own settings",
             init_count=0,
             reused=self.reused,
-            details={"base_url": self.settings.base_url, "api": self.settings.api, "vllm": self._is_vllm},
+            details=details,
         )
 
     async def shutdown(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        endpoints, self._endpoints = self._endpoints, []
+        for endpoint in endpoints:
+            await endpoint.client.close()
 
 
 async def _request_sent(session: Any, context: Any, params: Any) -> None:

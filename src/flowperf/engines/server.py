@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -27,7 +28,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,8 @@ HEALTH_POLL_S = 0.5
 
 # Engine arguments that are flowperf's business in process but the server's own defaults over HTTP.
 NOT_SERVER_FLAGS = {"disable_log_stats"}
+# Engine arguments whose product is the number of GPUs one vLLM server uses.
+PARALLEL_SIZES = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
 
 
 class ServerRecord(BaseModel):
@@ -67,10 +71,28 @@ class ServerRecord(BaseModel):
     started_at: float
     last_used_at: float
     ready: bool = True
+    replica_set: str | None = None  # the set `bench serve start --replicas` started it in
+    replica: int | None = None
+    devices: str | None = None  # its CUDA_VISIBLE_DEVICES
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def set_slot(self) -> str:
+        """`SET/REPLICA` (and its GPUs) for a member of a replica set, as `bench serve status` shows it."""
+        if self.replica_set is None:
+            return ""
+        return f"{self.replica_set}/{self.replica}" + (f" GPUs {self.devices}" if self.devices else "")
+
+    @property
+    def placement(self) -> str:
+        """`, replica I of set S on GPUs D` for a member of a replica set; empty for a lone server."""
+        if self.replica_set is None:
+            return ""
+        gpus = f" on GPUs {self.devices}" if self.devices is not None else ""
+        return f", replica {self.replica} of set {self.replica_set}{gpus}"
 
 
 class ServerState(BaseModel):
@@ -81,10 +103,33 @@ class ServerState(BaseModel):
 
 def gpu_present() -> bool:
     """The same rule the set-up script uses to pick the engine build."""
+    return gpu_count() > 0
+
+
+def gpu_count() -> int:
+    """GPUs `nvidia-smi -L` lists (0 without a working nvidia-smi)."""
     if not shutil.which("nvidia-smi"):
-        return False
-    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10, check=False)
-    return done.returncode == 0
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines()) if done.returncode == 0 else 0
+
+
+def server_flag(key: str, value: Any) -> list[str]:
+    """One engine argument as `vllm serve` takes it: vLLM builds its command line from the same
+    dataclass, so `tensor_parallel_size=2` is `--tensor-parallel-size 2`, a bool is `--x`/`--no-x`, a
+    list is its items one after another, and a config object (compilation_config) is JSON."""
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag[2:]]
+    if isinstance(value, list):
+        if not value:
+            raise UserError(f"--engine-arg {key}=[]: vllm serve cannot take an empty list")
+        return [flag, *(json.dumps(item) if isinstance(item, dict | list) else str(item) for item in value)]
+    if isinstance(value, dict):
+        return [flag, json.dumps(value, sort_keys=True)]
+    return [flag, str(value)]
 
 
 def server_arguments(settings: EngineConfig, model_path: Path, port: int, on_gpu: bool) -> list[str]:
@@ -92,18 +137,8 @@ def server_arguments(settings: EngineConfig, model_path: Path, port: int, on_gpu
     arguments, _ = engine_arguments(settings, model_path, on_gpu)
     argv = [sys.executable, "-m", SERVER_MODULE, "--host", HOST, "--port", str(port)]
     for key, value in arguments.items():
-        if key in NOT_SERVER_FLAGS:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            if key == "enable_prefix_caching":
-                argv.append("--no-enable-prefix-caching")
-        elif isinstance(value, dict | list):
-            argv += [flag, json.dumps(value, sort_keys=True)]
-        else:
-            argv += [flag, str(value)]
+        if key not in NOT_SERVER_FLAGS:
+            argv += server_flag(key, value)
     # usage with cached prompt tokens, and per-request queue/TTFT metrics in the final stream event
     argv += ["--enable-prompt-tokens-details", "--enable-per-request-metrics", "--disable-uvicorn-access-log"]
     return argv
@@ -227,6 +262,28 @@ class ServerRegistry:
     def lease_path(self, server_id: str) -> Path:
         return self.directory / f"{server_id}.lease"
 
+    def start(
+        self,
+        settings: EngineConfig,
+        model_path: Path,
+        *,
+        replicas: int,
+        gpus_per_replica: int,
+        port: int | None,
+        max_servers: int,
+        start_timeout_s: float,
+    ) -> tuple[list[ServerRecord], bool]:
+        """`bench serve start`: one server that later runs reuse, or a replica set."""
+        if replicas == 1 and gpus_per_replica == 1:
+            record, reused = self.acquire(
+                settings, model_path, port=port, max_servers=max_servers, start_timeout_s=start_timeout_s
+            )
+            return [record], reused
+        return self.acquire_set(
+            settings, model_path, replicas=replicas, gpus_per_replica=gpus_per_replica, port=port,
+            max_servers=max_servers, start_timeout_s=start_timeout_s,
+        )  # fmt: skip
+
     def acquire(
         self,
         settings: EngineConfig,
@@ -269,7 +326,10 @@ class ServerRegistry:
                     (
                         r
                         for r in state.servers
-                        if r.config_hash == wanted and port in (None, r.port) and r.id not in tried
+                        if r.config_hash == wanted
+                        and port in (None, r.port)
+                        and r.id not in tried
+                        and r.replica_set is None
                     ),
                     None,
                 )
@@ -299,10 +359,12 @@ class ServerRegistry:
         port: int | None,
         max_servers: int,
         on_gpu: bool,
+        replica: Replica | None = None,
     ) -> ServerRecord:
         """Start a server and record it as not ready (the caller holds the state lock), so that a run
         killed while it starts leaves no server nobody knows about: later runs wait for it, `bench serve
-        stop` stops it. Evicts the least recently used idle server beyond the cap first."""
+        stop` stops it. Evicts the least recently used idle server beyond the cap first. A replica sees
+        only its own GPUs."""
         if port is not None and not port_is_free(port):
             raise UserError(f"--server-port {port}: 127.0.0.1:{port} is already in use by another process")
         self._evict(state, max_servers)
@@ -311,6 +373,8 @@ class ServerRegistry:
         log_path = self.directory / f"{server_id}.log"
         argv = server_arguments(settings, model_path, chosen, on_gpu)
         env = os.environ | {"VLLM_SERVER_DEV_MODE": "1"}  # enables POST /reset_prefix_cache on loopback
+        if replica is not None and replica.devices is not None:
+            env |= {"CUDA_VISIBLE_DEVICES": replica.devices}
         now = time.time()
         record = ServerRecord(
             id=server_id,
@@ -324,9 +388,112 @@ class ServerRegistry:
             started_at=now,
             last_used_at=now,
             ready=False,
+            replica_set=None if replica is None else replica.set_id,
+            replica=None if replica is None else replica.index,
+            devices=None if replica is None else replica.devices,
         )
         state.servers.append(record)
         return record
+
+    def acquire_set(
+        self,
+        settings: EngineConfig,
+        model_path: Path,
+        *,
+        replicas: int,
+        gpus_per_replica: int,
+        port: int | None,
+        max_servers: int,
+        start_timeout_s: float,
+    ) -> tuple[list[ServerRecord], bool]:
+        """N healthy servers of one configuration, each on its own GPUs, left running as a set
+        (`bench serve start --replicas N`); reused=True when the whole set was running already.
+
+        Missing members are spawned under one hold of the state lock (each with a lease, so starting
+        one never evicts another) and then start up side by side; the wait for their health is
+        parallel, outside the lock. A member that fails is stopped and named; the healthy ones stay."""
+        if replicas > max_servers:
+            raise UserError(f"--replicas {replicas}: more than --max-servers {max_servers}; raise it")
+        gpus = gpu_count()
+        settings = replica_settings(settings, gpus_per_replica)
+        devices = replica_devices(replicas, gpus_per_replica, gpus)
+        wanted = config_hash(settings, model_path, gpus > 0)
+        set_id = hashlib.sha256(f"{wanted} {replicas} {gpus_per_replica}".encode()).hexdigest()[:8]
+        leases: list[Lease] = []
+        try:
+            with self._locked() as state:
+                members = {r.replica: r for r in state.servers if r.replica_set == set_id}
+                leases += [Lease(self.lease_path(record.id)) for record in members.values()]
+                spawned = self._spawn_members(
+                    state, settings, model_path, [Replica(set_id, i, devices[i]) for i in range(replicas)],
+                    members, leases, port=port, max_servers=max_servers, on_gpu=gpus > 0,
+                )  # fmt: skip
+            ordered = [members[index] for index in range(replicas)]
+            return self._await_set(ordered, spawned, start_timeout_s), not spawned
+        finally:
+            for lease in leases:
+                lease.release()
+
+    def _spawn_members(
+        self, state: ServerState, settings: EngineConfig, model_path: Path, replicas: list[Replica],
+        members: dict[int | None, ServerRecord], leases: list[Lease], *, port: int | None, max_servers: int,
+        on_gpu: bool,
+    ) -> list[str]:  # fmt: skip
+        """Spawn the set's missing members into `members`, each leased at once; their ids. If one cannot
+        start, the ones started here are stopped again (the state is not written then) and it raises."""
+        spawned: list[ServerRecord] = []
+        try:
+            for replica in replicas:
+                if replica.index in members:
+                    continue
+                member_port = None if port is None else port + replica.index
+                record = self._spawn(state, settings, model_path, member_port, max_servers, on_gpu, replica)
+                members[replica.index] = record
+                leases.append(Lease(self.lease_path(record.id)))
+                spawned.append(record)
+        except BaseException:
+            for record in spawned:
+                stop_server(record)
+            raise
+        return [record.id for record in spawned]
+
+    def _await_set(
+        self, members: list[ServerRecord], spawned: list[str], start_timeout_s: float
+    ) -> list[ServerRecord]:
+        """Every member healthy (their start-ups in parallel), or the failed ones stopped and raised."""
+        with ThreadPoolExecutor(max_workers=len(members)) as pool:
+            answers = list(pool.map(lambda r: self._answers(r, r.id in spawned, start_timeout_s), members))
+        failed = [record for record, ok in zip(members, answers, strict=True) if not ok]
+        for record in failed:
+            stop_server(record)
+        with self._locked() as state:
+            state.servers = [r for r in state.servers if r.id not in {f.id for f in failed}]
+            for stored in state.servers:
+                if stored.id in {m.id for m in members}:
+                    stored.ready, stored.last_used_at = True, time.time()
+        if failed:
+            where = "; ".join(f"replica {r.replica}: {r.log_path}" for r in failed)
+            raise EngineError(
+                f"{len(failed)} of {len(members)} replicas did not become healthy within "
+                f"{start_timeout_s:g} s (or exited during start-up): see {where}"
+            )
+        return [record.model_copy(update={"ready": True}) for record in members]
+
+    def set_urls(self, set_id: str | None) -> list[str]:
+        """The base URLs of a replica set (the only one when none is named), in replica order."""
+        servers = self.servers()
+        sets = sorted({r.replica_set for r in servers if r.replica_set is not None})
+        if set_id is None and len(sets) != 1:
+            raise UserError(
+                "no replica set is running (start one with `bench serve start --replicas N`)"
+                if not sets
+                else f"several replica sets are running ({', '.join(sets)}): name one"
+            )
+        chosen = set_id or sets[0]
+        members = sorted((r for r in servers if r.replica_set == chosen), key=lambda r: r.replica or 0)
+        if not members:
+            raise UserError(f"no running replica set with id {chosen} (see `bench serve status`)")
+        return [record.base_url for record in members]
 
     def _evict(self, state: ServerState, max_servers: int) -> None:
         """Stop least recently used servers until one more fits under the cap; a server a live run holds
@@ -414,6 +581,55 @@ class ServerRegistry:
             if record.id == server_id:
                 return record
         raise UserError(f"no running flowperf server with id {server_id} (see `bench serve status`)")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One member of a replica set: which set, which member, and the GPUs it may see (None: all/CPU)."""
+
+    set_id: str
+    index: int
+    devices: str | None
+
+
+def replica_settings(settings: EngineConfig, gpus_per_replica: int) -> EngineConfig:
+    """The settings each replica runs: K GPUs per replica means tensor parallelism over K unless the
+    engine arguments set the parallel sizes themselves, whose product must then be K."""
+    extra = settings.extra_engine_args
+    given = {key: extra[key] for key in PARALLEL_SIZES if key in extra}
+    if not given:
+        if gpus_per_replica == 1:
+            return settings
+        return settings.model_copy(
+            update={"extra_engine_args": extra | {"tensor_parallel_size": gpus_per_replica}}
+        )
+    product = math.prod(int(value) for value in given.values())
+    if product != gpus_per_replica:
+        sizes = " x ".join(f"{key}={value}" for key, value in given.items())
+        raise UserError(
+            f"--gpus-per-replica {gpus_per_replica}: the engine arguments use {product} GPU(s) ({sizes})"
+        )
+    return settings
+
+
+def replica_devices(replicas: int, gpus_per_replica: int, gpus: int) -> list[str | None]:
+    """Each replica's CUDA_VISIBLE_DEVICES: consecutive groups of the GPUs this process may use (those
+    CUDA_VISIBLE_DEVICES already names, if set); on a machine without GPUs, nothing to pin."""
+    if gpus == 0:
+        if gpus_per_replica > 1:
+            raise UserError(f"--gpus-per-replica {gpus_per_replica}: no GPU on this machine")
+        return [None] * replicas
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = (
+        [part.strip() for part in visible.split(",") if part.strip()]
+        if visible
+        else list(map(str, range(gpus)))
+    )
+    if replicas * gpus_per_replica > len(ids):
+        raise UserError(
+            f"--replicas {replicas} x --gpus-per-replica {gpus_per_replica}: only {len(ids)} GPU(s) here"
+        )
+    return [",".join(ids[i * gpus_per_replica : (i + 1) * gpus_per_replica]) for i in range(replicas)]
 
 
 def stop_server(record: ServerRecord) -> None:

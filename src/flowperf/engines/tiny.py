@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ ARCHITECTURE: dict[str, Any] = {
     "num_key_value_heads": 2,
     "head_dim": 64,
     "hidden_act": "silu",
-    "max_position_embeddings": 4096,
+    "max_position_embeddings": 16384,
     "rms_norm_eps": 1e-5,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
     "attention_bias": False,
@@ -114,18 +114,24 @@ def build_tiny_model(fixtures_dir: Path, *, force: bool = False) -> TinyModel:
     if (target / MARKER_FILE).is_file() and not force:
         return TinyModel(path=target, built=False, build_ms=0.0)
     started = time.perf_counter()
+    publish_directory(target, lambda staging: write_model_files(staging, fixtures_dir))
+    return TinyModel(path=target, built=True, build_ms=(time.perf_counter() - started) * 1000)
+
+
+def publish_directory(target: Path, fill: Callable[[Path], None]) -> None:
+    """Make `target` by filling a temporary sibling and renaming it into place, so a crash mid-build
+    never leaves a half-written model where a later run would take it for a whole one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         staging.chmod(0o755)
-        write_model_files(staging, fixtures_dir)
+        fill(staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TinyModel(path=target, built=True, build_ms=(time.perf_counter() - started) * 1000)
 
 
 def write_model_files(directory: Path, fixtures_dir: Path) -> None:

@@ -29,6 +29,7 @@ from flowperf.errors import UserError
 from flowperf.flows.expand import FORMAT_VERSION, ExpandedFlowSet, expand
 from flowperf.flows.fixtures import load_fixture_file
 from flowperf.flows.schema import load_template
+from flowperf.flows.source import WorkflowSource
 from flowperf.locking import exclusive_lock
 
 CACHE_FILE_NAME = ".expanded_cache.json"
@@ -58,10 +59,10 @@ class CacheIndex(BaseModel):
 
 @dataclass(frozen=True)
 class Expansion:
-    """Expanded flows and where they came from (`cache` or `generated`)."""
+    """A run's workflows and where they came from (`cache` or `generated` expansion, or a `trace`)."""
 
-    flows: ExpandedFlowSet
-    source: Literal["cache", "generated"]
+    flows: WorkflowSource
+    source: Literal["cache", "generated", "trace"]
 
 
 def _sha256_file(path: Path) -> str:

@@ -3,7 +3,8 @@
 Templates come from files users share, so they must not reach Python objects, the filesystem or the
 environment: the sandbox refuses unsafe attributes and mutation, StrictUndefined turns a typo into an
 error instead of an empty string, and autoescape is off because prompts are plain text, not HTML.
-A template sees exactly two names: `fixture` (the record, data only) and `steps` (earlier outputs).
+A template sees `fixture` (the record, data only), `steps` (outputs of the steps it needs), and inside
+loops and fan-outs `turn`, `item` and `item_index`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-ALLOWED_NAMES = frozenset({"fixture", "steps"})
+ALLOWED_NAMES = frozenset({"fixture", "steps", "turn", "item", "item_index"})
 MAX_REPEATED_LENGTH = 1_000_000
 MAX_EXPONENT = 1_000
 MAX_POWER_BITS = 100_000
@@ -135,10 +136,12 @@ class TemplateProblem(ValueError):
 
 @dataclass(frozen=True)
 class TemplateReferences:
-    """What a prompt template reads: fixture fields and the ids of the steps whose output it uses."""
+    """What a prompt template reads: fixture fields, the ids of the steps whose output it uses, and every
+    top-level name (so a `turn` outside a loop can be refused)."""
 
     fixture_fields: frozenset[str]
     step_ids: tuple[str, ...]
+    names: frozenset[str] = frozenset()
 
 
 def analyse(source: str) -> TemplateReferences:
@@ -151,10 +154,13 @@ def analyse(source: str) -> TemplateReferences:
         tree = ENVIRONMENT.parse(source)
     except TemplateSyntaxError as error:
         raise TemplateProblem(f"template syntax error on line {error.lineno}: {error.message}") from None
-    unknown = meta.find_undeclared_variables(tree) - ALLOWED_NAMES
+    used = meta.find_undeclared_variables(tree)
+    unknown = used - ALLOWED_NAMES
     if unknown:
         names = ", ".join(sorted(unknown))
-        raise TemplateProblem(f"unknown name(s) {names}: a template sees only 'fixture' and 'steps'")
+        raise TemplateProblem(
+            f"unknown name(s) {names}: a template sees only {', '.join(sorted(ALLOWED_NAMES))}"
+        )
 
     keyed: dict[int, str] = {}
     for access in tree.find_all((nodes.Getattr, nodes.Getitem)):
@@ -170,10 +176,14 @@ def analyse(source: str) -> TemplateReferences:
             fields.add(key)
         elif name_node.name == "steps":
             if key is None:
-                raise TemplateProblem("'steps' must be used as steps.<id>.output with a literal step id")
+                raise TemplateProblem(
+                    "'steps' must be used as steps.<id>.output (or .outputs) with a literal step id"
+                )
             if key not in step_ids:
                 step_ids.append(key)
-    return TemplateReferences(fixture_fields=frozenset(fields), step_ids=tuple(step_ids))
+    return TemplateReferences(
+        fixture_fields=frozenset(fields), step_ids=tuple(step_ids), names=frozenset(used)
+    )
 
 
 def _static_key(access: nodes.Getattr | nodes.Getitem) -> str | None:
