@@ -127,7 +127,7 @@ class TraceRequests:
         self, flow: ExpandedFlow, node: PlannedNode, outputs: Mapping[str, Sequence[str]]
     ) -> TokenPrompt:
         ids = prompt_ids(self.trace, flow.record_index, self._ids, self._seed)
-        return TokenPrompt(tuple(int(token) for token in ids))
+        return TokenPrompt(tuple(ids.tolist()))
 
     def render_result(
         self, flow: ExpandedFlow, node: PlannedNode, outputs: Mapping[str, Sequence[str]]

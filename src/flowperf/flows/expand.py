@@ -72,10 +72,15 @@ class PromptRenderer:
         return template
 
 
+def step_sources(step: StepSpec) -> dict[str, str]:
+    """A step's templates by cache key: its prompt and its tool result, where it has them."""
+    sources = {f"{step.id}:prompt": step.prompt} if step.prompt else {}
+    return sources | ({f"{step.id}:result": step.result} if step.result else {})
+
+
 def template_sources(program: Program) -> dict[str, str]:
     """Every template of a program by cache key: prompts, tool results and the system message."""
-    sources = {f"{step.id}:prompt": step.prompt for step in program.steps() if step.prompt}
-    sources |= {f"{step.id}:result": step.result for step in program.steps() if step.result}
+    sources = {key: source for step in program.steps() for key, source in step_sources(step).items()}
     if program.system:
         sources[SYSTEM_KEY] = program.system
     return sources
@@ -280,7 +285,7 @@ def _render_record(program: Program, record: dict[str, Any], where: str, name: s
             0, step, step.id, (), None, 0, turn=0, item_index=0, item=items[0] if items else None
         )
         context = template_context(record, placeholders, node)
-        for key, source in template_sources(Program(system=None, entries=(step,))).items():
+        for key, source in step_sources(step).items():
             text = _render_one(render, key, source, context, f"step '{step.id}' of flow '{name}'", where)
             if key.endswith(":prompt") and step.is_static:
                 rendered[step.id] = text
