@@ -121,11 +121,11 @@ def test_run_help_shows_model_defaults() -> None:
 
 COMMAND_FLAGS = {
     ("run",): """--api --api-key-env --base-url --block-size --compiled --concurrency --config
-        --cuda-graph-sizes --cuda-graphs --eager --engine --engine-arg --fail-fast --fixtures-dir --flow
-        --flows-dir --grace-s --keep-prefix-cache --kv-cache-gib --leak-threshold-mb --max-model-len
+        --cuda-graph-sizes --cuda-graphs --eager --engine --engine-arg --executor --fail-fast --fixtures-dir
+        --flow --flows-dir --grace-s --keep-prefix-cache --kv-cache-gib --leak-threshold-mb --max-model-len
         --max-servers --max-tokens --model --model-preset --no-cuda-graphs --no-progress --num-flows --out
-        --progress --rate --reset-prefix-cache --resume --routing --run-id --sample-interval --save-text
-        --seed --server-port --step-timeout-s --warmup -c -n""",
+        --progress --rate --ray-address --reset-prefix-cache --resume --routing --run-id --sample-interval
+        --save-text --seed --server-port --step-timeout-s --warmup --workers -c -n""",
     ("doctor",): """--block-size --fixtures-dir --flow --flows-dir --json --kv-cache-gib --max-tokens --model
         --model-preset --num-flows -n""",
     ("serve", "start"): """--block-size --compiled --config --cuda-graph-sizes --cuda-graphs --eager

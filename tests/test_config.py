@@ -96,6 +96,7 @@ PERSISTED_SHAPE = {
     "output.out_dir", "output.run_id", "output.save_text", "output.summary_every",
     "output.summary_interval_s",
     "monitor.sample_interval_s", "monitor.leak_threshold_mb",
+    "client.workers", "client.executor", "client.ray_address",
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore, St
 from flowperf.summary import SummaryContext, build_summary, leak_warning
 from flowperf.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.timing import TimingLog
+from flowperf.workers.pool import WorkerPool
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 3
@@ -408,7 +409,11 @@ def prepare(
     shown: DeferredSink[str] = DeferredSink()
     timing = TimingLog(shown)
     metrics: DeferredSink[Any] = DeferredSink()
-    monitor = ResourceMonitor(metrics, interval_s=config.monitor.sample_interval_s)
+    monitor = ResourceMonitor(
+        metrics,
+        interval_s=config.monitor.sample_interval_s,
+        children_are_engine=config.engine.kind == "vllm",
+    )
     checked = check_input(config, hooks, resume_from, timing, monitor)
     if interrupts is not None:
         interrupts.only_record()
@@ -509,9 +514,25 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
         run.summary_context.run.prefix_cache_reset = await run.engine.reset_prefix_cache()
     total = len(run.expansion.flows)
     run.hooks.on_start(total, total - len(run.opened.todo))
+    window = measured_runner(run)
+    if interrupts is not None:
+        interrupts.on_request(window.request_stop)
     with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
-        stopped = await runner.run(run.opened.todo, run.sink)
+        stopped = await window.run(run.opened.todo, run.sink)
     return run_status(stopped, interrupts is not None and interrupts.requested)
+
+
+def measured_runner(run: RunContext) -> Runner | WorkerPool:
+    """The run's own runner, or with client workers a pool of them, each with its own HTTP client to
+    the engine this process started (or reached) and the run directory to write to."""
+    client = run.config.client
+    if client.workers == 1 and client.executor == "process":
+        return run.runner
+    engine = run.engine
+    if not isinstance(engine, OpenAIHttpEngine):
+        raise EngineError(f"--workers {client.workers}: engine {engine.info().engine} is not an HTTP client")
+    http = replace(engine.settings, model=engine.model)
+    return WorkerPool(client, run.runner, http, run.store, run.timing)
 
 
 async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:

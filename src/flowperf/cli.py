@@ -35,6 +35,7 @@ from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
 from flowperf.interrupts import EXIT_INTERRUPTED, RunInterrupted, run_with_interrupts
 from flowperf.options import (
+    CLIENT,
     ENDPOINT,
     ENGINE,
     FLOW,
@@ -181,7 +182,7 @@ ProgressOption = Annotated[
 
 
 @app.command()
-@with_options(FLOW, MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR, RESULTS)
+@with_options(FLOW, MODEL, ENDPOINT, ENGINE, MEASUREMENT, CLIENT, MONITOR, RESULTS)
 def run(
     config_file: ConfigFileOption = None,
     *,
@@ -228,7 +229,7 @@ REPLAY_MEASUREMENT = only(
 
 
 @app.command()
-@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, MONITOR, RESULTS)
+@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, CLIENT, MONITOR, RESULTS)
 def replay(
     trace: Annotated[
         str,

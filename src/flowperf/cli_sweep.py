@@ -17,6 +17,7 @@ from rich.text import Text
 from flowperf.engines.base import EngineError
 from flowperf.interrupts import EXIT_INTERRUPTED, RunInterrupted
 from flowperf.options import (
+    CLIENT,
     ENDPOINT,
     ENGINE,
     FLOW,
@@ -148,7 +149,7 @@ Progress = Annotated[
 
 @with_options(FLOW, MODEL, ENDPOINT, ENGINE,
               only(MEASUREMENT, "--max-tokens", "--step-timeout-s", "--warmup", "--reset-prefix-cache"),
-              MONITOR, RESULTS)  # fmt: skip
+              CLIENT, MONITOR, RESULTS)  # fmt: skip
 def sweep(
     config_file: ConfigFileOption = None,
     *,

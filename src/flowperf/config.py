@@ -204,6 +204,7 @@ NOT_FINGERPRINTED: dict[str, Any] = {
     "output": True,
     "monitor": True,
     "grace_s": True,
+    "client": True,
     "engine": {"connect_timeout_s", "server_port", "max_servers", "server_start_timeout_s"},
 }
 
@@ -216,6 +217,21 @@ class MonitorConfig(BaseModel):
     sample_interval_s: float = Field(default=0.25, ge=0, description="0 turns sampling off")
     leak_threshold_mb: float = Field(
         default=2.0, gt=0, description="warn above this RSS growth per 100 steps"
+    )
+
+
+class ClientConfig(BaseModel):
+    """How the load is generated: the client processes sending it. Not part of the fingerprint: two
+    workers sending a schedule measure the same experiment as one that keeps up with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(default=1, ge=1, le=256, description="client processes sending the load")
+    executor: Literal["process", "ray"] = Field(
+        default="process", description="workers as processes on this host, or as Ray actors"
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to run the actors on; None: a local one, started and stopped"
     )
 
 
@@ -259,6 +275,18 @@ class RunConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     trace: TraceConfig | None = None
+    client: ClientConfig = Field(default_factory=ClientConfig)
+
+    @model_validator(mode="after")
+    def _workers_need_http(self) -> RunConfig:
+        """Client workers send over HTTP: an in-process engine serves only the process that holds it."""
+        client = self.client
+        if (client.workers > 1 or client.executor == "ray") and self.engine.kind == "vllm":
+            raise ValueError(
+                f"--workers {client.workers} / --executor {client.executor}: an in-process engine serves "
+                "only its own process; use --engine server or --engine openai"
+            )
+        return self
 
     @property
     def open_loop(self) -> bool:

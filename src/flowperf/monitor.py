@@ -61,7 +61,9 @@ class TrackedPids:
 class ProcessTree:
     """This process and its descendants, with CPU% measured between successive samples.
 
-    Engine processes that are not descendants (a persistent server flowperf started earlier) are added
+    Descendants are the engine's processes when the engine runs in this process (vLLM's core); an engine
+    reached over HTTP has none here (client workers and a local Ray cluster are the harness's). Engine
+    processes that are not descendants (a persistent server flowperf started earlier) are added
     with `track`, and count as engine processes with their own descendants. Finding descendants means
     reading every process on the machine, two thirds of a sample's cost, so the tree is rescanned every
     `rescan_every` samples (2 s at the default interval): engine processes live for the whole run.
@@ -69,8 +71,14 @@ class ProcessTree:
 
     rescan_every = 8
 
-    def __init__(self, tracked: TrackedPids | None = None, ignored: TrackedPids | None = None) -> None:
+    def __init__(
+        self,
+        tracked: TrackedPids | None = None,
+        ignored: TrackedPids | None = None,
+        children_are_engine: bool = True,
+    ) -> None:
         self.root = psutil.Process()
+        self.children_are_engine = children_are_engine
         self.tracked = tracked or TrackedPids()
         self.ignored = ignored or TrackedPids()
         self._known: dict[int, psutil.Process] = {}
@@ -79,7 +87,8 @@ class ProcessTree:
 
     def _engine_processes(self) -> list[psutil.Process]:
         ignored = self.ignored.snapshot()
-        processes = [child for child in self.root.children(recursive=True) if child.pid not in ignored]
+        children = self.root.children(recursive=True) if self.children_are_engine else []
+        processes = [child for child in children if child.pid not in ignored]
         for pid in self.tracked.snapshot():
             with contextlib.suppress(psutil.Error):
                 tracked = psutil.Process(pid)
@@ -119,8 +128,9 @@ def rss_mb() -> float:
 class ResourceMonitor:
     """Samples resources on a thread; times phases on demand. Start once, stop once."""
 
-    def __init__(self, sink: Sink, *, interval_s: float = 0.25) -> None:
+    def __init__(self, sink: Sink, *, interval_s: float = 0.25, children_are_engine: bool = True) -> None:
         self._sink = sink
+        self._children_are_engine = children_are_engine
         self.interval_s = interval_s
         self._steps_done: Callable[[], int] = lambda: 0
         self._session = 0
@@ -176,7 +186,7 @@ class ResourceMonitor:
             self.error = error
 
     def _sample_until_stopped(self) -> None:
-        tree = ProcessTree(self._tracked, self._ignored)
+        tree = ProcessTree(self._tracked, self._ignored, self._children_are_engine)
         nvml, devices, unavailable = nvml_devices()
         self._sink(
             GpuInfoRecord(

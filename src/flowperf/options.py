@@ -315,6 +315,30 @@ TRACE = (
     option("trace.duration_s", "--duration", panel=TRACE_PANEL, help="Window length, s.", unset="to the end"),
 )
 
+CLIENT_PANEL = "Load generation"
+CLIENT = (
+    option(
+        "client.workers",
+        "--workers",
+        panel=CLIENT_PANEL,
+        help="Client processes sending the load (HTTP engines), each with its own event loop and "
+        "connection pool; sessions are shared out by index, at most one worker per session slot.",
+    ),
+    option(
+        "client.executor",
+        "--executor",
+        panel=CLIENT_PANEL,
+        help="Workers as processes on this host, or as Ray actors (records streamed back here).",
+    ),
+    option(
+        "client.ray_address",
+        "--ray-address",
+        panel=CLIENT_PANEL,
+        help="Ray cluster (HOST:PORT) for --executor ray.",
+        unset="a local one, started and stopped",
+    ),
+)
+
 RESULTS = (
     option("output.out_dir", "--out", panel=RESULTS_PANEL, help="Root directory for run directories."),
     option(
@@ -342,6 +366,7 @@ GROUPS = {
     "engine": ENGINE,
     "measurement": MEASUREMENT,
     "monitor": MONITOR,
+    "client": CLIENT,
     "results": RESULTS,
 }
 

@@ -54,6 +54,15 @@ class ExecutionConfig:
     time_scale: float | None = None
 
 
+@dataclass(frozen=True)
+class MeasuredWindow:
+    """One worker's share of a measured window: when it starts (perf_counter, this host's monotonic
+    clock) and, open loop, the arrival (s from the start) of each of its workflows."""
+
+    start: float
+    arrivals_s: np.ndarray
+
+
 class StepTimeout(Exception):
     """A step took longer than --step-timeout-s."""
 
@@ -110,19 +119,32 @@ class Runner:
         """Run `workflows` closed loop to warm the engine; `sink` decides what of them is kept."""
         await self._closed_loop(list(workflows), self.config.concurrency or 1, sink)
 
-    async def run(self, workflows: Iterable[ExpandedFlow], sink: RecordSink) -> bool:
+    async def run(
+        self,
+        workflows: Iterable[ExpandedFlow],
+        sink: RecordSink,
+        window: MeasuredWindow | None = None,
+    ) -> bool:
         """Run `workflows` closed loop (up to `concurrency` in flight) or, with `rate`, open loop.
 
+        `window` is given when this runner is one of several client workers: the window start and the
+        arrivals of these workflows come from the one schedule the coordinator drew for all of them.
         Returns whether the run was stopped before every workflow had started.
         """
         todo = list(workflows)
-        if self.config.rate is None and self.config.time_scale is None:
-            await self._closed_loop(todo, self.config.concurrency or 1, sink)
-        else:
-            await self._open_loop(todo, self._arrivals(todo), self.config.concurrency, sink)
+        start = None if window is None else window.start
+        if not self.open_loop:
+            await self._closed_loop(todo, self.config.concurrency or 1, sink, start)
+            return self._stopping
+        arrivals = self.arrivals(todo) if window is None else window.arrivals_s
+        await self._open_loop(todo, arrivals, self.config.concurrency, sink, start)
         return self._stopping
 
-    def _arrivals(self, workflows: list[ExpandedFlow]) -> np.ndarray:
+    @property
+    def open_loop(self) -> bool:
+        return self.config.rate is not None or self.config.time_scale is not None
+
+    def arrivals(self, workflows: list[ExpandedFlow]) -> np.ndarray:
         """Seconds from the window start: Poisson at `rate`, else the workflows' own timeline (a trace's)
         from the first of them, `time_scale` times faster."""
         if self.config.rate is not None:
@@ -131,7 +153,9 @@ class Runner:
         assert self.config.time_scale is not None
         return (own - own[0]) / self.config.time_scale if own.size else own
 
-    async def _closed_loop(self, workflows: list[ExpandedFlow], workers: int, sink: RecordSink) -> None:
+    async def _closed_loop(
+        self, workflows: list[ExpandedFlow], workers: int, sink: RecordSink, start: float | None = None
+    ) -> None:
         pending = iter(workflows)
 
         async def worker() -> None:
@@ -140,12 +164,17 @@ class Runner:
                     return
                 await self._run_and_count(flow, None, sink)
 
-        self._begin_window()
+        self._begin_window(start)
         self._workers = [asyncio.create_task(worker()) for _ in range(workers)]
         await self._gather_workers()
 
     async def _open_loop(
-        self, workflows: list[ExpandedFlow], arrivals: np.ndarray, cap: int | None, sink: RecordSink
+        self,
+        workflows: list[ExpandedFlow],
+        arrivals: np.ndarray,
+        cap: int | None,
+        sink: RecordSink,
+        start: float | None = None,
     ) -> None:
         """Workflows arrive on schedule (`arrivals`, s), whatever is in flight; with a cap, an arrival
         beyond it waits for a free slot (its wait shows as arrival-to-start)."""
@@ -159,7 +188,7 @@ class Runner:
                 if not self._stopping:
                     await self._run_and_count(flow, arrival_ms, sink)
 
-        self._begin_window()
+        self._begin_window(start)
         for flow, arrival_s in zip(workflows, arrivals, strict=True):
             delay = self._window_start + float(arrival_s) - time.perf_counter()
             if delay > 0:
@@ -170,10 +199,11 @@ class Runner:
             self._workers.append(asyncio.create_task(admit(flow, float(arrival_s) * 1000.0)))
         await self._gather_workers()
 
-    def _begin_window(self) -> None:
+    def _begin_window(self, start: float | None) -> None:
+        """Offsets count from `start` (perf_counter) when the coordinator of several workers set it."""
         self.flows.compile_templates()
         self._workers = []
-        self._window_start = time.perf_counter()
+        self._window_start = time.perf_counter() if start is None else start
 
     async def _gather_workers(self) -> None:
         """Wait for every worker; `request_stop` cancels the same list after the grace period."""

@@ -55,6 +55,33 @@ class WarmupSink:
             )
 
 
+class ForwardingSink:
+    """A client worker's measured workflows, each record handed to `forward` as it finishes.
+
+    With `store` (a worker process on the coordinator's host) the worker makes its records durable in
+    the run directory itself and forwards only each workflow's record, for progress; without (a Ray
+    actor, possibly on another machine) it forwards every record and the coordinator writes them.
+    """
+
+    def __init__(self, forward: Callable[[str, Any], None], store: RunStore | None = None) -> None:
+        self._forward = forward
+        self._store = store
+
+    def workflow_scope(self, flow: ExpandedFlow) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def step(self, record: StepRecord) -> None:
+        if self._store is None:
+            self._forward("step", record)
+        else:
+            self._store.append_step(record)
+
+    def workflow(self, record: WorkflowRecord) -> None:
+        if self._store is not None:
+            self._store.append_workflow(record)
+        self._forward("workflow", record)
+
+
 class MeasuredSink:
     """Measured workflows: every record durable in the run directory as it arrives, a timing line per
     workflow, a `workflow` resource phase around each, and `on_workflow` told (progress, summaries)."""
@@ -81,6 +108,12 @@ class MeasuredSink:
 
     def workflow(self, record: WorkflowRecord) -> None:
         self._store.append_workflow(record)
+        self.workflow_recorded(record)
+
+    def workflow_recorded(self, record: WorkflowRecord, steps_elsewhere: int = 0) -> None:
+        """The rest of a workflow's bookkeeping once its records are durable; a client worker process
+        that wrote them itself (`steps_elsewhere` step lines) tells the coordinator through this."""
+        self.steps_done += steps_elsewhere
         self._timing.emit(
             f"workflow_{record.flow_index}_ms", record.workflow_ms, steps=record.steps, status=record.status
         )

@@ -245,6 +245,12 @@ class RunStore:
             self._workflow_columns = _header(self.path(WORKFLOWS))
         self._append(WORKFLOWS, _csv_text([record.csv_cells()], header=False, columns=self._workflow_columns))
 
+    def write_workflow_header(self) -> None:
+        """Head an empty workflows.csv now: client worker processes then append rows under it, and none
+        of them has to decide alone whether the file is empty."""
+        if self._is_empty(WORKFLOWS):
+            self._append(WORKFLOWS, _csv_text([], header=True))
+
     def read_steps(self) -> list[StepRecord]:
         """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
         return _read_records(self.path(STEPS), StepRecord.model_validate_json)

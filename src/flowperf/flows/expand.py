@@ -60,6 +60,10 @@ class PromptRenderer:
     def __init__(self) -> None:
         self._compiled: dict[str, Template] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Compiled templates do not pickle: a copy sent to a worker process compiles its own."""
+        return {"_compiled": {}}
+
     def compile(self, sources: Mapping[str, str]) -> None:
         """Compile templates now, so that no measured request pays for it."""
         for key, source in sources.items():

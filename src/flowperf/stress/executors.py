@@ -7,17 +7,16 @@ save each one at once.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from multiprocessing import get_context
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from flowperf.errors import UserError
+from flowperf.ray_cluster import connected
 from flowperf.stress.bins import cached_bins
 from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
@@ -147,36 +146,13 @@ def _ray_task(test_config: SimTestConfig, test: TestSpec, trace: Trace | None) -
     return run_test(test_config, test)
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast on a `host:port` nobody listens at; Ray itself would wait for minutes before giving up."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", "ray://...", and other forms Ray resolves itself
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
-        raise UserError(f"--ray-address: nothing answers at {address} ({error.strerror or error})") from None
-
-
 @contextmanager
 def _ray_executor(
     test_config: SimTestConfig, trace: Trace | None, workers: int, address: str | None
 ) -> Iterator[RunMany]:
     """Run tests as Ray tasks: on the cluster at `address`, on the one this process is already connected
     to, or on a local one started here (and stopped on exit, as is a connection opened here)."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--executor ray: Ray is not installed; pip install 'flowperf[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address:
-            _check_reachable(address)
-            ray.init(address=address, **options)
-        else:
-            ray.init(num_cpus=workers, **options)
-    try:
+    with connected(address, workers) as ray:
         task = ray.remote(num_cpus=1)(_ray_task)
         trace_ref = ray.put(trace)
 
@@ -191,6 +167,3 @@ def _ray_executor(
                     ray.cancel(ref)
 
         yield run_many
-    finally:
-        if started_here:
-            ray.shutdown()
