@@ -210,6 +210,24 @@ def test_workers_with_the_in_process_engine_is_a_usage_error(tmp_path: Path) -> 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_a_sweep_level_with_workers_stops_at_its_duration_counted_from_the_window(tmp_path: Path) -> None:
+    """The sweep stops a level through whatever runs its window (the workers here, not the coordinator's
+    own runner), and counts --duration from the window, after the workers have started."""
+    with serve_in_thread(MOCK) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        done = run_bench("sweep", "--concurrency", "2", "--duration", "2", "--workers", "2", "--max-tokens",
+                         "4", "--engine", "openai", "--base-url", url, "--no-progress",
+                         "--out", str(tmp_path / "runs"), "--run-id", "s", timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (level,) = [
+        json.loads(line) for line in (tmp_path / "runs" / "s" / "sweep.jsonl").read_text().splitlines()
+    ]
+    assert level["stopped_early"].startswith("duration") and level["status"] == "complete"
+    # the window opens WINDOW_LEAD_S after the watch starts; start-up counted in would cost ~0.5 s
+    assert 1.85 <= level["window_s"] < 3.0, level["window_s"]
+
+
 # --- crashes and signals (subprocesses in their own process group)
 
 

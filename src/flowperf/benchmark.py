@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from flowperf.live_summary import PeriodicSummaries
 from flowperf.monitor import ResourceMonitor
 from flowperf.records import RUN_SCHEMA_VERSION, MonitorErrorRecord, WorkflowRecord, check_schema_version
 from flowperf.replay import load_requests
-from flowperf.runner import ExecutionConfig, Runner
+from flowperf.runner import ExecutionConfig, Runner, WindowRunner
 from flowperf.sinks import MeasuredSink, WarmupSink
 from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore, StoreWriteError
 from flowperf.summary import SummaryContext, build_summary, leak_warning
@@ -292,6 +292,7 @@ class RunContext:
     opened: OpenedRun
     engine: Engine
     runner: Runner
+    window: WindowRunner  # what runs the measured window: `runner` itself, or client workers
     sink: MeasuredSink
     periodic: PeriodicSummaries
     summary_context: SummaryContext
@@ -429,6 +430,19 @@ def prepare(
     return assemble(config, hooks, timing, monitor, checked, opened, engine, document)
 
 
+def measured_runner(
+    config: RunConfig, runner: Runner, engine: Engine, store: RunStore, timing: TimingLog
+) -> WindowRunner:
+    """The run's own runner, or with client workers a pool of them, each with its own HTTP client to
+    the engine this process starts (or reaches) and the run directory to write to."""
+    client = config.client
+    if client.workers == 1 and client.executor == "process":
+        return runner
+    if not isinstance(engine, OpenAIHttpEngine):
+        raise UserError(f"--workers {client.workers}: the engine given is not an HTTP client")
+    return WorkerPool(client, runner, engine, store, timing)
+
+
 def assemble(
     config: RunConfig, hooks: RunHooks, timing: TimingLog, monitor: ResourceMonitor, checked: CheckedInput,
     opened: OpenedRun, engine: Engine | None, document: dict[str, Any] | None,
@@ -444,6 +458,7 @@ def assemble(
     engine = engine or make_engine(config, checked.model, opened.store.path(ENGINE_LOG), width)
     filler = filler_ratio(expansion.flows, checked.model)
     runner = Runner(expansion.flows, engine, execution_config(config, opened, filler))
+    window = measured_runner(config, runner, engine, opened.store, timing)
     periodic = PeriodicSummaries(
         opened.store,
         config.output.summary_every,
@@ -460,8 +475,8 @@ def assemble(
 
     sink = MeasuredSink(opened.store, timing, monitor.phase, workflow_done)
     return RunContext(
-        config, hooks, timing, monitor, expansion, opened, engine, runner, sink, periodic, summary_context,
-        document,
+        config, hooks, timing, monitor, expansion, opened, engine, runner, window, sink, periodic,
+        summary_context, document,
     )  # fmt: skip
 
 
@@ -513,26 +528,14 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
     if config.reset_prefix_cache:
         run.summary_context.run.prefix_cache_reset = await run.engine.reset_prefix_cache()
     total = len(run.expansion.flows)
-    run.hooks.on_start(total, total - len(run.opened.todo))
-    window = measured_runner(run)
     if interrupts is not None:
-        interrupts.on_request(window.request_stop)
+        interrupts.on_request(run.window.request_stop)
+    if isinstance(run.window, WorkerPool):
+        await run.window.start(run.opened.todo)
+    run.hooks.on_start(total, total - len(run.opened.todo))
     with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
-        stopped = await window.run(run.opened.todo, run.sink)
+        stopped = await run.window.run(run.opened.todo, run.sink)
     return run_status(stopped, interrupts is not None and interrupts.requested)
-
-
-def measured_runner(run: RunContext) -> Runner | WorkerPool:
-    """The run's own runner, or with client workers a pool of them, each with its own HTTP client to
-    the engine this process started (or reached) and the run directory to write to."""
-    client = run.config.client
-    if client.workers == 1 and client.executor == "process":
-        return run.runner
-    engine = run.engine
-    if not isinstance(engine, OpenAIHttpEngine):
-        raise EngineError(f"--workers {client.workers}: engine {engine.info().engine} is not an HTTP client")
-    http = replace(engine.settings, model=engine.model)
-    return WorkerPool(client, run.runner, http, run.store, run.timing)
 
 
 async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:

@@ -83,34 +83,63 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return round(float(p50), 3), round(float(p99), 3)
 
 
+@dataclass(frozen=True)
+class ClientTiming:
+    """What the client measured of one request: its TTFT and each gap between tokens, ms."""
+
+    ttft_ms: float
+    itl_ms: list[float]
+
+
+@dataclass(frozen=True)
+class TimingErrors:
+    """Client minus server, over many requests (ms): TTFT and token-gap error p50/p99, server lag p99."""
+
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float
+    itl_p99_ms: float
+    server_lag_p99_ms: float
+
+
+def timing_errors(measured: dict[str, ClientTiming], logs: dict[str, dict]) -> TimingErrors:
+    """Each request's client timing against the mock server's record of it (by request id)."""
+    ttft_errors, gap_errors, lags = [], [], []
+    for request_id, timing in measured.items():
+        sent = logs[request_id]["token_sent"]
+        ttft_errors.append(timing.ttft_ms - (sent[0] - logs[request_id]["arrived"]) * 1000.0)
+        server_gaps = np.diff(sent) * 1000.0
+        gap_errors += list(
+            np.abs(np.asarray(timing.itl_ms[: len(server_gaps)]) - server_gaps[: len(timing.itl_ms)])
+        )
+        lags += [(s - d) * 1000.0 for s, d in zip(sent, logs[request_id]["token_due"], strict=True)]
+    ttft, itl = _percentiles(ttft_errors), _percentiles([float(gap) for gap in gap_errors])
+    return TimingErrors(ttft[0], ttft[1], itl[0], itl[1], _percentiles(lags)[1])
+
+
+def server_logs(base_url: str) -> dict[str, dict]:
+    """The mock server's record of every request it served, by request id."""
+    return {log["request_id"]: log for log in httpx.get(f"{base_url}/mock/requests", timeout=30).json()}
+
+
 def measure_level(server: SpawnedServer, concurrency: int, requests: int) -> LevelResult:
     prefix = f"c{concurrency}-{time.monotonic_ns()}"
     results, cpu, failures = asyncio.run(_drive(server.base_url, concurrency, requests, prefix))
-    logs = {
-        log["request_id"]: log for log in httpx.get(f"{server.base_url}/mock/requests", timeout=30).json()
+    measured = {
+        key: ClientTiming(result.ttft_ms or 0.0, list(result.itl_ms)) for key, result in results.items()
     }
-    ttft_errors, gap_errors, lags = [], [], []
-    for request_id, result in results.items():
-        sent = logs[request_id]["token_sent"]
-        ttft_errors.append((result.ttft_ms or 0.0) - (sent[0] - logs[request_id]["arrived"]) * 1000.0)
-        server_gaps = np.diff(sent) * 1000.0
-        gap_errors += list(
-            np.abs(np.asarray(result.itl_ms[: len(server_gaps)]) - server_gaps[: len(result.itl_ms)])
-        )
-        lags += [(s - d) * 1000.0 for s, d in zip(sent, logs[request_id]["token_due"], strict=True)]
+    errors = timing_errors(measured, server_logs(server.base_url))
     tokens = sum(result.output_tokens for result in results.values())
-    ttft = _percentiles(ttft_errors)
-    itl = _percentiles([float(gap) for gap in gap_errors])
     return LevelResult(
         concurrency=concurrency,
         requests=requests,
         tokens=tokens,
-        ttft_error_p50_ms=ttft[0],
-        ttft_error_p99_ms=ttft[1],
-        itl_error_p50_ms=itl[0],
-        itl_error_p99_ms=itl[1],
+        ttft_error_p50_ms=errors.ttft_p50_ms,
+        ttft_error_p99_ms=errors.ttft_p99_ms,
+        itl_error_p50_ms=errors.itl_p50_ms,
+        itl_error_p99_ms=errors.itl_p99_ms,
         cpu_s_per_1k_tokens=round(cpu / max(tokens, 1) * 1000.0, 4),
-        server_lag_p99_ms=_percentiles(lags)[1],
+        server_lag_p99_ms=errors.server_lag_p99_ms,
         failed=failures,
     )
 

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,6 +62,14 @@ class MeasuredWindow:
 
     start: float
     arrivals_s: np.ndarray
+
+
+class WindowRunner(Protocol):
+    """What runs a measured window: a Runner in this process, or a pool of client workers."""
+
+    async def run(self, workflows: Iterable[ExpandedFlow], sink: Any) -> bool: ...
+
+    def request_stop(self) -> None: ...
 
 
 class StepTimeout(Exception):

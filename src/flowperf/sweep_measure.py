@@ -31,7 +31,7 @@ from flowperf.engines.base import Engine
 from flowperf.interrupts import InterruptController
 from flowperf.records import WorkflowRecord
 from flowperf.rundata import RunData, load_run
-from flowperf.runner import Runner, poisson_arrivals
+from flowperf.runner import WindowRunner, poisson_arrivals
 from flowperf.slo import Objective, WorkflowSamples, evaluate
 from flowperf.summary import workflow_latency
 from flowperf.summary_schema import RunStatus, RunSummary
@@ -56,7 +56,7 @@ class LevelWatch:
     _task: asyncio.Task[None] | None = None
     _in_flight: list[int] = field(default_factory=list)
 
-    def start(self, runner: Runner, workflows: int) -> None:
+    def start(self, runner: WindowRunner, workflows: int) -> None:
         """Called as the measured window opens (the run's on_start hook, on its event loop)."""
         self._started = time.perf_counter()
         if self.rate is not None:
@@ -73,7 +73,7 @@ class LevelWatch:
             return None
         return int(np.searchsorted(self._arrivals, elapsed_s, side="right"))
 
-    async def _watch(self, runner: Runner) -> None:
+    async def _watch(self, runner: WindowRunner) -> None:
         while True:
             elapsed = time.perf_counter() - self._started
             remaining = None if self.duration_s is None else self.duration_s - elapsed
@@ -91,7 +91,7 @@ class LevelWatch:
                 self._stop(runner, reason, elapsed)
                 return
 
-    def _stop(self, runner: Runner, reason: str, elapsed_s: float) -> None:
+    def _stop(self, runner: WindowRunner, reason: str, elapsed_s: float) -> None:
         self.reason = reason
         self.arrived = self._arrived_by(elapsed_s)
         runner.request_stop()
@@ -133,7 +133,7 @@ async def run_level(
     holder: dict[str, Any] = {}
 
     def on_start(total: int, done: int) -> None:
-        watch.start(holder["run"].runner, total - done)
+        watch.start(holder["run"].window, total - done)
 
     def on_workflow_done(record: WorkflowRecord) -> None:
         watch.workflow_done(record)

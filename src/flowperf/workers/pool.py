@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from flowperf.config import ClientConfig
 from flowperf.engines.base import EngineError
-from flowperf.engines.openai_http import HttpClientConfig
+from flowperf.engines.openai_http import OpenAIHttpEngine
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.source import WorkflowSource
 from flowperf.records import WorkflowRecord
@@ -63,17 +64,18 @@ class WorkerPool:
         self,
         client: ClientConfig,
         runner: Runner,
-        http: HttpClientConfig,
+        engine: OpenAIHttpEngine,
         store: RunStore,
         timing: TimingLog,
     ) -> None:
         self.client = client
         self.runner = runner
-        self.http = http
+        self.engine = engine
         self.store = store
         self.timing = timing
         self.group = worker_group(client)
         self._stopping = False
+        self._started: int | None = None  # workers started, once `start` has run
 
     @property
     def flows(self) -> WorkflowSource:
@@ -84,24 +86,37 @@ class WorkerPool:
             self._stopping = True
             self.group.request_stop()
 
-    async def run(self, workflows: Iterable[ExpandedFlow], sink: MeasuredSink) -> bool:
-        """Every workflow run once by the worker that owns it; whether the window was stopped early."""
+    async def start(self, workflows: Iterable[ExpandedFlow]) -> None:
+        """Start every worker with its share and wait until each has reached the server: before the
+        window opens, so that a sweep's --duration counts from the window, not from Ray's start-up."""
         todo = list(workflows)
         config = self.runner.config
         arrivals = self.runner.arrivals(todo) if self.runner.open_loop else None
         shares = share_out(todo, arrivals, self.client.workers, config.concurrency)
         run_dir = self.store.run_dir if self.group.writes_records else None
-        specs = worker_specs(shares, self.http, config, self.flows, run_dir)
+        http = replace(self.engine.settings, model=self.engine.model)  # as started: its URLs, its model
+        specs = worker_specs(shares, http, config, self.flows, run_dir)
         if self.group.writes_records:
             self.store.write_workflow_header()
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
             await self.group.start(specs)
-            self._report_start(len(specs), started)
+        except BaseException:
+            await self.group.close()
+            raise
+        self._started = len(specs)
+        self._report_start(len(specs), started)
+
+    async def run(self, workflows: Iterable[ExpandedFlow], sink: MeasuredSink) -> bool:
+        """Every workflow run once by the worker that owns it; whether the window was stopped early."""
+        if self._started is None:
+            await self.start(workflows)
+        assert self._started is not None
+        try:
             if self._stopping:
                 return True
             await self.group.go(time.perf_counter() + WINDOW_LEAD_S)
-            return await self._take_records(len(specs), sink) or self._stopping
+            return await self._take_records(self._started, sink) or self._stopping
         finally:
             await self.group.close()
 
