@@ -1,13 +1,15 @@
 """How far the engine model is from the engine: calibrate on a Mooncake replay at one load, validate on two
 others (issue 12's target: end-to-end p50 and throughput within 10%, TTFT p95 within 20%).
 
-Runs `bench replay mooncake` on the in-process engine at three `--time-scale` loads (each under
-`flock /tmp/flowperf-heavy.lock`, as every engine run on this shared machine), fits the iteration-time
-model on the calibration load (`bench stress --calibrate`), and simulates each other load's requests with
-it (`bench stress --validate RUN --calibration CAL`), then prints one error table.
+Runs `bench replay mooncake` on the in-process engine at three `--time-scale` loads, fits the
+iteration-time model on the calibration load (`bench stress --calibrate`; from the run's iterations.jsonl,
+the engine's own steps), and simulates each other load's requests with it (`bench stress --validate RUN
+--calibration CAL`), then prints one error table. Run it under the machine's lock for heavy work, so the
+three replays run back to back with no other engine between them (the script takes no lock itself: the
+replays would wait for the lock their parent holds):
 
-    python benchmarks/sim_validation.py                       # calibrate at 8x, validate at 2x and 20x
-    python benchmarks/sim_validation.py --reuse --json        # reuse the replays already in --out
+    flock /tmp/flowperf-heavy.lock python benchmarks/sim_validation.py   # calibrate 8x, validate 2x, 20x
+    python benchmarks/sim_validation.py --reuse --json     # re-fit the replays already in --out
 
 The loads are fixed before looking at any error, from the saturation point of this 2-core machine: at
 --token-scale 0.02 the first 200 requests of the trace are served at up to about 75 requests/s, so 20x
@@ -26,8 +28,13 @@ from pathlib import Path
 from flowperf.stress.calibrate import calibrate
 from flowperf.stress.validate import Validation, validate
 
-LOCK = "/tmp/flowperf-heavy.lock"
 TARGETS = {"e2e_p50_s": 0.10, "throughput_rps": 0.10, "ttft_p95_s": 0.20}
+
+
+def bench_command() -> str:
+    """This interpreter's own `bench` (the script may run as .venv/bin/python without the venv active)."""
+    beside = Path(sys.executable).with_name("bench")
+    return str(beside) if beside.is_file() else "bench"
 
 
 def replay(out: Path, scale: float, args: argparse.Namespace) -> Path:
@@ -38,12 +45,10 @@ def replay(out: Path, scale: float, args: argparse.Namespace) -> Path:
         return run_dir
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [
-        "bench", "replay", "mooncake", "--token-scale", str(args.token_scale),
+        bench_command(), "replay", "mooncake", "--token-scale", str(args.token_scale),
         "--max-requests", str(args.max_requests), "--time-scale", f"{scale:g}",
         "--out", str(out), "--run-id", run_id, "--no-progress",
     ]  # fmt: skip
-    if shutil.which("flock"):
-        command = ["flock", LOCK, *command]
     print("$", " ".join(command), file=sys.stderr)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run_dir
@@ -96,8 +101,10 @@ def main() -> None:
         print(json.dumps(document, indent=2))
         return
     coefficients = ", ".join(f"{k} {v * 1000:.4g} ms" for k, v in fitted.fit.coefficients.items())
+    points = fitted.fit.prefill_points + fitted.fit.decode_points
     print(f"calibrated on {calibration_run} ({args.calibrate_scale:g}x): {coefficients}, "
-          f"harness overhead {fitted.harness_overhead_s * 1000:.3g} ms")  # fmt: skip
+          f"harness overhead {fitted.harness_overhead_s * 1000:.3g} ms, R² {fitted.fit.r2 or 0:.3f} over "
+          f"{points} iterations ({fitted.decode_source})")  # fmt: skip
     print("\n".join(table(results)))
 
 

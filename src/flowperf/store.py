@@ -44,6 +44,7 @@ METRICS = "metrics.jsonl"
 TIMING_LOG = "timing.log"
 SUMMARY = "summary.json"
 ENGINE_LOG = "engine.log"
+ITERATIONS = "iterations.jsonl"  # the in-process engine's steps (engines/iteration_log.py)
 
 APPEND_ONLY_FILES = (STEPS, WORKFLOWS, METRICS, TIMING_LOG)
 

@@ -9,6 +9,7 @@ domain and never subtracted from harness times.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 ChatMessage = dict[str, str]
@@ -129,6 +130,11 @@ class Engine(Protocol):
 
     async def reset_prefix_cache(self) -> bool:
         """Empty the engine's prefix cache; False when the engine cannot."""
+
+    def record_iterations(self, path: Path | None) -> None:
+        """Append one line per engine iteration to `path` from now on (None: stop). Only the in-process
+        engine sees its iterations; for any other this does nothing (`iteration_log.record_iterations`
+        also accepts engines that lack the method)."""
 
     def info(self) -> EngineInfo:
         """Describe the engine as it is actually running."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from flowperf.config import CPU_DEFAULT_KV_CACHE_GIB, GIB, EngineConfig, own_engine_arg_problem
 from flowperf.engines.base import EngineError, EngineInfo, GenerationParams, Prompt, StepResult, TokenPrompt
+from flowperf.engines.iteration_log import IterationLog, stat_logger_factory
 from flowperf.engines.spawning import children_deaf_to_sigint, output_redirected_to
 from flowperf.engines.streaming import StreamTimer
 from flowperf.errors import UserError
@@ -246,6 +247,7 @@ class VllmLocalEngine:
         self._graph_note = ""
         self._device = "unknown"
         self._version = "unknown"
+        self._iterations = IterationLog()
         self.init_ms: float | None = None
 
     @property
@@ -268,8 +270,12 @@ class VllmLocalEngine:
 
             on_gpu = current_platform.is_cuda_alike()
             arguments, self._graph_note = engine_arguments(self.settings, self.model_path, on_gpu)
+            # each step's composition for iterations.jsonl; in process only (a server would log every step)
+            arguments.setdefault("enable_logging_iteration_details", True)
             try:
-                self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+                self._llm = AsyncLLM.from_engine_args(
+                    AsyncEngineArgs(**arguments), stat_loggers=[stat_logger_factory(self._iterations)]
+                )
             except Exception as error:
                 where = f" (engine log: {self.log_path})" if self.log_path else ""
                 raise EngineError(f"the vLLM engine failed to start: {error}{where}") from error
@@ -378,6 +384,11 @@ class VllmLocalEngine:
             engine_ttft_ms=ttft_ms,
         )
 
+    def record_iterations(self, path: Path | None) -> None:
+        """Append a line per engine step to `path` from now on (engines/iteration_log.py); None stops. The
+        engine outlives a run, so each run points the records at its own directory and unsets them."""
+        self._iterations.open(path)
+
     async def reset_prefix_cache(self) -> bool:
         if self._llm is None:
             return False
@@ -415,6 +426,7 @@ class VllmLocalEngine:
     async def shutdown(self) -> None:
         """Stop the engine core; drop the reference now so no finalizer runs at interpreter exit."""
         llm, self._llm = self._llm, None
+        self._iterations.open(None)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if llm is not None:

@@ -1,8 +1,25 @@
-"""Fit the engine model's iteration time (a, b, c, d, e) by least squares from the steps a run measured.
+"""Fit the engine model's iteration time (a, b, c, d, e) by least squares from the iterations a run measured.
 
 The model prices one engine iteration: `a + b * prefill tokens` if it prefills anything, else `c`, plus
-`d * decodes + e * their context tokens`. A run records requests, not iterations, so the fit rebuilds
-iterations from the requests' own timestamps:
+`d * decodes + e * their context tokens`.
+
+A run on the in-process engine records every engine step in `iterations.jsonl`
+(`flowperf.engines.iteration_log`), and the fit regresses those directly:
+
+- composition, from the engine core's scheduler output for the step: prompt tokens scheduled (a chunk of
+  a chunked prefill in its own step; prefix-cache hits are not computed, so not counted) and decode
+  requests; the decodes' context tokens are a running sum kept by the log from the step outputs (what
+  each decode finds in the KV cache: its prompt and the tokens it made before, as in the simulator);
+- duration, the time from the previous step's end to this one's when the engine went straight on from
+  one to the next (consecutive step numbers, something still running or waiting after the first, so no
+  idle time is inside): on the engine core's monotonic clock where the step has decodes (their
+  inter-token latency, vLLM's own; the previous step emitted tokens), else on the harness's perf_counter
+  clock (when the front end received each step's outputs). A step after an idle engine has no recorded
+  start: it is its model execution time (`elapsed_ms`, engine clock) plus the median time the engine
+  spends outside model execution in the steps timed by their gaps.
+
+A run without that file (one over HTTP, or made before it existed) records requests, not iterations, so
+the fit rebuilds iterations from the requests' own timestamps:
 
 - each request's prefill is one iteration whose length the engine measured on its own clock
   (`engine_ttft_ms - engine_queue_ms`: first scheduled to first token, no queueing, no transport);
@@ -25,7 +42,9 @@ simulated latencies so they compare with what the harness measured.
 
 A run without engine timings (an OpenAI server that reports none) falls back to the harness TTFT of
 requests that found the engine idle for the prefill iterations, which then include the transport, and
-the fit says so.
+the fit says so. Reconstruction sees a decode's cost only through token gaps, mostly of requests alone
+in the engine, and under-prices what a decode adds to a busy batch (d fitted to 0 on a run whose logged
+iterations give 0.25 ms); the logged iterations are used whenever the run has them.
 """
 
 from __future__ import annotations
@@ -43,13 +62,17 @@ from pydantic import ValidationError
 from flowperf.durable import read_complete_lines
 from flowperf.errors import UserError
 from flowperf.records import StepRecord
-from flowperf.store import STEPS
+from flowperf.store import ITERATIONS, STEPS
 from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
 PREFILL_FROM_ENGINE = "engine: engine_ttft_ms - engine_queue_ms (first scheduled to first token)"
 PREFILL_FROM_HARNESS = "harness: ttft_ms of requests that found the engine idle (no engine timings in run)"
 DECODE_SOURCE = "itl_ms: each gap between a request's tokens, harness clock"
+LOGGED_SOURCE = (
+    f"{ITERATIONS}: the engine's steps, timed from the step before (engine clock where it has decodes, else "
+    "the harness's perf_counter); after an idle engine, model execution plus the median time outside it"
+)
 COEFFICIENTS = ("a", "b", "c", "d", "e")
 BUDGET_IN_LOG = re.compile(r"max_num_batched_tokens=(\d+)")
 
@@ -360,6 +383,62 @@ def _overlapping(starts: np.ndarray, ends: np.ndarray, others_start: np.ndarray,
     return (index >= 0) & (merged_hi[np.maximum(index, 0)] > starts)
 
 
+def read_iterations(run_dir: Path) -> list[dict[str, Any]]:
+    """The engine steps in a run's iterations.jsonl (none if it has no such file). A line that does not
+    parse is skipped: the file is not cut back after a crash, so a resumed run may append to a torn line."""
+    records = []
+    for line in read_complete_lines(Path(run_dir) / ITERATIONS):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "index" in record:
+            records.append(record)
+    return records
+
+
+def logged_iterations(records: list[dict[str, Any]]) -> tuple[Iterations, int] | None:
+    """The logged steps as measured iterations, and how many had no usable time; None when fewer than
+    one per coefficient are left, so the caller reconstructs iterations from the steps instead.
+
+    A step's time runs from the previous step's end when the engine went straight on to it (the step
+    numbers follow each other and something was still running or waiting): the engine-clock gap where it
+    has decodes, else the harness-clock gap. Any other step (the first, one after an idle engine, one
+    after steps the log missed) has no recorded start, and is its model execution (`elapsed_ms`, engine
+    clock) plus what the engine spends outside execution per step (scheduling, outputs), the median over
+    the timed steps. Those are the prefills of requests that found the engine idle, the bulk of a light
+    load: on this engine a prefill never runs alone while others are running."""
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(record.get(name) or 0.0) for record in records])
+
+    if not records:
+        return None
+    index, prefill = column("index"), column("prefill_tokens")
+    went_on = (np.diff(index) == 1) & (column("running") + column("waiting") > 0)[:-1]
+    on_engine = column("engine_gap_ms") / 1000.0
+    emitted_before = np.concatenate([[False], column("generated")[:-1] > 0])
+    gap = np.where(
+        (on_engine > 0) & emitted_before, on_engine, np.concatenate([[np.nan], np.diff(column("t"))])
+    )
+    timed = np.concatenate([[False], went_on]) & np.isfinite(gap) & (gap > 0)
+    executing = column("elapsed_ms") / 1000.0
+    outside = float(np.median(gap[timed] - executing[timed])) if timed.any() else 0.0
+    seconds = np.where(timed, gap, np.where(executing > 0, executing + outside, np.nan))
+    keep = np.isfinite(seconds) & (seconds > 0)
+    if keep.sum() < len(COEFFICIENTS):
+        return None
+    iterations = Iterations(
+        seconds[keep],
+        prefill[keep],
+        column("decodes")[keep],
+        column("context_tokens")[keep],
+        np.ones(int(keep.sum())),  # each step is one line: measured once
+        prefill[keep] > 0,
+    )
+    return iterations, int((~keep).sum())
+
+
 def harness_overhead_s(ok: list[StepRecord]) -> float:
     """The harness TTFT minus the engine's, median over requests that found nothing else in flight (so
     none waited for the engine to finish an iteration before it even saw them); 0 without engine timings."""
@@ -378,9 +457,15 @@ def calibrate(run_dir: Path) -> Calibration:
         raise UserError(
             f"--calibrate: {Path(run_dir) / STEPS} has {len(ok)} successful steps; need 2 or more"
         )
-    if not any(step.itl_ms for step in ok):
-        raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
-    iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
+    logged = logged_iterations(read_iterations(run_dir))
+    if logged is not None:
+        iterations, dropped = logged
+        prefill_source = decode_source = LOGGED_SOURCE
+    else:
+        if not any(step.itl_ms for step in ok):
+            raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
+        iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
+        decode_source = DECODE_SOURCE
     fit = fit_iterations(iterations, dropped)
     a, b, c, d, e = (fit.coefficients[name] for name in COEFFICIENTS)
     service = ServiceModel(
@@ -397,5 +482,5 @@ def calibrate(run_dir: Path) -> Calibration:
         len(ok),
         len(others),
         prefill_source=prefill_source,
-        decode_source=DECODE_SOURCE,
+        decode_source=decode_source,
     )
