@@ -36,10 +36,14 @@ def test_past_the_measured_ceiling_an_http_run_is_warned() -> None:
     measured(16)
     engine = {"kind": "openai", "base_url": "http://127.0.0.1:9"}
     (warning,) = warnings_for(engine=engine, concurrency=64)
-    assert "more than 16 concurrent streams" in warning and "--concurrency 64" in warning
+    assert "more than 16 concurrent streams" in warning and "at 64 streams per client process" in warning
     assert warnings_for(engine=engine, concurrency=16) == []
     (uncapped,) = warnings_for(engine=engine, rate=5.0)
-    assert "--concurrency uncapped" in uncapped
+    assert "at uncapped streams" in uncapped
+    # four client workers carry 16 streams each: within the ceiling; two carry 32 each: past it
+    assert warnings_for(engine=engine, concurrency=64, client={"workers": 4}) == []
+    (shared,) = warnings_for(engine=engine, concurrency=64, client={"workers": 2})
+    assert "at 32 streams per client process" in shared
 
 
 def test_no_warning_without_a_measurement_or_for_the_in_process_engine() -> None:

@@ -228,6 +228,14 @@ def test_a_sweep_level_with_workers_stops_at_its_duration_counted_from_the_windo
     assert 1.85 <= level["window_s"] < 3.0, level["window_s"]
 
 
+def test_an_unreachable_ray_cluster_is_a_usage_error_before_anything_is_written(tmp_path: Path) -> None:
+    done = run_bench("run", "--engine", "openai", "--base-url", "http://127.0.0.1:9", "--executor", "ray",
+                     "--ray-address", "127.0.0.1:9", "--out", str(tmp_path / "runs"), timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: --ray-address: nothing answers at 127.0.0.1:9")
+    assert "\n" not in done.stderr.strip() and not (tmp_path / "runs").exists()
+
+
 # --- crashes and signals (subprocesses in their own process group)
 
 

@@ -25,6 +25,7 @@ from flowperf.ceiling import ceiling_warning
 from flowperf.config import RunConfig, differences
 from flowperf.deferred import DeferredSink
 from flowperf.engines.base import Engine, EngineError, EngineInfo
+from flowperf.engines.iteration_log import record_iterations
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.presets import preset_model_path
 from flowperf.engines.server import ManagedServerEngine
@@ -39,11 +40,12 @@ from flowperf.flows.source import WorkflowSource
 from flowperf.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.live_summary import PeriodicSummaries
 from flowperf.monitor import ResourceMonitor
+from flowperf.ray_cluster import check_available
 from flowperf.records import RUN_SCHEMA_VERSION, MonitorErrorRecord, WorkflowRecord, check_schema_version
 from flowperf.replay import load_requests
 from flowperf.runner import ExecutionConfig, Runner, WindowRunner
 from flowperf.sinks import MeasuredSink, WarmupSink
-from flowperf.store import CONFIG, ENGINE_LOG, SUMMARY, TIMING_LOG, RunStore, StoreWriteError
+from flowperf.store import CONFIG, ENGINE_LOG, ITERATIONS, SUMMARY, TIMING_LOG, RunStore, StoreWriteError
 from flowperf.summary import SummaryContext, build_summary, leak_warning
 from flowperf.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.timing import TimingLog
@@ -375,6 +377,8 @@ def check_input(
     (the expansion cache, the tiny model, a torn tail cut on resume), the cheap read-only ones first."""
     if config.engine.kind != "openai":
         local_model_path(config)
+    if config.client.executor == "ray":
+        check_available(config.client.ray_address)
     resumed = None if resume_from is None else check_resumable(config, resume_from)
     expansion, expansion_ms = expand_flows(config, timing, monitor, hooks)
     if resume_from is not None and resumed is not None:
@@ -389,7 +393,7 @@ def warn_past_client_ceiling(config: RunConfig, hooks: RunHooks) -> None:
     measures the harness as much as the server: say so before it starts."""
     if config.engine.kind == "vllm":
         return
-    warning = ceiling_warning(config.effective_concurrency)
+    warning = ceiling_warning(config.effective_concurrency, config.client.workers)
     if warning is not None:
         hooks.warn(warning)
 
@@ -481,7 +485,7 @@ def assemble(
 
 
 async def start_engine(run: RunContext) -> None:
-    """Start (or reuse) the engine, timed, and record what it really is."""
+    """Start (or reuse) the engine, timed, and record what it really is, and from now on its iterations."""
     already_started = run.engine.started
     started = time.perf_counter()
     with run.monitor.phase("engine_init"):
@@ -495,6 +499,7 @@ async def start_engine(run: RunContext) -> None:
     run.summary_context.engine = info.as_dict()
     if run.document is not None:
         run.store.write_json(CONFIG, with_engine(run.document, info))
+    record_iterations(run.engine, run.store.run_dir / ITERATIONS)
 
 
 async def warm_up(run: RunContext) -> str | None:
@@ -565,6 +570,7 @@ async def release(run: RunContext, interrupts: InterruptController | None, shutd
     await run.periodic.finish()
     run.monitor.stop()
     record_monitor_failure(run)
+    record_iterations(run.engine, None)  # the engine may serve another run next (sweeps, A/B)
     try:
         if shutdown_engine:
             await run.engine.shutdown()

@@ -192,9 +192,12 @@ def cached_ceiling() -> tuple[int | None, int] | None:
         return None
 
 
-def ceiling_warning(concurrency: int | None) -> str | None:
-    """A one-line warning when an HTTP run's concurrency (None: uncapped open loop) is past this host's
-    measured client ceiling; None when it is not, or when `bench doctor` never measured it here."""
+def ceiling_warning(concurrency: int | None, workers: int = 1) -> str | None:
+    """A one-line warning when an HTTP run's concurrency per client process (None: uncapped open loop)
+    is past this host's measured client ceiling; None when it is not, or when `bench doctor` never
+    measured it here."""
+    if concurrency is not None:
+        concurrency = -(-concurrency // workers)
     known = cached_ceiling()
     if known is None:
         return None
@@ -204,9 +207,9 @@ def ceiling_warning(concurrency: int | None) -> str | None:
     if concurrency is not None and limit is not None and concurrency <= limit:
         return None
     where = "any concurrency" if limit is None else f"more than {limit} concurrent streams"
+    streams = "uncapped" if concurrency is None else concurrency
     return (
         f"the HTTP client's timing error on this host passes {ERROR_LIMIT_MS:g} ms (p50) at {where} "
-        f"(measured by bench doctor, {cache_path()}); at --concurrency "
-        f"{'uncapped' if concurrency is None else concurrency} the harness, not the server, may set TTFT "
-        "and inter-token gaps"
+        f"(measured by bench doctor, {cache_path()}); at {streams} streams per client process the harness, "
+        "not the server, may set TTFT and inter-token gaps (--workers shares them out)"
     )

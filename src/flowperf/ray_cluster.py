@@ -6,6 +6,7 @@ to, or a local one started here; what it opened it closes again on exit.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import socket
 from collections.abc import Iterator
@@ -24,6 +25,14 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as error:
         raise UserError(f"--ray-address: nothing answers at {address} ({error.strerror or error})") from None
+
+
+def check_available(address: str | None) -> None:
+    """Before anything is written: Ray installed, and the cluster named (if any) answering."""
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--executor ray: Ray is not installed; pip install 'flowperf[ray]'")
+    if address:
+        check_reachable(address)
 
 
 def import_ray() -> Any:
