@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +26,7 @@ import typer
 
 from flowperf import ceiling
 from flowperf.mockserver import MockConfig, spawn
+from perf_section import write_section
 
 OUT = Path("/tmp/perf_sections/client_ceiling.md")
 HIGH_LEVEL_ROUNDS = 1  # 256 and 512 streams: one request per worker keeps the run short on 2 cores
@@ -106,11 +106,7 @@ def main(
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (the server lag column shows a busy machine).",
     ]
     print("\n".join(lines))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    command = "    .venv/bin/python benchmarks/client_ceiling.py " + " ".join(sys.argv[1:])
-    OUT.write_text(
-        "## Client ceiling\n\n" + command.rstrip() + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8"
-    )
+    write_section(OUT, "Client ceiling", lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from flowperf.config import RunConfig
 from flowperf.mockserver import MockConfig, spawn
 from flowperf.options import positive_whole_numbers
 from flowperf.store import RunStore
+from perf_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("/tmp/perf_sections/client_workers.md")
@@ -151,11 +151,7 @@ def main(
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.",
     ]
     print("\n".join(lines))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    command = "    .venv/bin/python benchmarks/client_workers.py " + " ".join(sys.argv[1:])
-    OUT.write_text(
-        "## Client workers\n\n" + command.rstrip() + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8"
-    )
+    write_section(OUT, "Client workers", lines)
 
 
 if __name__ == "__main__":

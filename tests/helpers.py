@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from flowperf.benchmark import RunHooks, RunResult, run_benchmark
+from flowperf.config import RunConfig
 from flowperf.timing import parse_timing_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +49,19 @@ def run_bench(
         stdout, stderr = process.communicate()
         raise AssertionError(f"bench {' '.join(args)} timed out after {timeout}s\n{stderr[-2000:]}") from None
     return Completed(process.returncode, stdout, stderr)
+
+
+def run_in_process(out_dir: Path, run_id: str, engine: dict[str, Any], **settings: Any) -> RunResult:
+    """A short `bench run` in this process on the project's flows and fixtures: no warm-up, no sampling."""
+    config = RunConfig.model_validate(
+        {
+            "flows_dir": str(ROOT / "flows"),
+            "fixtures_dir": str(ROOT / "fixtures"),
+            "warmup": 0,
+            "monitor": {"sample_interval_s": 0},
+            "output": {"out_dir": str(out_dir), "run_id": run_id},
+            "engine": engine,
+        }
+        | settings
+    )
+    return asyncio.run(run_benchmark(config, RunHooks(echo=lambda _: None, warn=lambda _: None)))

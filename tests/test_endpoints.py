@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flowperf.benchmark import RunHooks, RunResult, run_benchmark
+from flowperf.benchmark import RunResult
 from flowperf.config import RunConfig
 from flowperf.engines.base import GenerationParams
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine, session_key
@@ -22,7 +22,7 @@ from flowperf.errors import UserError
 from flowperf.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 from flowperf.options import base_urls
 from flowperf.store import RunStore
-from helpers import ROOT, run_bench
+from helpers import run_bench, run_in_process
 
 FAST = MockConfig(ttft_ms=2, itl_ms=1, lifetime_s=120)
 DEAD = "http://127.0.0.1:9"
@@ -40,20 +40,10 @@ def two_servers(second: MockConfig = FAST) -> Iterator[tuple[MockOpenAIServer, M
 
 def run_on(tmp_path: Path, urls: list[str], **engine: Any) -> RunResult:
     """A short router_specialists run (a classifier turn, two parallel specialists, a merge) on `urls`."""
-    config = RunConfig.model_validate(
-        {
-            "flow": "router_specialists",
-            "flows_dir": str(ROOT / "flows"),
-            "fixtures_dir": str(ROOT / "fixtures"),
-            "num_flows": 6,
-            "max_tokens": 3,
-            "warmup": 0,
-            "monitor": {"sample_interval_s": 0},
-            "output": {"out_dir": str(tmp_path / "runs"), "run_id": "r"},
-            "engine": {"kind": "openai", "base_url": urls, "model": "mock"} | engine,
-        }
+    engine = {"kind": "openai", "base_url": urls, "model": "mock"} | engine
+    return run_in_process(
+        tmp_path / "runs", "r", engine, flow="router_specialists", num_flows=6, max_tokens=3
     )
-    return asyncio.run(run_benchmark(config, RunHooks(echo=lambda _: None, warn=lambda _: None)))
 
 
 def served_by(result: RunResult, servers: tuple[MockOpenAIServer, ...]) -> dict[int, list[int]]:

@@ -8,7 +8,6 @@ worker dies with its coordinator; a worker that dies alone fails the run with it
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -23,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowperf.benchmark import RunHooks, RunResult, run_benchmark
+from flowperf.benchmark import RunResult
 from flowperf.config import RunConfig
 from flowperf.durable import DurableLog, read_complete_lines
 from flowperf.flows.expand import ExpandedFlow
@@ -32,7 +31,7 @@ from flowperf.runner import poisson_arrivals
 from flowperf.store import TIMING_LOG, RunStore
 from flowperf.workers.clock import align
 from flowperf.workers.plan import share_out, slot_share
-from helpers import ROOT, run_bench
+from helpers import run_bench, run_in_process
 from test_signals import BenchProcess, read_summary, rows, wait_until
 
 MOCK = MockConfig(ttft_ms=20, itl_ms=2, lifetime_s=300)
@@ -123,20 +122,8 @@ def test_processes_appending_to_one_log_never_tear_each_others_lines(tmp_path: P
 
 
 def run_with_workers(tmp_path: Path, server: MockOpenAIServer, **settings: Any) -> RunResult:
-    config = RunConfig.model_validate(
-        {
-            "flows_dir": str(ROOT / "flows"),
-            "fixtures_dir": str(ROOT / "fixtures"),
-            "num_flows": 16,
-            "max_tokens": 4,
-            "warmup": 0,
-            "monitor": {"sample_interval_s": 0},
-            "output": {"out_dir": str(tmp_path / "runs"), "run_id": "w"},
-            "engine": {"kind": "openai", "base_url": f"http://127.0.0.1:{server.port}", "model": "mock"},
-        }
-        | settings
-    )
-    return asyncio.run(run_benchmark(config, RunHooks(echo=lambda _: None, warn=lambda _: None)))
+    engine = {"kind": "openai", "base_url": f"http://127.0.0.1:{server.port}", "model": "mock"}
+    return run_in_process(tmp_path / "runs", "w", engine, num_flows=16, max_tokens=4, **settings)
 
 
 def window_starts(result: RunResult, server: MockOpenAIServer) -> np.ndarray:
@@ -283,12 +270,20 @@ def test_sigkill_with_two_workers_then_resume_runs_each_workflow_once(tmp_path: 
     assert read_summary(run_dir).counts.sessions >= 2
 
 
+def running_with_workers(
+    tmp_path: Path, server: MockOpenAIServer, run_id: str, total: int, done: int
+) -> tuple[BenchProcess, Path]:
+    """A map_reduce run on two workers, once `done` workflows are recorded (so both workers are busy)."""
+    bench = BenchProcess(tmp_path, run_id, *graph_args(tmp_path, server, run_id, total))
+    run_dir = tmp_path / "runs" / run_id
+    wait_until(lambda: run_dir.exists() and len(rows(run_dir)) >= done, bench)
+    return bench, run_dir
+
+
 @pytest.mark.slow
 def test_workers_die_with_their_coordinator(tmp_path: Path) -> None:
     with serve_in_thread(MockConfig(ttft_ms=150, itl_ms=2, lifetime_s=300)) as server:
-        bench = BenchProcess(tmp_path, "orphan", *graph_args(tmp_path, server, "orphan", 400))
-        run_dir = tmp_path / "runs" / "orphan"
-        wait_until(lambda: run_dir.exists() and len(rows(run_dir)) >= 1, bench)
+        bench, _ = running_with_workers(tmp_path, server, "orphan", 400, 1)
         workers = worker_processes(bench)
         os.kill(bench.process.pid, signal.SIGKILL)  # the coordinator alone, not its process group
         bench.process.wait()
@@ -301,9 +296,7 @@ def test_workers_die_with_their_coordinator(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_worker_that_dies_fails_the_run_naming_it_and_the_run_resumes(tmp_path: Path) -> None:
     with serve_in_thread(MockConfig(ttft_ms=150, itl_ms=2, lifetime_s=300)) as server:
-        bench = BenchProcess(tmp_path, "dies", *graph_args(tmp_path, server, "dies", 16))
-        run_dir = tmp_path / "runs" / "dies"
-        wait_until(lambda: run_dir.exists() and len(rows(run_dir)) >= 1, bench)
+        bench, run_dir = running_with_workers(tmp_path, server, "dies", 16, 1)
         victim = worker_processes(bench)[1]
         victim.kill()
         assert bench.wait(60) == 1, bench.stderr[-2000:]
@@ -320,9 +313,7 @@ def test_a_worker_that_dies_fails_the_run_naming_it_and_the_run_resumes(tmp_path
 @pytest.mark.slow
 def test_ctrl_c_with_workers_stops_them_gracefully(tmp_path: Path) -> None:
     with serve_in_thread(MockConfig(ttft_ms=150, itl_ms=2, lifetime_s=300)) as server:
-        bench = BenchProcess(tmp_path, "int", *graph_args(tmp_path, server, "int", 60))
-        run_dir = tmp_path / "runs" / "int"
-        wait_until(lambda: run_dir.exists() and len(rows(run_dir)) >= 2, bench)
+        bench, run_dir = running_with_workers(tmp_path, server, "int", 60, 2)
         workers = worker_processes(bench)
         bench.signal_group(signal.SIGINT)  # a terminal's Ctrl-C reaches the workers too: they leave it to us
         assert bench.wait(60) == 130, bench.stderr[-2000:]
