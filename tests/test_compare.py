@@ -58,14 +58,17 @@ def test_two_runs_of_the_same_config_show_no_regression(runs: dict[str, Path]) -
     one run can tell from a change, so the fixture runs them side by side. Side by side, though, the two
     runs' workflows advance in lockstep on the one engine, so which of *their* steps overlap (a long
     prefill of one with another's decode) is fixed for the whole run: a per-step median can shift by tens
-    of percent with no change at all (seen in CI: summarize -27%, critique +44%, workflow +0.8%). The
-    gate is therefore on the whole-workflow and all-step metrics, which such an alignment cannot move."""
+    of percent with no change at all (seen in CI: summarize -27%, critique +44%, workflow +0.8%), and so
+    can the run's TTFT and inter-token gaps, which depend on whether its requests keep landing in
+    prefill-heavy iterations (seen in CI: TTFT -38%, ITL +19%, workflow +6.7% not significant). The gate
+    is therefore on what a whole workflow and a whole step deliver (workflow time, tokens per second),
+    which such an alignment only moves within noise."""
     arguments = ["compare", str(runs["base"]), str(runs["same"])]
-    gate = ["--gate", "workflow_ms,ttft_ms,itl_ms,tokens_per_s"]
+    gate = ["--gate", "workflow_ms,tokens_per_s"]
     done = run_bench(*arguments, *gate, env={"COLUMNS": "200"}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "regression in gated" not in done.stderr
-    for metric in ("workflow_ms", "ttft_ms", "itl_ms", "tokens_per_s"):
+    for metric in ("workflow_ms", "tokens_per_s"):
         (line,) = [row for row in done.stdout.splitlines() if row.startswith(metric)]
         assert "regression" not in line, line
     assert (
