@@ -167,6 +167,7 @@ def test_ray_actors_stream_records_back_on_an_aligned_clock(tmp_path: Path) -> N
         result = run_with_workers(tmp_path, server, concurrency=2, client={"workers": 2, "executor": "ray"})
         starts = window_starts(result, server)
     assert_every_workflow_once(result, 16)
+    assert min(step.start_offset_ms for step in RunStore(result.run_dir).read_steps()) >= 0
     line = next(
         line for line in (result.run_dir / TIMING_LOG).read_text().splitlines() if "workers_start" in line
     )

@@ -142,6 +142,8 @@ class Runner:
         """
         todo = list(workflows)
         start = None if window is None else window.start
+        if start is not None:
+            await self._wait_until(start)
         if not self.open_loop:
             await self._closed_loop(todo, self.config.concurrency or 1, sink, start)
             return self._stopping
@@ -199,14 +201,19 @@ class Runner:
 
         self._begin_window(start)
         for flow, arrival_s in zip(workflows, arrivals, strict=True):
-            delay = self._window_start + float(arrival_s) - time.perf_counter()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+            await self._wait_until(self._window_start + float(arrival_s))
             if self._stopping:
                 break
             self._workers.append(asyncio.create_task(admit(flow, float(arrival_s) * 1000.0)))
         await self._gather_workers()
+
+    async def _wait_until(self, moment: float) -> None:
+        """Sleep until `moment` (perf_counter; an arrival, or the window start a worker was told early, so
+        that no offset is negative); a stop request ends the wait."""
+        delay = moment - time.perf_counter()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
 
     def _begin_window(self, start: float | None) -> None:
         """Offsets count from `start` (perf_counter) when the coordinator of several workers set it."""
