@@ -52,7 +52,7 @@ from flowperf.config import RunConfig, differences, load_run_config
 from flowperf.durable import atomic_write_text
 from flowperf.engines.base import Engine
 from flowperf.errors import UserError
-from flowperf.interrupts import InterruptController, RunInterrupted, run_with_interrupts
+from flowperf.interrupts import InterruptController, RunInterrupted, run_with_interrupts, settle_session
 from flowperf.monitor import ResourceMonitor
 from flowperf.options import ENDPOINT, ENGINE, FLOW, MEASUREMENT, MODEL, ConfigFlags, only, with_options
 from flowperf.records import WorkflowRecord
@@ -420,19 +420,21 @@ async def run_ab(
     session = AbSession(plan, blocks, make_engines(plan, checked))
     write_document(session)
     hooks.started(2 * plan.pairs * plan.block_workflows)
-    try:
+
+    async def work() -> str:
         await run_blocks(session, hooks, interrupts)
-        session.status = session_status(session.blocks, interrupts)
-    except RunInterrupted:
-        session.status = "interrupted"
-    except BaseException:
-        session.status = "failed"
-        raise
-    finally:
+        return session_status(session.blocks, interrupts)
+
+    def record_status(status: str) -> None:
+        session.status = status
+
+    async def close() -> None:
         for engine in {id(engine): engine for engine in session.engines.values()}.values():
             if shutdown_engines:
                 await engine.shutdown()
         write_document(session)
+
+    await settle_session(work, record_status, close)
     return ab_document(session)
 
 

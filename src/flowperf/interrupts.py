@@ -173,3 +173,21 @@ def run_with_interrupts(main: Callable[[InterruptController], Awaitable[T]]) -> 
             interrupts.uninstall()
 
     return asyncio.run(run_once())
+
+
+async def settle_session(
+    work: Callable[[], Awaitable[str]],
+    record_status: Callable[[str], None],
+    close: Callable[[], Awaitable[None]],
+) -> None:
+    """How a multi-run session (A/B blocks, sweep levels) ended, recorded before it is closed: `work`'s
+    own status; `interrupted` when a signal raised RunInterrupted into it; `failed` for any other error,
+    which then goes on up. `close` (engines shut down, the document written) runs whatever happened."""
+    status = "failed"
+    try:
+        status = await work()
+    except RunInterrupted:
+        status = "interrupted"
+    finally:
+        record_status(status)
+        await close()

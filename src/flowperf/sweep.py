@@ -26,7 +26,7 @@ from flowperf.benchmark import RunHooks, check_input, local_model_path, make_eng
 from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import Engine
 from flowperf.errors import UserError
-from flowperf.interrupts import InterruptController, RunInterrupted, run_with_interrupts
+from flowperf.interrupts import InterruptController, RunInterrupted, run_with_interrupts, settle_session
 from flowperf.monitor import ResourceMonitor
 from flowperf.options import GROUPS, ConfigFlags, positive_whole_numbers
 from flowperf.records import WorkflowRecord
@@ -288,22 +288,24 @@ async def run_sweep(
         rows = []
     session = SweepSession(plan, store, rows, engine)
     store.write_document(sweep_document(session))
-    try:
+
+    async def work() -> str:
         while await run_next(session, hooks, interrupts):
             if interrupts is not None and interrupts.requested:
                 raise RunInterrupted("signal received")
-        session.status = final_status(session)
-    except RunInterrupted:
-        session.status = "interrupted"
-    except BaseException:
-        session.status = "failed"
-        raise
-    finally:
+        return final_status(session)
+
+    def record_status(status: str) -> None:
+        session.status = status
+
+    async def close() -> None:
         try:
             if shutdown_engine:
                 await engine.shutdown()
         finally:
             store.write_document(sweep_document(session))
+
+    await settle_session(work, record_status, close)
     return sweep_document(session)
 
 
