@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = [sys.executable, "-c", "from flowperf.cli import main; main()"]
+BENCH = [sys.executable, "-c", "from flowperf.cli.main import main; main()"]
 HOME = tempfile.mkdtemp(prefix="ab-bench-home-")  # a server registry of our own: we stop only our server
 ENV = {**os.environ, "FLOWPERF_HOME": HOME}
 

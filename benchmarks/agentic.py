@@ -7,8 +7,8 @@ In one process, with a private FLOWPERF_HOME:
    by turn depth, the cached share of prompt tokens from turn 2 on (pooled over those turns, from the
    records, with vLLM's default block size on CPU), and this process's CPU time per LLM turn (the
    harness plus vLLM's in-process front end: tokenising, detokenising);
-2. the same sessions against the deterministic mock server (`flowperf.mockserver`, 20 ms to the first
-   token): the harness's own CPU per turn, with no engine in the process;
+2. the same sessions against the deterministic mock server (`flowperf.diagnostics.mockserver`, 20 ms
+   to the first token): the harness's own CPU per turn, with no engine in the process;
 3. `map_reduce` at concurrency 1, in process and against a managed server: the makespan of a workflow
    against the sum of its steps (the speed-up its parallel branches give), per workflow.
 """
@@ -50,7 +50,7 @@ def settings(flow: str, sessions: int, concurrency: int, out_dir: Path, run_id: 
 
 async def timed_run(config: Any, engine: Any) -> tuple[Any, float]:
     """The run's result and this process's CPU seconds while it ran."""
-    from flowperf.benchmark import RunHooks, run_benchmark
+    from flowperf.run.benchmark import RunHooks, run_benchmark
 
     before = time.process_time()
     hooks = RunHooks(echo=lambda _: None)
@@ -59,7 +59,7 @@ async def timed_run(config: Any, engine: Any) -> tuple[Any, float]:
 
 
 def llm_steps(run_dir: Path) -> pd.DataFrame:
-    from flowperf.rundata import load_run
+    from flowperf.rundir.rundata import load_run
 
     steps = load_run(run_dir).steps
     return steps[(steps["status"] == "ok") & (steps["kind"] == "llm")]
@@ -106,7 +106,7 @@ async def coding_agent(engine: Any, sessions: int, levels: list[int], out_dir: P
 
 
 async def coding_agent_on_mock(sessions: int, level: int, out_dir: Path) -> dict[str, Any]:
-    from flowperf.mockserver import MockConfig, spawn
+    from flowperf.diagnostics.mockserver import MockConfig, spawn
 
     with spawn(MockConfig(ttft_ms=20, itl_ms=2)) as server:
         engine = {"kind": "openai", "base_url": server.base_url, "model": "mock"}
@@ -125,7 +125,7 @@ async def map_reduce(engine: Any, workflows: int, out_dir: Path) -> dict[str, pd
     """The in-process engine's runs first, then (that engine shut down, so the two do not share the
     cores) a managed server's."""
     from flowperf.engines.server import ServerRegistry
-    from flowperf.rundata import load_run
+    from flowperf.rundir.rundata import load_run
 
     frames = {}
     try:

@@ -24,8 +24,8 @@ import aiohttp
 import httpx
 import typer
 
-from flowperf import ceiling
-from flowperf.mockserver import MockConfig, spawn
+from flowperf.diagnostics import ceiling
+from flowperf.diagnostics.mockserver import MockConfig, spawn
 from perf_section import write_section
 
 OUT = Path("/tmp/perf_sections/client_ceiling.md")

@@ -24,8 +24,9 @@ from typing import Annotated, Any
 
 import typer
 
-from flowperf.benchmark import RunHooks, run_benchmark
-from flowperf.ceiling import (
+from flowperf.cli.options import positive_whole_numbers
+from flowperf.config import RunConfig
+from flowperf.diagnostics.ceiling import (
     ERROR_LIMIT_MS,
     MAX_TOKENS,
     ClientTiming,
@@ -33,10 +34,9 @@ from flowperf.ceiling import (
     server_logs,
     timing_errors,
 )
-from flowperf.config import RunConfig
-from flowperf.mockserver import MockConfig, spawn
-from flowperf.options import positive_whole_numbers
-from flowperf.store import RunStore
+from flowperf.diagnostics.mockserver import MockConfig, spawn
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.store import RunStore
 from perf_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]

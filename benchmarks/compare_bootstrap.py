@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flowperf.compare import Samples, bootstrap_differences, bootstrap_p_value
+from flowperf.outputs.compare import Samples, bootstrap_differences, bootstrap_p_value
 
 console = Console()
 

@@ -27,18 +27,18 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from flowperf.summary_schema import RunSummary
+    from flowperf.rundir.summary_schema import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
 
 async def measure(num_flows: int, rounds: int, out_dir: Path) -> dict[str, list[RunSummary]]:
-    from flowperf.benchmark import RunHooks, run_benchmark
     from flowperf.config import EngineConfig, RunConfig
     from flowperf.engines.server import ServerRegistry
     from flowperf.engines.tiny import build_tiny_model
     from flowperf.engines.vllm_local import get_vllm_engine
+    from flowperf.run.benchmark import RunHooks, run_benchmark
 
     results: dict[str, list[RunSummary]] = {}
     lines: list[str] = []

@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
+from flowperf.run.benchmark import RunHooks, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVALS = {"off": 0.0, "250 ms (default)": 0.25, "50 ms": 0.05}

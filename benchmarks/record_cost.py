@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 
-from flowperf.records import StepRecord
+from flowperf.rundir.records import StepRecord
 
 FIELDS = {
     "flow_index": 12,

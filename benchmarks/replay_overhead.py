@@ -41,8 +41,8 @@ def busiest_window_start(window_s: float) -> tuple[float, float]:
 
 
 async def replay(start_s: float, requests: int, token_scale: float, out_dir: Path):
-    from flowperf.benchmark import RunHooks, run_benchmark
     from flowperf.config import RunConfig
+    from flowperf.run.benchmark import RunHooks, run_benchmark
 
     config = RunConfig.model_validate(
         {
@@ -64,7 +64,7 @@ def main(
     token_scale: Annotated[float, typer.Option(help="Length scale (2-core machine).")] = 0.02,
     window_s: Annotated[float, typer.Option(help="Window the peak rate is measured over.")] = 60.0,
 ) -> None:
-    from flowperf.rundata import load_run
+    from flowperf.rundir.rundata import load_run
 
     start_s, peak_rate = busiest_window_start(window_s)
     with tempfile.TemporaryDirectory(prefix="flowperf-replay-") as scratch:

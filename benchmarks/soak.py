@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flowperf.records import ResourceSample
-from flowperf.store import RunStore
-from flowperf.summary_schema import RunSummary
+from flowperf.rundir.records import ResourceSample
+from flowperf.rundir.store import RunStore
+from flowperf.rundir.summary_schema import RunSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_WORKFLOW = 3
@@ -38,7 +38,7 @@ def main(
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="flowperf-soak-") as scratch:
         command = [
-            sys.executable, "-c", "from flowperf.cli import main; main()", "run", "-n", str(workflows),
+            sys.executable, "-c", "from flowperf.cli.main import main; main()", "run", "-n", str(workflows),
             "--concurrency", str(concurrency), "--out", scratch, "--run-id", "soak", "--no-progress",
         ]  # fmt: skip
         console.print("running: bench " + " ".join(command[3:]))

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowperf.flows.cache import expand_with_cache
-from flowperf.timing import parse_timing_line
+from flowperf.run.timing import parse_timing_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = "summarize_critique_refine"
@@ -54,7 +54,8 @@ def time_expansion(template: Path, num_flows: int, repeats: int) -> dict[str, fl
 
 def engine_init_ms(extra_args: list[str], env: dict[str, str], workdir: Path) -> float:
     command = [
-        sys.executable, "-c", "from flowperf.cli import main; main()", "run", "-n", "1", "--max-tokens", "4",
+        sys.executable, "-c", "from flowperf.cli.main import main; main()",
+        "run", "-n", "1", "--max-tokens", "4",
         "--no-progress", "--out", str(workdir / "runs"), *extra_args,
     ]  # fmt: skip
     done = subprocess.run(

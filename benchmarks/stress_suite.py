@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = [sys.executable, "-c", "from flowperf.cli import main; main()"]
+BENCH = [sys.executable, "-c", "from flowperf.cli.main import main; main()"]
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import flowperf.benchmark
-from flowperf.benchmark import RunHooks, run_benchmark
+import flowperf.run.benchmark
 from flowperf.config import RunConfig
-from flowperf.live_summary import PeriodicSummaries
-from flowperf.store import SUMMARY, RunStore
-from flowperf.summary import SummaryContext, build_summary
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.live_summary import PeriodicSummaries
+from flowperf.rundir.store import SUMMARY, RunStore
+from flowperf.rundir.summary import SummaryContext, build_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("off", "thread (old)", "worker (new)")
@@ -125,7 +125,7 @@ async def measure(
     await run_benchmark(warm, RunHooks(echo=lambda _: None), engine=engine, shutdown_engine=False)
     for round_number in range(rounds):
         for index, setting in enumerate(SETTINGS):
-            flowperf.benchmark.PeriodicSummaries = IMPLEMENTATION[setting]
+            flowperf.run.benchmark.PeriodicSummaries = IMPLEMENTATION[setting]
             ThreadSummaries.cpu_s, ThreadSummaries.written, CountedWorkerSummaries.requested = 0.0, 0, 0
             config = run_config(
                 setting, num_flows, max_tokens, concurrency, out_dir, f"r{round_number}-{index}"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTERED = (
-    "from flowperf import cli\nfrom flowperf.cli_sweep import sweep\n"
-    "from flowperf.options import HtmlCommand\n"
+    "from flowperf.cli import main as cli\nfrom flowperf.cli.sweep import sweep\n"
+    "from flowperf.cli.options import HtmlCommand\n"
     "if not any(c.name == 'sweep' for c in cli.app.registered_commands):\n"
     "    cli.app.command('sweep', cls=HtmlCommand)(sweep)\ncli.main()"
 )

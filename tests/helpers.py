@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowperf.benchmark import RunHooks, RunResult, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.timing import parse_timing_line
+from flowperf.run.benchmark import RunHooks, RunResult, run_benchmark
+from flowperf.run.timing import parse_timing_line
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = [sys.executable, "-c", "from flowperf.cli import main; main()"]
+BENCH = [sys.executable, "-c", "from flowperf.cli.main import main; main()"]
 
 
 @dataclass

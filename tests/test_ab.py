@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from flowperf.ab import SHARED_ENGINE, TWO_ENGINES, AbHooks, AbPlan, build_plan, run_ab
-from flowperf.compare import comparability_problems
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.errors import UserError
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.rundata import load_run
+from flowperf.modes.ab.run import SHARED_ENGINE, TWO_ENGINES, AbHooks, AbPlan, build_plan, run_ab
+from flowperf.outputs.compare import comparability_problems
+from flowperf.rundir.rundata import load_run
 from helpers import BENCH, ROOT, run_bench
 
 

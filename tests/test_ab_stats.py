@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from flowperf.ab_stats import (
+from flowperf.modes.ab.stats import (
     NO_CHANGE,
     balanced_orders,
     hodges_lehmann,
@@ -19,7 +19,7 @@ from flowperf.ab_stats import (
     signed_rank_p_value,
     smallest_p,
 )
-from flowperf.compare import judge
+from flowperf.outputs.compare import judge
 
 
 def brute_force_p(differences: np.ndarray) -> float:

@@ -16,11 +16,11 @@ import yaml
 from transformers import AutoTokenizer
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.records import StepRecord
-from flowperf.store import STEPS, RunStore
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import STEPS, RunStore
 from helpers import ROOT
 
 RECORDS = [{"id": f"r{k}", "topic": f"topic {k}"} for k in range(4)]

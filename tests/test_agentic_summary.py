@@ -13,11 +13,9 @@ import pytest
 from rich.console import Console
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.plots import timeline_bars
-from flowperf.records import StepRecord, WorkflowRecord
-from flowperf.report import (
+from flowperf.outputs.plots import timeline_bars
+from flowperf.outputs.report import (
     html_report,
     json_report,
     print_report,
@@ -26,10 +24,12 @@ from flowperf.report import (
     time_split_text,
     turn_rows,
 )
-from flowperf.rundata import load_run
-from flowperf.store import RunStore
-from flowperf.summary import SummaryContext, build_summary, prompt_bucket
-from flowperf.summary_schema import RunInfo, RunSummary
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.rundir.rundata import load_run
+from flowperf.rundir.store import RunStore
+from flowperf.rundir.summary import SummaryContext, build_summary, prompt_bucket
+from flowperf.rundir.summary_schema import RunInfo, RunSummary
 from helpers import ROOT
 
 RUN_V1 = ROOT / "tests" / "data" / "run_v1"

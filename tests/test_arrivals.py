@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowperf.runner import poisson_arrivals
+from flowperf.run.runner import poisson_arrivals
 
 RATE = 40.0
 GAPS = 2000

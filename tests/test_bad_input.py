@@ -13,8 +13,8 @@ import yaml
 
 from flowperf.config import RunConfig
 from flowperf.flows.cache import CACHE_FILE_NAME, EXPANDED_DIR_NAME
-from flowperf.records import RUN_SCHEMA_VERSION
-from flowperf.store import STEPS, WORKFLOWS
+from flowperf.rundir.records import RUN_SCHEMA_VERSION
+from flowperf.rundir.store import STEPS, WORKFLOWS
 from helpers import ROOT, run_bench
 
 

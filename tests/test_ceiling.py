@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from flowperf.benchmark import RunHooks, warn_past_client_ceiling
-from flowperf.ceiling import cache_path, ceiling_warning
 from flowperf.config import RunConfig
+from flowperf.diagnostics.ceiling import cache_path, ceiling_warning
+from flowperf.run.benchmark import RunHooks, warn_past_client_ceiling
 
 
 def measured(ceiling: int | None, levels: tuple[int, ...] = (1, 16, 64, 256, 512)) -> None:

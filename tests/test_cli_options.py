@@ -10,9 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flowperf import cli
-from flowperf.config import RunConfig, load_run_config
-from flowperf.options import (
+from flowperf.cli import main as cli
+from flowperf.cli.options import (
     ENGINE,
     FLOW,
     GROUPS,
@@ -26,6 +25,7 @@ from flowperf.options import (
     option,
     with_options,
 )
+from flowperf.config import RunConfig, load_run_config
 
 ALL_OPTIONS = [entry for group in GROUPS.values() for entry in group]
 BY_FLAG = {entry.flag: entry for entry in ALL_OPTIONS}

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from flowperf.compare import (
+from flowperf.config import RunConfig
+from flowperf.errors import UserError
+from flowperf.outputs.compare import (
     Comparison,
     Samples,
     block_bootstrap_medians,
@@ -30,9 +32,7 @@ from flowperf.compare import (
     setting_differences,
     smallest_detectable_p,
 )
-from flowperf.config import RunConfig
-from flowperf.errors import UserError
-from flowperf.rundata import RunData
+from flowperf.rundir.rundata import RunData
 from flowperf.stats import holm_adjusted
 
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.records import StepRecord, WorkflowRecord
-from flowperf.report import workflow_text
-from flowperf.rundata import workflow_frame
-from flowperf.runner import poisson_arrivals
-from flowperf.store import SUMMARY, RunStore
-from flowperf.summary_schema import RunSummary
+from flowperf.outputs.report import workflow_text
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.run.runner import poisson_arrivals
+from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.rundir.rundata import workflow_frame
+from flowperf.rundir.store import SUMMARY, RunStore
+from flowperf.rundir.summary_schema import RunSummary
 from helpers import ROOT
 
 pytestmark = pytest.mark.engine

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.durable import DurableLog
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.errors import UserError
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.records import StepRecord
-from flowperf.store import STEPS, WORKFLOWS, RunStore
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.durable import DurableLog
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import STEPS, WORKFLOWS, RunStore
 from helpers import ROOT, run_bench
 
 pytestmark = pytest.mark.engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowperf.durable import DurableLog, append_durably, atomic_write_text, read_complete_lines
+from flowperf.rundir.durable import DurableLog, append_durably, atomic_write_text, read_complete_lines
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:

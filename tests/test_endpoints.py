@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from flowperf.benchmark import RunResult
+from flowperf.cli.options import base_urls
 from flowperf.config import RunConfig
+from flowperf.diagnostics.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 from flowperf.engines.base import GenerationParams
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine, session_key
 from flowperf.errors import UserError
-from flowperf.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
-from flowperf.options import base_urls
-from flowperf.store import RunStore
+from flowperf.run.benchmark import RunResult
+from flowperf.rundir.store import RunStore
 from helpers import run_bench, run_in_process
 
 FAST = MockConfig(ttft_ms=2, itl_ms=1, lifetime_s=120)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
-from flowperf.critical_path import critical_path
 from flowperf.errors import UserError
 from flowperf.flows.cache import expand_with_cache
 from flowperf.flows.distributions import LogNormal, Uniform, draw, draw_count
 from flowperf.flows.schema import load_template
-from flowperf.records import StepRecord
+from flowperf.run.critical_path import critical_path
+from flowperf.rundir.records import StepRecord
 from helpers import ROOT, run_bench
 
 RECORDS = [

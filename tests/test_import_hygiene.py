@@ -13,6 +13,8 @@ import sys
 
 
 def test_the_cli_does_not_import_numba_or_llvmlite() -> None:
-    probe = "import sys, flowperf.cli; print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))"
+    probe = (
+        "import sys, flowperf.cli.main; print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))"
+    )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"

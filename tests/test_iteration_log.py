@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.durable import DurableLog
 from flowperf.engines.base import GenerationParams, StepResult, TokenPrompt
 from flowperf.engines.iteration_log import IterationLog
-from flowperf.records import StepRecord
-from flowperf.store import ITERATIONS
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.durable import DurableLog
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import ITERATIONS
 from helpers import ROOT
 
 

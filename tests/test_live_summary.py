@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowperf.live_summary import PeriodicSummaries, RunTables
-from flowperf.records import GpuInfoRecord, PhaseRecord, ResourceSample, StepRecord, WorkflowRecord
-from flowperf.rundata import step_frame, workflow_frame
-from flowperf.store import CONFIG, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
-from flowperf.summary import SummaryContext, build_summary
-from flowperf.summary_schema import RunInfo, RunSummary
+from flowperf.rundir.live_summary import PeriodicSummaries, RunTables
+from flowperf.rundir.records import GpuInfoRecord, PhaseRecord, ResourceSample, StepRecord, WorkflowRecord
+from flowperf.rundir.rundata import step_frame, workflow_frame
+from flowperf.rundir.store import CONFIG, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.summary import SummaryContext, build_summary
+from flowperf.rundir.summary_schema import RunInfo, RunSummary
 
 STEP_IDS = ("plan", "draft", "check")
 
@@ -331,7 +331,7 @@ def _imported(pid: int) -> bool:
 
 
 def test_the_worker_imports_neither_vllm_nor_torch() -> None:
-    probe = "import sys, flowperf.live_summary; print(sorted({'vllm', 'torch'} & set(sys.modules)))"
+    probe = "import sys, flowperf.rundir.live_summary; print(sorted({'vllm', 'torch'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.records import RUN_SCHEMA_VERSION
-from flowperf.store import STEPS, SUMMARY, RunStore
-from flowperf.summary_schema import Distribution, RunSummary
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.records import RUN_SCHEMA_VERSION
+from flowperf.rundir.store import STEPS, SUMMARY, RunStore
+from flowperf.rundir.summary_schema import Distribution, RunSummary
 from helpers import ROOT
 
 pytestmark = pytest.mark.engine

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from tests.helpers import run_bench
 
-from flowperf.mockserver import MockConfig, MockOpenAIServer, serve_in_thread, spawn
+from flowperf.diagnostics.mockserver import MockConfig, MockOpenAIServer, serve_in_thread, spawn
 
 KEY_VARIABLE = "FLOWPERF_SECRET_TEST_KEY"
 KEY = "sk-flowperf-canary-7f3a9c1e5b"

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from flowperf.monitor import ResourceMonitor
-from flowperf.records import GpuInfoRecord, GpuSample, PhaseRecord, ResourceSample
-from flowperf.summary import growth_per_100_steps, leak_warning, resource_summary
-from flowperf.summary_schema import GpusUnavailable
+from flowperf.run.monitor import ResourceMonitor
+from flowperf.rundir.records import GpuInfoRecord, GpuSample, PhaseRecord, ResourceSample
+from flowperf.rundir.summary import growth_per_100_steps, leak_warning, resource_summary
+from flowperf.rundir.summary_schema import GpusUnavailable
 
 
 def test_samples_cover_children_and_phases() -> None:
@@ -163,9 +163,9 @@ def test_a_sampler_that_died_is_in_every_summary_of_the_directory(tmp_path) -> N
     recomputed later from the files (a report) still says sampling stopped."""
     from types import SimpleNamespace
 
-    from flowperf.benchmark import RunHooks, record_monitor_failure
-    from flowperf.store import RunStore
-    from flowperf.summary import resource_summary
+    from flowperf.run.benchmark import RunHooks, record_monitor_failure
+    from flowperf.rundir.store import RunStore
+    from flowperf.rundir.summary import resource_summary
 
     store = RunStore.create(tmp_path, "r")
     warned: list[str] = []
@@ -185,7 +185,7 @@ def test_an_ignored_child_is_not_counted_as_an_engine_process() -> None:
     import subprocess
     import sys
 
-    from flowperf.monitor import ProcessTree, TrackedPids
+    from flowperf.run.monitor import ProcessTree, TrackedPids
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

@@ -1,6 +1,6 @@
-"""The HTTP engine against the deterministic mock server (flowperf.mockserver): request shape, stream
-parsing, faults inside a 200 stream, key handling, and timing checked against the server's own clock.
-Behaviour against a real vLLM server is tested in test_server.py."""
+"""The HTTP engine against the deterministic mock server (flowperf.diagnostics.mockserver): request
+shape, stream parsing, faults inside a 200 stream, key handling, and timing checked
+against the server's own clock. Behaviour against a real vLLM server is tested in test_server.py."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import pytest
 
+from flowperf.diagnostics.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 from flowperf.engines.base import EngineError, GenerationParams, StepResult, StreamError, TruncatedStream
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine, _StreamState
 from flowperf.errors import UserError
-from flowperf.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 
 SECRET = "sk-test-never-written-anywhere"
 FAST = MockConfig(ttft_ms=20, itl_ms=2, lifetime_s=60)

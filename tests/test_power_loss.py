@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flowperf.records import StepRecord, WorkflowRecord
-from flowperf.store import METRICS, STEPS, WORKFLOWS, RunStore, counted_workflows
+from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.rundir.store import METRICS, STEPS, WORKFLOWS, RunStore, counted_workflows
 
 FLOWS = 12
 STEPS_PER_FLOW = 3

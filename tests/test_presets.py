@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flowperf.config import GIB
-from flowperf.doctor import preset_findings, preset_fit
+from flowperf.diagnostics.doctor import preset_findings, preset_fit
 from flowperf.engines.presets import PRESETS, build_preset_model
 from helpers import ROOT, run_bench
 

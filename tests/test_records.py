@@ -15,23 +15,23 @@ from pathlib import Path
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
-from flowperf.compare import compare_runs, parse_gate
 from flowperf.config import load_run_config
 from flowperf.engines.base import StepResult
 from flowperf.errors import UserError
-from flowperf.records import (
+from flowperf.outputs.compare import compare_runs, parse_gate
+from flowperf.outputs.report import report_summary
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.run.runner import measured_fields
+from flowperf.rundir.records import (
     RUN_SCHEMA_VERSION,
     ResourceSample,
     StepRecord,
     WorkflowRecord,
     column_kinds,
 )
-from flowperf.report import report_summary
-from flowperf.rundata import STEP_KINDS, load_run, workflow_frame
-from flowperf.runner import measured_fields
-from flowperf.store import CONFIG, STEPS, WORKFLOWS, RunStore, recorded_config
-from flowperf.summary_schema import RunSummary
+from flowperf.rundir.rundata import STEP_KINDS, load_run, workflow_frame
+from flowperf.rundir.store import CONFIG, STEPS, WORKFLOWS, RunStore, recorded_config
+from flowperf.rundir.summary_schema import RunSummary
 from helpers import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]

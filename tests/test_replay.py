@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.replay import prompt_ids, token_range
-from flowperf.store import RunStore
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
+from flowperf.flows.trace_source import prompt_ids, token_range
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.store import RunStore
 from flowperf.stress.traces import Trace, load_trace
 from helpers import ROOT, run_bench
 

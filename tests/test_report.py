@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from faults import FaultyEngine
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
+from flowperf.run.benchmark import RunHooks, run_benchmark
 from helpers import ROOT, run_bench
 
 pytestmark = pytest.mark.engine

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from flowperf.benchmark import RunHooks, run_benchmark
 from flowperf.config import RunConfig
-from flowperf.records import StepRecord
-from flowperf.store import RunStore
-from flowperf.summary_schema import RunSummary
+from flowperf.run.benchmark import RunHooks, run_benchmark
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import RunStore
+from flowperf.rundir.summary_schema import RunSummary
 from helpers import ROOT, run_bench
 
 pytestmark = pytest.mark.engine

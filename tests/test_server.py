@@ -27,8 +27,8 @@ from flowperf.engines.base import GenerationParams, TokenPrompt
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.server import ServerRecord, ServerRegistry, healthy, server_arguments
 from flowperf.errors import UserError
-from flowperf.summary_schema import RunSummary
-from flowperf.timing import parse_timing_line
+from flowperf.run.timing import parse_timing_line
+from flowperf.rundir.summary_schema import RunSummary
 from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

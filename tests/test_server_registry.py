@@ -132,7 +132,7 @@ from pathlib import Path
 from flowperf.config import EngineConfig
 from flowperf.engines import server
 import psutil
-from flowperf.interrupts import kill_descendants
+from flowperf.run.interrupts import kill_descendants
 server.server_arguments = fake_vllm_server.fake_arguments
 registry = server.ServerRegistry(home=Path(sys.argv[1]))
 model = Path("/models/tiny")

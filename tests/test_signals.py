@@ -29,11 +29,11 @@ import psutil
 import pytest
 import yaml
 
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.engines.server import ServerRegistry
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.records import StepRecord
-from flowperf.store import STEPS, SUMMARY, WORKFLOWS, RunStore
-from flowperf.summary_schema import RunSummary
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.summary_schema import RunSummary
 from helpers import BENCH, ROOT, run_bench
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -452,8 +452,8 @@ def test_sigterm_during_a_managed_server_start_ends_at_once_and_leaves_the_serve
 
 SIGNAL_IN_FINAL_SUMMARY = """
 import os, signal
-import flowperf.benchmark as benchmark
-from flowperf.cli import main
+import flowperf.run.benchmark as benchmark
+from flowperf.cli.main import main
 
 build = benchmark.build_summary
 

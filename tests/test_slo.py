@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowperf.errors import UserError
-from flowperf.slo import Objective, WorkflowSamples, evaluate, meets, nearest_rank, parse_slos
+from flowperf.rundir.slo import Objective, WorkflowSamples, evaluate, meets, nearest_rank, parse_slos
 
 
 def test_names_parse_into_metric_percentile_and_limit() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from flowperf.summary import ttft_beyond_engine
+from flowperf.rundir.summary import ttft_beyond_engine
 
 
 def test_ttft_beyond_the_engine_is_the_client_ttft_minus_the_engine_ttft_where_both_exist() -> None:

@@ -17,13 +17,10 @@ from typing import Any
 
 import pytest
 
-from flowperf.compare import compare_sweeps
+from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.engines.base import GenerationParams, StepResult
 from flowperf.errors import UserError
-from flowperf.mockserver import MockConfig, serve_in_thread
-from flowperf.records import WorkflowRecord
-from flowperf.rundata import load_run
-from flowperf.sweep import (
+from flowperf.modes.sweep.run import (
     SweepHooks,
     SweepPlan,
     SweepRequest,
@@ -32,14 +29,17 @@ from flowperf.sweep import (
     run_sweep,
     run_sweep_with_interrupts,
 )
-from flowperf.sweep_store import read_rows
+from flowperf.modes.sweep.store import read_rows
+from flowperf.outputs.compare import compare_sweeps
+from flowperf.rundir.records import WorkflowRecord
+from flowperf.rundir.rundata import load_run
 from helpers import ROOT
 
 SWEEP_BENCH = [
     sys.executable,
     "-c",
-    "from flowperf import cli\nfrom flowperf.cli_sweep import sweep\n"
-    "from flowperf.options import HtmlCommand\n"
+    "from flowperf.cli import main as cli\nfrom flowperf.cli.sweep import sweep\n"
+    "from flowperf.cli.options import HtmlCommand\n"
     "if not any(c.name == 'sweep' for c in cli.app.registered_commands):\n"
     "    cli.app.command('sweep', cls=HtmlCommand)(sweep)\n"
     "cli.main()",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowperf.sweep_levels import (
+from flowperf.modes.sweep.levels import (
     LevelRow,
     LevelSpec,
     SweepSpec,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flowperf.timing import TimingLog, parse_timing_line, timing_line
+from flowperf.run.timing import TimingLog, parse_timing_line, timing_line
 
 
 def test_format_matches_design() -> None:

@@ -22,13 +22,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowperf.benchmark import RunResult
 from flowperf.config import RunConfig
-from flowperf.durable import DurableLog, read_complete_lines
+from flowperf.diagnostics.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 from flowperf.flows.expand import ExpandedFlow
-from flowperf.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
-from flowperf.runner import poisson_arrivals
-from flowperf.store import TIMING_LOG, RunStore
+from flowperf.run.benchmark import RunResult
+from flowperf.run.runner import poisson_arrivals
+from flowperf.rundir.durable import DurableLog, read_complete_lines
+from flowperf.rundir.store import TIMING_LOG, RunStore
 from flowperf.workers.clock import align
 from flowperf.workers.plan import share_out, slot_share
 from helpers import run_bench, run_in_process

@@ -22,7 +22,7 @@ ODD_SERVICE = ServiceModel(
 def bench_stress():
     """Invoke `bench stress ARGS` in process; returns the CliRunner result (exceptions kept, not raised).
 
-    A group app with a callback keeps `stress` a subcommand whatever else flowperf.cli registers.
+    A group app with a callback keeps `stress` a subcommand whatever else flowperf.cli.main registers.
     """
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.callback()(lambda: None)

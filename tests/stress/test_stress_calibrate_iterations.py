@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_stress_calibrate import synthetic_run
 
-from flowperf.store import ITERATIONS
+from flowperf.rundir.store import ITERATIONS
 from flowperf.stress.calibrate import (
     COEFFICIENTS,
     LOGGED_SOURCE,

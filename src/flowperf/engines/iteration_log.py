@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowperf.durable import DurableLog
+from flowperf.rundir.durable import DurableLog
 
 
 class IterationLog:

@@ -28,7 +28,7 @@ from flowperf.paths import flowperf_home
 
 if TYPE_CHECKING:
     from flowperf.config import RunConfig
-    from flowperf.timing import TimingLog
+    from flowperf.run.timing import TimingLog
 
 BUILDER_VERSION = 1
 MARKER_FILE = "flowperf-preset.json"

@@ -38,13 +38,13 @@ import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flowperf.config import EngineConfig
-from flowperf.durable import atomic_write_text
 from flowperf.engines.base import EngineError, EngineInfo
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.engines.vllm_local import engine_arguments
 from flowperf.errors import UserError
 from flowperf.locking import Lease, exclusive_lock, unused
 from flowperf.paths import flowperf_home
+from flowperf.rundir.durable import atomic_write_text
 
 HOST = "127.0.0.1"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"

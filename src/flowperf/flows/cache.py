@@ -24,13 +24,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from flowperf.durable import atomic_write_text
 from flowperf.errors import UserError
 from flowperf.flows.expand import FORMAT_VERSION, ExpandedFlowSet, expand
 from flowperf.flows.fixtures import load_fixture_file
 from flowperf.flows.schema import load_template
 from flowperf.flows.source import WorkflowSource
 from flowperf.locking import exclusive_lock
+from flowperf.rundir.durable import atomic_write_text
 
 CACHE_FILE_NAME = ".expanded_cache.json"
 LOCK_FILE_NAME = ".expanded_cache.lock"

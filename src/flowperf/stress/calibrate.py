@@ -59,10 +59,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from flowperf.durable import read_complete_lines
 from flowperf.errors import UserError
-from flowperf.records import StepRecord
-from flowperf.store import ITERATIONS, STEPS
+from flowperf.rundir.durable import read_complete_lines
+from flowperf.rundir.records import StepRecord
+from flowperf.rundir.store import ITERATIONS, STEPS
 from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")

@@ -16,7 +16,6 @@ from typing import Literal
 
 import numpy as np
 
-from flowperf.ray_cluster import connected
 from flowperf.stress.bins import cached_bins
 from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
@@ -25,6 +24,7 @@ from flowperf.stress.sim import SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
 from flowperf.stress.workload import Workload, adopt_trace, cached_workload, source_trace
+from flowperf.workers.ray_cluster import connected
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
 

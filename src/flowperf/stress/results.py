@@ -16,8 +16,8 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from flowperf.durable import append_durably, atomic_write_text, read_complete_lines
 from flowperf.errors import UserError
+from flowperf.rundir.durable import append_durably, atomic_write_text, read_complete_lines
 from flowperf.stress.spec import TestResult
 
 INCREMENTAL = "stress_results_incremental.csv"

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from flowperf.errors import UserError
-from flowperf.rundata import RunData, load_run
+from flowperf.rundir.rundata import RunData, load_run
 from flowperf.stress.calibrate import run_batched_tokens
 from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.service import ServiceModel

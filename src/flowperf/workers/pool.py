@@ -18,11 +18,11 @@ from flowperf.engines.base import EngineError
 from flowperf.engines.openai_http import OpenAIHttpEngine
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.source import WorkflowSource
-from flowperf.records import WorkflowRecord
-from flowperf.runner import Runner
-from flowperf.sinks import MeasuredSink
-from flowperf.store import RunStore
-from flowperf.timing import TimingLog
+from flowperf.run.runner import Runner
+from flowperf.run.sinks import MeasuredSink
+from flowperf.run.timing import TimingLog
+from flowperf.rundir.records import WorkflowRecord
+from flowperf.rundir.store import RunStore
 from flowperf.workers.clock import ClockAlignment
 from flowperf.workers.plan import share_out
 from flowperf.workers.session import WorkerSpec, worker_specs

@@ -18,8 +18,8 @@ from contextlib import ExitStack
 from typing import Any
 
 from flowperf.engines.base import EngineError
-from flowperf.ray_cluster import connected
 from flowperf.workers.clock import ClockAlignment, align
+from flowperf.workers.ray_cluster import connected
 from flowperf.workers.session import WorkerSession, WorkerSpec
 
 DRAIN_INTERVAL_S = 0.02

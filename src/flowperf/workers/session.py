@@ -16,9 +16,9 @@ import numpy as np
 
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.flows.source import WorkflowSource
-from flowperf.runner import ExecutionConfig, MeasuredWindow, Runner
-from flowperf.sinks import ForwardingSink
-from flowperf.store import RunStore
+from flowperf.run.runner import ExecutionConfig, MeasuredWindow, Runner
+from flowperf.run.sinks import ForwardingSink
+from flowperf.rundir.store import RunStore
 from flowperf.workers.plan import Share
 
 Forward = Callable[[str, Any], None]

@@ -1,0 +1,1 @@
+"""The command line: parses flags, calls one function of another package, prints."""

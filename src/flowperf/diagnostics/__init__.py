@@ -1,0 +1,1 @@
+"""bench doctor: this host's findings, and the client ceiling measured on the mock server."""

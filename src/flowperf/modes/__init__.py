@@ -1,0 +1,1 @@
+"""Load modes built on the run core: one package per mode."""

@@ -1,0 +1,1 @@
+"""bench ab: two configurations interleaved in blocks on one engine."""

@@ -1,0 +1,1 @@
+"""bench sweep: one run per load level, capacity within SLOs."""

@@ -1,0 +1,1 @@
+"""What a person reads: terminal and HTML reports, plots, comparisons of runs."""

@@ -1,0 +1,1 @@
+"""The run core: prepare, execute and finalize one measured run."""

@@ -1,0 +1,1 @@
+"""The run directory contract: records, durable writes, reading back, summaries."""

@@ -1,0 +1,338 @@
+"""summary.json during a run, computed in another process so that it cannot disturb what is measured.
+
+Recomputing a summary in the measuring process meant re-reading and JSON-parsing every step line while
+holding the GIL (token timestamps wait behind it), and every re-read was of the whole file: quadratic over
+a long run. Here a worker process, spawned when the run starts (before its measured window), keeps the
+run's tables and reads only what was appended since its last look, so each line is parsed once; the
+measuring process only sends it a message. The worker builds the same tables `rundata` builds from the
+files and hands them to the same `summary.summarize_run`, so a summary it writes says exactly what
+`summary.build_summary` would say of the directory at that moment. The final summary is still computed
+from the files by the run itself.
+
+The worker is the harness's helper, never a risk to the run: a failure in it is a warning, a worker
+that hangs is killed when the run ends, and one whose run died exits when its pipe closes. It ignores
+SIGINT (Ctrl-C reaches the whole process group; the run stops it in order). It imports pandas and the
+summary code only, never vLLM or torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flowperf.rundir.records import METRIC_RECORD, MetricRecord
+from flowperf.rundir.rundata import WORKFLOW_KINDS, has_int_keys, parse_step_line, step_table, typed
+from flowperf.rundir.store import METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.summary import SummaryContext, summarize_run
+from flowperf.rundir.summary_schema import RunStatus, RunSummary
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # a summary in progress when the run ends may take this long before it is killed
+SPAWN = multiprocessing.get_context("spawn")  # vLLM's process model: no fork of a threaded process
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class TailedFile:
+    """The complete lines appended to a file since the last call, each byte read once.
+
+    A file replaced or cut short (a resume rewrites steps.jsonl, cuts torn tails) is read again from its
+    start, and the caller told to forget what it had (`restarted`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bytes_read = 0
+        self._offset = 0
+        self._inode: int | None = None
+
+    def new_lines(self) -> tuple[list[str], bool]:
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            restarted = self._offset > 0
+            self._offset, self._inode = 0, None
+            return [], restarted
+        with handle:
+            status = os.fstat(handle.fileno())
+            restarted = (self._inode not in (None, status.st_ino)) or status.st_size < self._offset
+            if restarted:
+                self._offset = 0
+            self._inode = status.st_ino
+            handle.seek(self._offset)
+            data = handle.read()
+        self.bytes_read += len(data)
+        complete = data.rfind(b"\n") + 1  # a torn last line stays unread until its newline arrives
+        self._offset += complete
+        text = data[:complete].decode("utf-8", errors="replace")
+        return [line for line in text.split("\n") if line], restarted
+
+
+class StepTable:
+    """Every step line read so far, tabled once, with the keys `rundata.step_frame` selects by."""
+
+    def __init__(self) -> None:
+        self._chunks: list[pd.DataFrame] = []
+        self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
+
+    def add(self, lines: list[str]) -> None:
+        parsed = [row for row in map(parse_step_line, lines) if row is not None]
+        if parsed:
+            keys, rows, gaps = zip(*parsed, strict=True)
+            self._chunks.append(step_table(list(rows), list(gaps)))
+            self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
+
+    def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
+        """Steps of counted workflows, from the session that completed each, the first line of each step:
+        what `rundata.step_frame` returns for the same lines."""
+        if counted.empty:
+            return pd.DataFrame()
+        if len(self._chunks) > 1:  # merged once, so each summary concatenates only what is new
+            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
+            self._keys = [np.concatenate(self._keys)]
+        if not self._chunks:
+            return step_table([], [])
+        keys = self._keys[0]
+        wanted = pd.MultiIndex.from_arrays([counted["flow_index"], counted["session"]])
+        counted_rows = np.flatnonzero(pd.MultiIndex.from_arrays([keys[:, 0], keys[:, 1]]).isin(wanted))
+        first = ~pd.DataFrame(keys[counted_rows][:, [0, 2]]).duplicated(keep="first").to_numpy()
+        chosen = counted_rows[first]
+        if chosen.size == 0:
+            return step_table([], [])
+        return self._chunks[0].iloc[chosen].reset_index(drop=True)
+
+
+class WorkflowTable:
+    """Every workflows.csv row read so far, tabled once per batch of new lines."""
+
+    def __init__(self) -> None:
+        self._header: list[str] | None = None
+        self._chunks: list[pd.DataFrame] = []
+
+    def add(self, lines: list[str]) -> None:
+        if self._header is None and lines:
+            self._header, lines = next(csv.reader(lines[:1])), lines[1:]
+        rows = [
+            row
+            for row in csv.DictReader(lines, fieldnames=self._header)
+            if None not in row and all(value is not None for value in row.values()) and has_int_keys(row)
+        ]
+        if rows:
+            self._chunks.append(typed(pd.DataFrame(rows), WORKFLOW_KINDS))
+
+    def frame(self) -> pd.DataFrame:
+        """Counted workflows, as `rundata.workflow_frame` returns them."""
+        if not self._chunks:
+            return pd.DataFrame()
+        if len(self._chunks) > 1:
+            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
+        return self._chunks[0].drop_duplicates(subset=["flow_index"], keep="first")
+
+
+def _parse_metrics(lines: list[str]) -> list[MetricRecord]:
+    records = []
+    for line in lines:
+        try:
+            records.append(METRIC_RECORD.validate_json(line))
+        except ValueError:
+            continue
+    return records
+
+
+class RunTables:
+    """A run directory's tables, brought up to date by reading only what was appended since last time."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._files = {name: TailedFile(store.path(name)) for name in (WORKFLOWS, STEPS, METRICS)}
+        self._workflows = WorkflowTable()
+        self._steps = StepTable()
+        self._metrics: list[MetricRecord] = []
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(tailed.bytes_read for tailed in self._files.values())
+
+    def refresh(self) -> None:
+        lines, restarted = self._files[WORKFLOWS].new_lines()
+        if restarted:
+            self._workflows = WorkflowTable()
+        self._workflows.add(lines)
+        lines, restarted = self._files[STEPS].new_lines()
+        if restarted:
+            self._steps = StepTable()
+        self._steps.add(lines)
+        lines, restarted = self._files[METRICS].new_lines()
+        if restarted:
+            self._metrics = []
+        self._metrics.extend(_parse_metrics(lines))
+
+    def summary(self, status: RunStatus, context: SummaryContext) -> RunSummary:
+        """What `summary.build_summary` computes from the directory now."""
+        self.refresh()
+        workflows = self._workflows.frame()
+        return summarize_run(workflows, self._steps.frame(workflows), list(self._metrics), status, context)
+
+
+def serve(run_dir: str, requests: Connection, replies: Connection) -> None:
+    """The worker: one summary.json per request, a reply for each (None, or what went wrong); it ends
+    on None or when the run's end of the pipe closes (the run is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    store = RunStore(Path(run_dir))
+    tables = RunTables(store)
+    try:
+        replies.send(None)  # started: its imports are done, so none of their CPU lands in a measurement
+    except OSError:
+        return
+    while True:
+        try:
+            context = requests.recv()
+        except (EOFError, OSError):
+            return
+        if context is None:
+            return
+        try:
+            store.write_json(SUMMARY, tables.summary("running", context).to_json())
+            failure = None
+        except Exception as error:  # any failure is the run's warning, never the end of the worker
+            failure = f"{type(error).__name__}: {error}"
+        try:
+            replies.send(failure)
+        except OSError:
+            return
+
+
+class SummaryWorker:
+    """The run's end of the worker: start, ask for a summary, hear how it went, stop."""
+
+    def __init__(self, run_dir: Path, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        child_requests, self._requests = SPAWN.Pipe(duplex=False)
+        self._replies, child_replies = SPAWN.Pipe(duplex=False)
+        self.process = SPAWN.Process(
+            target=serve, args=(str(run_dir), child_requests, child_replies), name="flowperf-summary",
+            daemon=True,
+        )  # fmt: skip
+        self.process.start()
+        child_requests.close()  # the worker's ends live in the worker only, so each side sees EOF
+        child_replies.close()
+        self._outstanding = True  # until the worker says it has started
+        self.alive = True
+
+    def ready(self) -> bool:
+        """Whether a request may be sent now: the last one answered (its failure warned about) and the
+        worker still there."""
+        self._collect()
+        return self.alive and not self._outstanding
+
+    def request(self, context: SummaryContext) -> None:
+        try:
+            self._requests.send(context)
+        except Exception as error:  # a request that cannot be sent must not end the run
+            self._gone(f"cannot send it a request: {type(error).__name__}: {error}")
+            return
+        self._outstanding = True
+
+    def _collect(self, stopping: bool = False) -> None:
+        try:
+            while self.alive and self._replies.poll():
+                failure = self._replies.recv()
+                self._outstanding = False
+                if failure is not None:
+                    self._warn(f"a periodic summary.json was not written: {failure}")
+        except (EOFError, OSError):
+            if stopping:
+                self.alive = False
+            else:
+                self._gone(f"exit code {self.process.exitcode}")
+
+    def _gone(self, why: str) -> None:
+        self.alive = False
+        self._warn(f"the periodic summary worker ended ({why}); summary.json is written at the end only")
+
+    def stop(self, timeout_s: float) -> None:
+        """Let a summary in progress finish, then end the worker; kill it if it takes over `timeout_s`."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self._requests.send(None)
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+            self._warn(f"the periodic summary worker did not stop within {timeout_s:g}s and was killed")
+        else:
+            self._collect(stopping=True)
+        self._requests.close()
+        self._replies.close()
+
+
+class PeriodicSummaries:
+    """summary.json during a run: after every `every` workflows, at most once per `interval_s`, written
+    by a worker process (see the module's docstring). `finish()` must be awaited on every way out of the
+    run once this exists: it ends the worker, so that the final summary is written last."""
+
+    stop_timeout_s = STOP_TIMEOUT_S
+
+    def __init__(
+        self,
+        store: RunStore,
+        every: int,
+        interval_s: float,
+        context: SummaryContext,
+        warn: Callable[[str], None] = _warn_on_stderr,
+    ) -> None:
+        self._every = every
+        self._interval_s = interval_s
+        self._context = context
+        self._done = 0
+        self._last = time.perf_counter()
+        self._worker: SummaryWorker | None = None
+        if context.planned_workflows >= every:  # else no summary can fall due: no worker to start
+            try:
+                self._worker = SummaryWorker(store.run_dir, warn)
+            except OSError as error:
+                warn(f"cannot start the periodic summary worker ({error})")
+
+    async def started(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Wait until the worker has imported what it needs (about a second of CPU on a small machine),
+        so that cost is paid before the warm-up and the measured window, never inside them; a worker
+        slower than `timeout_s` is simply not waited for."""
+        deadline = time.perf_counter() + timeout_s
+        while self._worker is not None and not self._worker.ready() and time.perf_counter() < deadline:
+            if not self._worker.alive:
+                return
+            await asyncio.sleep(0.02)
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker's process id (not an engine process, for whoever accounts for processes)."""
+        return self._worker.process.pid if self._worker is not None else None
+
+    def workflow_done(self) -> None:
+        self._done += 1
+        now = time.perf_counter()
+        if self._done % self._every or now - self._last < self._interval_s:
+            return
+        if self._worker is None or not self._worker.ready():
+            return
+        self._last = now
+        self._worker.request(self._context)
+
+    async def finish(self) -> None:
+        """Wait for a summary being written, then end the worker (never raises, never hangs)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.to_thread(worker.stop, self.stop_timeout_s)
