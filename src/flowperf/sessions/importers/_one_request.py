@@ -44,7 +44,7 @@ def one_request_sessions(path: Path, layout_name: str) -> tuple[TraceHeader, lis
                 prompt_tokens=prompt,
                 output_tokens=int(trace.output_tokens[index]),
                 hash_ids=ids,
-            )  # fmt: skip
+            )
         )
     header = TraceHeader(block_size=block, hash_scope="global", source=layout_name,
                          notes=f"imported from {path.name}: one request per session")  # fmt: skip
