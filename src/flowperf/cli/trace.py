@@ -62,7 +62,11 @@ def import_(
 def stat_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
     """(figure, value) lines of the stats table, every number written in full."""
     rows = [
-        ("source", f"{figures['source']}{' (synthetic)' if figures['synthetic'] else ''}"),
+        (
+            "source",
+            figures["source"]
+            + (" (synthetic)" if figures["synthetic"] and figures["source"] != "synthetic" else ""),
+        ),
         ("hash ids", f"block size {figures['block_size']}, {figures['hash_scope']} scope"),
         ("sessions", str(figures["sessions"])),
         ("requests", str(figures["requests"])),

@@ -122,6 +122,7 @@ def convert_trace(source: Path, out: Path, format: str | None = None) -> Session
     checked first and the file appears complete or not at all (written beside it, then renamed)."""
     trace = import_trace(source, format)
     partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)  # the writer appends: never to a leftover of an earlier attempt
     try:
         _write_trace(partial, trace.header, trace.requests())
         os.replace(partial, out)
