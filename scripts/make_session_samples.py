@@ -59,9 +59,16 @@ class Context:
 def call(rng: random.Random, t: float, context: Context, think: float) -> dict:
     out = rng.randint(40, 600)
     streaming = rng.random() < 0.8
-    request = {"t": round(t, 3), "type": "s" if streaming else "n", "model": MODEL, "in": context.tokens,
-               "out": out, "hash_ids": list(context.ids),
-               "api_time": round(0.15 + context.tokens * 2e-5 + out * 0.012, 3), "think_time": round(think, 3)}  # fmt: skip
+    request = {
+        "t": round(t, 3),
+        "type": "s" if streaming else "n",
+        "model": MODEL,
+        "in": context.tokens,
+        "out": out,
+        "hash_ids": list(context.ids),
+        "api_time": round(0.15 + context.tokens * 2e-5 + out * 0.012, 3),
+        "think_time": round(think, 3),
+    }
     if streaming:
         request["ttft"] = round(0.05 + context.tokens * 1.5e-5, 3)
     return request
@@ -73,8 +80,11 @@ def end_of(request: dict) -> float:
 
 def subagent(rng: random.Random, name: str, t: float, status: str, nested: bool, fresh: list[int]) -> dict:
     """A sub-agent's entry: its own prompt (shared sub-agent system prompt + task), 2-4 calls."""
-    context = Context(list(range(SYSTEM_BLOCKS, SYSTEM_BLOCKS + SUBAGENT_SYSTEM_BLOCKS)),
-                      SUBAGENT_SYSTEM_BLOCKS * BLOCK, fresh)  # fmt: skip
+    context = Context(
+        list(range(SYSTEM_BLOCKS, SYSTEM_BLOCKS + SUBAGENT_SYSTEM_BLOCKS)),
+        SUBAGENT_SYSTEM_BLOCKS * BLOCK,
+        fresh,
+    )
     context.grow(rng.randint(200, 600))
     entries: list[dict] = []
     now, think = t, 0.0
@@ -93,10 +103,18 @@ def subagent(rng: random.Random, name: str, t: float, status: str, nested: bool,
     finish = max([last] + [e["t"] + e["duration_ms"] / 1000 for e in entries if e["type"] == "subagent"])
     calls = [r for r in entries if r["type"] != "subagent"]
     done = status == "completed"
-    return {"t": round(t, 3), "type": "subagent", "agent_id": name, "subagent_type": "Explore", "status": status,
-            "duration_ms": round((finish - t) * 1000) if done else None,
-            "total_tokens": sum(r["in"] + r["out"] for r in calls) if done else None,
-            "tool_use_count": len(calls) - 1 if done else None, "models": [MODEL], "requests": entries}  # fmt: skip
+    return {
+        "t": round(t, 3),
+        "type": "subagent",
+        "agent_id": name,
+        "subagent_type": "Explore",
+        "status": status,
+        "duration_ms": round((finish - t) * 1000) if done else None,
+        "total_tokens": sum(r["in"] + r["out"] for r in calls) if done else None,
+        "tool_use_count": len(calls) - 1 if done else None,
+        "models": [MODEL],
+        "requests": entries,
+    }
 
 
 def session(rng: random.Random, index: int, fresh: list[int]) -> dict:
@@ -117,9 +135,16 @@ def session(rng: random.Random, index: int, fresh: list[int]) -> dict:
             if entry["status"] == "completed":
                 now = entry["t"] + entry["duration_ms"] / 1000.0 + think
                 context.grow(rng.randint(100, 400))  # the sub-agent's report
-    return {"id": f"synthetic-coding-{index:02d}", "models": [MODEL], "block_size": BLOCK, "hash_id_scope": "global",
-            "tool_tokens": 0, "system_tokens": SYSTEM_BLOCKS * BLOCK, "requests": requests,
-            "totals": {"synthetic": True, "generator": "scripts/make_session_samples.py"}}  # fmt: skip
+    return {
+        "id": f"synthetic-coding-{index:02d}",
+        "models": [MODEL],
+        "block_size": BLOCK,
+        "hash_id_scope": "global",
+        "tool_tokens": 0,
+        "system_tokens": SYSTEM_BLOCKS * BLOCK,
+        "requests": requests,
+        "totals": {"synthetic": True, "generator": "scripts/make_session_samples.py"},
+    }
 
 
 def weka_sessions() -> list[dict]:
@@ -144,14 +169,28 @@ class SpanWriter:
 
     def add(self, name: str, parent: str, start: float, end: float, attributes: list[dict]) -> str:
         span_id = f"{self.rng.getrandbits(64):016x}"
-        self.spans.append({"traceId": self.trace_id, "spanId": span_id, "parentSpanId": parent, "name": name,
-                           "kind": 1, "startTimeUnixNano": str(self.base_ns + round(start * 1e9)),
-                           "endTimeUnixNano": str(self.base_ns + round(end * 1e9)), "attributes": attributes})  # fmt: skip
+        self.spans.append(
+            {
+                "traceId": self.trace_id,
+                "spanId": span_id,
+                "parentSpanId": parent,
+                "name": name,
+                "kind": 1,
+                "startTimeUnixNano": str(self.base_ns + round(start * 1e9)),
+                "endTimeUnixNano": str(self.base_ns + round(end * 1e9)),
+                "attributes": attributes,
+            }
+        )
         return span_id
 
     def agent(self, name: str, parent: str, entries: list[dict], start: float, end: float) -> None:
-        agent_id = self.add(f"invoke_agent {name}", parent, start, end,
-                            [_attr("gen_ai.operation.name", "invoke_agent"), _attr("gen_ai.agent.name", name)])  # fmt: skip
+        agent_id = self.add(
+            f"invoke_agent {name}",
+            parent,
+            start,
+            end,
+            [_attr("gen_ai.operation.name", "invoke_agent"), _attr("gen_ai.agent.name", name)],
+        )
         previous_end = None
         for entry in entries:
             if entry["type"] == "subagent":
@@ -159,11 +198,25 @@ class SpanWriter:
                 self.agent(entry["agent_id"], agent_id, entry["requests"], entry["t"], inner_end)
                 continue
             if previous_end is not None and entry["t"] > previous_end:  # the tool ran between two calls
-                self.add("execute_tool run_shell", agent_id, previous_end, entry["t"],
-                         [_attr("gen_ai.operation.name", "execute_tool"), _attr("gen_ai.tool.name", "run_shell")])  # fmt: skip
-            self.add(f"chat {MODEL}", agent_id, entry["t"], end_of(entry),
-                     [_attr("gen_ai.operation.name", "chat"), _attr("gen_ai.request.model", MODEL),
-                      _attr("gen_ai.usage.input_tokens", entry["in"]), _attr("gen_ai.usage.output_tokens", entry["out"])])  # fmt: skip
+                self.add(
+                    "execute_tool run_shell",
+                    agent_id,
+                    previous_end,
+                    entry["t"],
+                    [_attr("gen_ai.operation.name", "execute_tool"), _attr("gen_ai.tool.name", "run_shell")],
+                )
+            self.add(
+                f"chat {MODEL}",
+                agent_id,
+                entry["t"],
+                end_of(entry),
+                [
+                    _attr("gen_ai.operation.name", "chat"),
+                    _attr("gen_ai.request.model", MODEL),
+                    _attr("gen_ai.usage.input_tokens", entry["in"]),
+                    _attr("gen_ai.usage.output_tokens", entry["out"]),
+                ],
+            )
             previous_end = end_of(entry)
 
 
@@ -197,11 +250,14 @@ def main() -> None:
     weka.write_text("".join(json.dumps(s, separators=(",", ":")) + "\n" for s in sessions))
     (out / "coding_agent.otlp.json").write_text(json.dumps(otlp_document(sessions), indent=1) + "\n")
     header, requests = read_weka(weka)
-    header = header.model_copy(update={
-        "source": "synthetic", "synthetic": True,
-        "notes": "SYNTHETIC coding-agent sessions made by scripts/make_session_samples.py "
-                 "(coding_agent.weka.jsonl converted by the weka importer); not recorded from a real agent",
-    })  # fmt: skip
+    header = header.model_copy(
+        update={
+            "source": "synthetic",
+            "synthetic": True,
+            "notes": "SYNTHETIC coding-agent sessions made by scripts/make_session_samples.py "
+            "(coding_agent.weka.jsonl converted by the weka importer); not recorded from a real agent",
+        }
+    )
     native = out / "coding_agent.sessions.jsonl"
     native.unlink(missing_ok=True)  # the writer appends
     write_trace(native, header, requests)
