@@ -46,6 +46,7 @@ from flowperf.cli.options import (
     with_options,
 )
 from flowperf.cli.sweep import compare_sweep_dirs, sweep
+from flowperf.cli.trace import trace_app
 from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
@@ -674,6 +675,7 @@ def _ab_exit(document: dict[str, Any], ab_dir: Path) -> int:
 
 app.command("stress")(stress)
 app.command("sweep", cls=HtmlCommand)(sweep)
+app.add_typer(trace_app, name="trace")
 
 
 def main() -> None:

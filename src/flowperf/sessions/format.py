@@ -285,3 +285,15 @@ def schema_document() -> dict[str, Any]:
 
 def _request_schema() -> dict[str, Any]:
     return TraceRequest.model_json_schema(ref_template="#/$defs/TraceRequest/$defs/{model}")
+
+
+def trace_of(header: TraceHeader, requests: Iterable[TraceRequest]) -> SessionTrace:
+    """Requests already in memory (an importer's output) grouped into sessions, ordered as `read_trace`
+    orders a file's: sessions by their first start, requests by start then by the order given."""
+    sessions: dict[str, Session] = {}
+    for request in requests:
+        sessions.setdefault(request.session, Session(request.session)).requests.append(request)
+    for session in sessions.values():
+        session.requests.sort(key=lambda r: r.start_ms)
+    ordered = sorted(sessions.values(), key=lambda s: (s.start_ms, s.id))
+    return SessionTrace(header=header, sessions=ordered)
