@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowperf.errors import UserError
 from flowperf.sessions.format import TraceHeader, TraceRequest, read_trace, write_trace
 from flowperf.stress.engine import EngineConfig, Prefixes, _lru_touch, simulate_engine
 from flowperf.stress.service import ServiceModel
+from flowperf.stress.session_plan import Slo, find_gpus
 from flowperf.stress.sessions import (
     repeat_sessions,
     session_figures,
@@ -241,3 +244,104 @@ def test_repeated_sessions_keep_shared_blocks_and_renumber_private_ones(tmp_path
     assert len(set(first_blocks)) == 1  # block 7 is shared by both sessions: one id in every copy
     second_blocks = more.ids[more.hash_offsets[:-1] + 1]
     assert len(set(second_blocks)) == 6  # each copy's private block is its own
+
+
+def _fake_bands(medians: dict[int, float]):
+    """An evaluation whose SLO figure at n GPUs is `medians[n]` with a band of +-10%."""
+
+    def evaluate(load, n):
+        value = medians[n]
+        bands = {"session_p95_s": {"median": value, "p5": 0.9 * value, "p95": 1.1 * value}}
+        return {"n_gpus": n, "bands": bands, "expected": {}}
+
+    return evaluate
+
+
+def test_find_gpus_bisects_each_answer():
+    medians = {
+        n: 100.0 / n for n in range(1, 65)
+    }  # limit 10.5 s: median met from 10 GPUs, p95 from 11, p5 from 9
+    slo = Slo.parse("session_p95_ms=10500")
+    found = find_gpus(None, slo, 64, _fake_bands(medians))
+    assert found["gpus"] == {"sure": 11, "median": 10, "optimistic": 9}
+    assert len(found["evaluated"]) < 15  # doubled then bisected, not scanned
+    assert find_gpus(None, slo, 8, _fake_bands(medians))["gpus"] == {
+        "sure": None,
+        "median": None,
+        "optimistic": None,
+    }
+
+
+def test_slo_names_are_checked():
+    with pytest.raises(ValueError, match="session_p95_ms"):
+        Slo.parse("makespan=3")
+    assert Slo.parse("ttft_p95_ms=250").limit_s == 0.25
+
+
+def test_bench_stress_sessions_finds_gpus_with_a_band(tmp_path, bench_stress):
+    """Eight sessions of four turns, closed loop of 8 over 24 sessions, replicas from a noisy
+    calibration: the answer is the GPU count whose replicas meet the SLO, and one fewer does not."""
+    requests = []
+    for s in range(8):
+        for turn in range(4):
+            requests.append(
+                _req(
+                    f"s{s}",
+                    f"s{s}t{turn}",
+                    needs=[f"s{s}t{turn - 1}"] if turn else [],
+                    think=50,
+                    start=s,
+                    prompt=256 + 64 * turn,
+                    output=40,
+                    hashes=[1000 * s + j for j in range(16 + 4 * turn)],
+                )
+            )
+    trace = tmp_path / "sessions.jsonl"
+    write_trace(trace, TraceHeader(block_size=16, source="synthetic"), requests)
+    rng = np.random.default_rng(0)
+    logs = np.zeros(2000)
+    for i in range(1, logs.size):
+        logs[i] = 0.6 * logs[i - 1] + rng.normal(0, 0.2)
+    from flowperf.stress.noise import fit_noise
+
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(
+        json.dumps({"service": ROUND.model_dump(), "noise": fit_noise(np.exp(logs)).as_dict()})
+    )
+    out = tmp_path / "out"
+    shown = bench_stress(
+        "--sessions",
+        trace,
+        "--calibration",
+        calibration,
+        "--concurrency",
+        8,
+        "--num-sessions",
+        24,
+        "--slo",
+        "session_p95_ms=3000",
+        "--find-gpus",
+        "--max-gpus",
+        16,
+        "--replicas",
+        20,
+        "--out",
+        out,
+        "--batch-size",
+        64,
+    )
+    assert shown.exit_code == 0, shown.output
+    result = json.loads((out / "sessions.json").read_text())["result"]
+    sure = result["gpus"]["sure"]
+    assert sure is not None and result["gpus"]["optimistic"] <= result["gpus"]["median"] <= sure
+    by_gpus = {row["n_gpus"]: row for row in result["evaluated"]}
+    assert by_gpus[sure]["bands"]["session_p95_s"]["p95"] <= 3.0
+    if sure > 1:
+        assert by_gpus[sure - 1]["bands"]["session_p95_s"]["p95"] > 3.0
+    assert by_gpus[sure]["expected"]["sessions_completed"] == 24
+
+
+def test_session_flags_need_a_trace(bench_stress, tmp_path):
+    shown = bench_stress("--find-gpus", "--out", tmp_path)
+    assert isinstance(shown.exception, UserError)
+    assert str(shown.exception) == "--find-gpus: goes with --sessions TRACE"

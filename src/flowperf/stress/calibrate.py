@@ -63,6 +63,8 @@ from flowperf.errors import UserError
 from flowperf.rundir.durable import read_complete_lines
 from flowperf.rundir.records import StepRecord
 from flowperf.rundir.store import ITERATIONS, STEPS
+from flowperf.stats import percentile
+from flowperf.stress.noise import NoiseModel, fit_noise
 from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
@@ -117,6 +119,7 @@ class IterationFit:
     residual_p90: float
     residual_p99: float
     unidentified: tuple[str, ...]
+    multipliers: np.ndarray | None = None  # measured / fitted per iteration, in measured order
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,18 @@ class Calibration:
     steps_skipped: int
     prefill_source: str
     decode_source: str
+    noise: NoiseModel | None = None  # the multipliers' AR(1), for perturbed replicas
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
+        fit = {key: value for key, value in asdict(self.fit).items() if key != "multipliers"}
         return {
             "service": self.service.model_dump(),
             "harness_overhead_s": self.harness_overhead_s,
-            "fit": asdict(self.fit) | sources,
+            "fit": fit | sources,
             "steps_used": self.steps_used,
             "steps_skipped": self.steps_skipped,
+            "noise": None if self.noise is None else self.noise.as_dict(),
         }
 
 
@@ -177,7 +183,8 @@ def fit_iterations(iterations: Iterations, dropped: int = 0) -> IterationFit:
     solution[varied] = nonnegative_least_squares(x[:, varied] * once[:, None], y * once)
     residual = y - x @ solution
     spread = float(((y - y.mean()) ** 2).sum())
-    p50, p90, p99 = (float(v) for v in np.percentile(np.abs(residual), [50, 90, 99]))
+    p50, p90, p99 = (float(v) for v in percentile(np.abs(residual), [50, 90, 99]))
+    fitted = x @ solution
     return IterationFit(
         coefficients=dict(zip(COEFFICIENTS, (float(v) for v in solution), strict=True)),
         rmse=float(np.sqrt(np.mean(residual**2))),
@@ -191,6 +198,7 @@ def fit_iterations(iterations: Iterations, dropped: int = 0) -> IterationFit:
         unidentified=tuple(
             name for name, known in zip(COEFFICIENTS, _separable(x), strict=True) if not known
         ),
+        multipliers=np.where(fitted > 0, y / np.where(fitted > 0, fitted, 1.0), np.nan),
     )
 
 
@@ -356,7 +364,7 @@ def _session_iterations(steps: list[StepRecord], budget: int | None) -> tuple[An
     ran in iterations that no token of its own shows."""
     ends, lengths, is_prefill, source = _measured(steps)
     gaps = lengths[~is_prefill & (lengths > 0)]
-    margin = 0.75 * float(np.percentile(gaps if gaps.size else lengths, 5))
+    margin = 0.75 * float(percentile(gaps if gaps.size else lengths, 5))
     timeline = _Timeline.of(steps)
     prefill, decodes, context, tokens = timeline.around(ends, lengths / 2, margin)
     several = timeline.inside(ends, lengths, margin) > 0
@@ -423,7 +431,7 @@ def logged_iterations(records: list[dict[str, Any]]) -> tuple[Iterations, int] |
     )
     timed = np.concatenate([[False], went_on]) & np.isfinite(gap) & (gap > 0)
     executing = column("elapsed_ms") / 1000.0
-    outside = float(np.median(gap[timed] - executing[timed])) if timed.any() else 0.0
+    outside = percentile(gap[timed] - executing[timed], 50) if timed.any() else 0.0
     seconds = np.where(timed, gap, np.where(executing > 0, executing + outside, np.nan))
     keep = np.isfinite(seconds) & (seconds > 0)
     if keep.sum() < len(COEFFICIENTS):
@@ -447,7 +455,7 @@ def harness_overhead_s(ok: list[StepRecord]) -> float:
     if not alone:
         return 0.0
     added = [(step.ttft_ms or 0.0) - (step.engine_ttft_ms or 0.0) for step in alone]
-    return max(float(np.median(added)), 0.0) / 1000.0
+    return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
 def calibrate(run_dir: Path) -> Calibration:
@@ -483,4 +491,5 @@ def calibrate(run_dir: Path) -> Calibration:
         len(others),
         prefill_source=prefill_source,
         decode_source=decode_source,
+        noise=fit_noise(fit.multipliers) if fit.multipliers is not None else None,
     )

@@ -60,6 +60,14 @@ class StressConfig(BaseModel):
     validate_run: Path | None = None
     calibration: Path | None = None
     json_output: bool = False
+    replicas: int = Field(200, ge=0)
+    sessions: Path | None = None
+    routing: Literal["session", "round-robin"] = "session"
+    concurrency: int | None = Field(None, ge=1)
+    session_rate: float | None = Field(None, gt=0, allow_inf_nan=False)
+    num_sessions: int | None = Field(None, ge=1)
+    slo: str | None = None
+    find_gpus: bool = False
 
     @field_validator("workload", mode="before")
     @classmethod
@@ -100,9 +108,36 @@ class StressConfig(BaseModel):
         ):
             if given and not self.workload.has_timestamps:
                 raise _FlagError(field, "selects from a trace; the synthetic workload has none")
-        if (self.validate_run is None) != (self.calibration is None):
+        if self.validate_run is not None and self.calibration is None:
             raise _FlagError("validate_run", "and --calibration go together")
+        if self.calibration is not None and self.validate_run is None and self.sessions is None:
+            raise _FlagError("calibration", "is the model of --validate or --sessions")
+        self._check_sessions()
         return self
+
+    def _check_sessions(self) -> None:
+        if self.sessions is None:
+            for field, given in (
+                ("find_gpus", self.find_gpus),
+                ("slo", self.slo),
+                ("concurrency", self.concurrency),
+                ("session_rate", self.session_rate),
+                ("num_sessions", self.num_sessions),
+            ):
+                if given:
+                    raise _FlagError(field, "goes with --sessions TRACE")
+            return
+        if self.concurrency is not None and self.session_rate is not None:
+            raise _FlagError("concurrency", "choose one of --concurrency and --session-rate")
+        if self.find_gpus and not self.slo:
+            raise _FlagError("find_gpus", "needs --slo NAME=MS (e.g. session_p95_ms=60000)")
+        if self.slo:
+            from flowperf.stress.session_plan import Slo
+
+            try:
+                Slo.parse(self.slo)
+            except ValueError as error:
+                raise _FlagError("slo", str(error)) from None
 
     @property
     def steps(self) -> tuple[str, ...]:
