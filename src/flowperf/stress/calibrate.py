@@ -1,7 +1,9 @@
 """Fit the engine model's iteration time (a, b, c, d, e) by least squares from the iterations a run measured.
 
-The model prices one engine iteration: `a + b * prefill tokens` if it prefills anything, else `c`, plus
-`d * decodes + e * their context tokens`.
+The model prices one engine iteration: `a + b * prefill tokens + f * prefill attention pairs` if it
+prefills anything, else `c`, plus `d * decodes + e * their context tokens`. The attention pairs of a
+prompt chunk of k tokens after `before` tokens in the KV cache are k * (before + (k + 1) / 2); they are
+known only from iterations.jsonl (see `attention_pairs`), so a fit from the requests alone leaves f at 0.
 
 A run on the in-process engine records every engine step in `iterations.jsonl`
 (`flowperf.engines.iteration_log`), and the fit regresses those directly:
@@ -75,7 +77,7 @@ LOGGED_SOURCE = (
     f"{ITERATIONS}: the engine's steps, timed from the step before (engine clock where it has decodes, else "
     "the harness's perf_counter); after an idle engine, model execution plus the median time outside it"
 )
-COEFFICIENTS = ("a", "b", "c", "d", "e")
+COEFFICIENTS = ("a", "b", "c", "d", "e", "f")
 BUDGET_IN_LOG = re.compile(r"max_num_batched_tokens=(\d+)")
 
 
@@ -89,12 +91,14 @@ class Iterations:
     context_tokens: np.ndarray
     tokens: np.ndarray  # tokens seen coming out of it: the iteration was measured about this many times
     from_prefill: np.ndarray  # measured as a request's prefill (else as a gap between two tokens)
+    attention_pairs: np.ndarray | None = None  # prefill (query, key) pairs; None: not known (f unidentified)
 
     def design(self) -> np.ndarray:
-        """Columns for a, b, c, d, e: the model is linear in them given the composition."""
+        """Columns for a, b, c, d, e, f: the model is linear in them given the composition."""
         prefills = (self.prefill_tokens > 0).astype(float)
+        pairs = np.zeros(prefills.size) if self.attention_pairs is None else self.attention_pairs
         return np.column_stack(
-            [prefills, self.prefill_tokens, 1.0 - prefills, self.decodes, self.context_tokens]
+            [prefills, self.prefill_tokens, 1.0 - prefills, self.decodes, self.context_tokens, pairs]
         ).astype(float)
 
 
@@ -443,8 +447,32 @@ def logged_iterations(records: list[dict[str, Any]]) -> tuple[Iterations, int] |
         column("context_tokens")[keep],
         np.ones(int(keep.sum())),  # each step is one line: measured once
         prefill[keep] > 0,
+        attention_pairs(records)[keep],
     )
     return iterations, int((~keep).sum())
+
+
+def attention_pairs(records: list[dict[str, Any]]) -> np.ndarray:
+    """Each logged step's prefill attention, in (query, key) pairs, from the log's per-step sums: its
+    prefill tokens k over p prefills, each taken as k / p tokens after its cached prefix (the prompts it
+    finished: prompt tokens done minus computed, per prompt) and after the chunks of a prefill still
+    unfinished in the steps before (a chunked prefill's earlier chunks are its context). Exact for one
+    prefill per step; an estimate when several share a step (the log keeps their sums only)."""
+    pairs = np.zeros(len(records))
+    carry = 0.0
+    for i, record in enumerate(records):
+        k, p = float(record.get("prefill_tokens") or 0), int(record.get("prefills") or 0)
+        done = int(record.get("prompts_done") or 0)
+        cached = max(
+            float(record.get("prompt_tokens_done") or 0) - float(record.get("prompt_tokens_computed") or 0),
+            0.0,
+        )
+        if k <= 0 or p <= 0:
+            continue
+        share = k / p
+        pairs[i] = k * (carry / p + cached / max(done, 1) + (share + 1.0) / 2.0)
+        carry = carry + share if done < p else 0.0
+    return pairs
 
 
 def harness_overhead_s(ok: list[StepRecord]) -> float:
@@ -475,13 +503,14 @@ def calibrate(run_dir: Path) -> Calibration:
         iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
         decode_source = DECODE_SOURCE
     fit = fit_iterations(iterations, dropped)
-    a, b, c, d, e = (fit.coefficients[name] for name in COEFFICIENTS)
+    a, b, c, d, e, f = (fit.coefficients[name] for name in COEFFICIENTS)
     service = ServiceModel(
         prefill_base_s=a,
         prefill_per_token_s=b,
         decode_base_s=c,
         decode_per_request_s=d,
         decode_per_context_token_s=e,
+        prefill_attention_s=f,
     )
     return Calibration(
         service,

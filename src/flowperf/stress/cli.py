@@ -270,6 +270,7 @@ def _print_calibration(calibration: Calibration) -> None:
         ("c: decode-only iteration, ms", "c"),
         ("d: per decoding sequence, ms", "d"),
         ("e: per context token decoded, ms", "e"),
+        ("f: per prefill attention pair, ms", "f"),
     )
     for label, name in rows:
         note = " (never varied: set to 0)" if name in fit.unidentified else ""
