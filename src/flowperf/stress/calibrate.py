@@ -136,6 +136,9 @@ class Calibration:
     prefill_source: str
     decode_source: str
     noise: NoiseModel | None = None  # the multipliers' AR(1), for perturbed replicas
+    e2e_overhead_s: float | None = (
+        None  # step_ms - engine_last_token_ms, as harness_overhead_s; None: unrecorded
+    )
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
@@ -147,6 +150,7 @@ class Calibration:
             "steps_used": self.steps_used,
             "steps_skipped": self.steps_skipped,
             "noise": None if self.noise is None else self.noise.as_dict(),
+            "e2e_overhead_s": self.e2e_overhead_s,
         }
 
 
@@ -486,6 +490,18 @@ def harness_overhead_s(ok: list[StepRecord]) -> float:
     return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
+def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
+    """What the harness adds to the engine's end to end (step_ms - engine_last_token_ms: the request's way
+    in and its last token's way out), median over requests that found nothing else in flight; None when
+    the run did not record the engine's last-token time."""
+    timed = [step for step in ok if step.engine_last_token_ms is not None]
+    alone = [step for step in timed if step.inflight_at_start == 1] or timed
+    if not alone:
+        return None
+    added = [step.step_ms - (step.engine_last_token_ms or 0.0) for step in alone]
+    return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
+
+
 def calibrate(run_dir: Path) -> Calibration:
     """Fit the iteration-time model from a run's successful steps; times in the model are seconds."""
     ok, others = read_steps(run_dir)
@@ -521,4 +537,5 @@ def calibrate(run_dir: Path) -> Calibration:
         prefill_source=prefill_source,
         decode_source=decode_source,
         noise=fit_noise(fit.multipliers) if fit.multipliers is not None else None,
+        e2e_overhead_s=e2e_overhead_s(ok),
     )

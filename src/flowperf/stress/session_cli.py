@@ -39,7 +39,7 @@ def model_of(config: StressConfig) -> tuple[ServiceModel, NoiseModel | None]:
     if config.calibration is not None:
         from flowperf.stress.validate import load_model
 
-        service, _, noise = load_model(config.calibration)
+        service, _, noise, _ = load_model(config.calibration)
         return service, noise
     return ServiceModel(), None
 

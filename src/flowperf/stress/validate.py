@@ -10,7 +10,9 @@ prefix-cache hits the engine reported instead. The iteration-time model comes fr
 Latencies are compared as the harness measured them (`ttft_ms`, `step_ms`): the engine's own TTFT starts
 when its core takes the request in, which under load is after the iteration it arrived during, so it
 leaves out part of the queueing the simulator models. The calibration's harness overhead (the request's
-way in and its tokens' way out) is added to the simulated times, half on each side.
+way in and its tokens' way out) is added to the simulated times, half on each side; where the run
+recorded `engine_last_token_ms`, the last token's way out is measured (the calibration's
+`e2e_overhead_s`, step_ms minus engine_last_token_ms, less the way in) instead of taken as the first's.
 
 With `replicas` > 0 and a calibration that kept its per-iteration multipliers (`noise`), the run is also
 simulated that many times with perturbed iteration costs (`flowperf.stress.noise`), and each figure gets
@@ -87,18 +89,19 @@ class Served:
 def load_calibration(source: Path) -> tuple[ServiceModel, float]:
     """(service model, harness overhead in s) from a run directory (fitted now), or a JSON file holding
     a `service` model directly or under `calibration` (as `stress_analysis.json` does)."""
-    service, overhead, _ = load_model(source)
+    service, overhead, _, _ = load_model(source)
     return service, overhead
 
 
-def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None]:
-    """`load_calibration` and the calibration's noise model (None when it kept none)."""
+def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None, float | None]:
+    """`load_calibration`, the calibration's noise model (None when it kept none) and its measured
+    end-to-end overhead (None when the run did not record `engine_last_token_ms`)."""
     source = Path(source)
     if source.is_dir():
         from flowperf.stress.calibrate import calibrate
 
         fitted = calibrate(source)
-        return fitted.service, fitted.harness_overhead_s, fitted.noise
+        return fitted.service, fitted.harness_overhead_s, fitted.noise, fitted.e2e_overhead_s
     if not source.is_file():
         raise UserError(f"--calibration: {source}: no such file or run directory")
     try:
@@ -107,7 +110,13 @@ def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None]:
             document = document.get("calibration") or {}
         service = ServiceModel.model_validate(document.get("service"))
         noise = NoiseModel.from_dict(document["noise"]) if document.get("noise") else None
-        return service, float(document.get("harness_overhead_s") or 0.0), noise
+        e2e = document.get("e2e_overhead_s")
+        return (
+            service,
+            float(document.get("harness_overhead_s") or 0.0),
+            noise,
+            None if e2e is None else float(e2e),
+        )
     except (ValueError, AttributeError, TypeError, KeyError) as error:
         raise UserError(
             f"--calibration: {source}: no service model in it ({error})".splitlines()[0]
@@ -185,7 +194,7 @@ def validate(
     run = load_run(run_dir, "--validate")
     steps = served_steps(run)
     engine = engine_of(run, max_num_batched_tokens)
-    service, overhead, noise = load_model(calibration)
+    service, overhead, noise, e2e_overhead = load_model(calibration)
     served = served_requests(run, steps)
     measured_ttft, measured_e2e = steps["ttft_ms"].to_numpy() / 1000.0, steps["step_ms"].to_numpy() / 1000.0
     measured = {
@@ -196,9 +205,9 @@ def validate(
         "throughput_rps": len(steps) / float((served.arrival_s + measured_e2e).max()),
         "preemptions": None,  # the run records none of vLLM's preemptions
     }
-    predicted = simulated_figures(served, engine, service, overhead)
+    predicted = simulated_figures(served, engine, service, (overhead, e2e_overhead))
     spread = [
-        simulated_figures(served, engine, service, overhead, replica_scale(noise, seed + k))
+        simulated_figures(served, engine, service, (overhead, e2e_overhead), replica_scale(noise, seed + k))
         for k in range(replicas if noise is not None else 0)
     ]
     figures = []
@@ -225,16 +234,22 @@ def simulated_figures(
     served: Served,
     engine: EngineConfig,
     service: ServiceModel,
-    overhead: float,
+    overheads: tuple[float, float | None],
     scale: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The figures of one simulation of the served requests, latencies as the harness would measure them."""
+    """The figures of one simulation of the served requests, latencies as the harness would measure them.
+    `overheads` are what the harness adds to the engine's TTFT and (None: the same) to its last token."""
+    overhead, e2e_overhead = overheads
+    e2e_overhead = overhead if e2e_overhead is None else e2e_overhead
     arrival = served.arrival_s + overhead / 2  # the way into the engine
     outcome = simulate_engine(
         arrival, served.prompt_tokens, served.output_tokens, 1, engine, service,
         prefixes=served.prefixes, cached_tokens=served.cached_tokens, scale=scale,
     )  # fmt: skip
-    first, finish = outcome.first_token + overhead / 2, outcome.finish + overhead / 2  # the way back
+    first = outcome.first_token + overhead / 2  # the first token's way back
+    finish = (
+        outcome.finish + e2e_overhead - overhead / 2
+    )  # the last token's way back, measured where recorded
     ttft, e2e = first - served.arrival_s, finish - served.arrival_s
     return {
         "ttft_p50_s": percentile(ttft, 50),
