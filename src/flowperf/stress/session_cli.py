@@ -143,8 +143,10 @@ def _print(result: dict[str, Any], config: StressConfig) -> None:
 
 
 def _cell(row: dict[str, Any], name: str) -> str:
-    """The median and 5-95% band when there are replicas, else the expected value."""
+    """The replicas' median and the 5-95% band's half-width (in full in sessions.json), else the
+    expected value."""
     if name in row["bands"]:
         b = row["bands"][name]
-        return f"{b['median']:.3g} [{b['p5']:.3g}-{b['p95']:.3g}]"
+        half = (b["p95"] - b["p5"]) / 2
+        return f"{b['median']:.3g} ±{half:.2g}" if half > 0 else f"{b['median']:.3g}"
     return f"{row['expected'][name]:.3g}"
