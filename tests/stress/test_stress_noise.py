@@ -71,3 +71,22 @@ def test_the_90_percent_band_covers_the_truth_in_85_to_95_percent_of_trials():
     coverage = covered / trials
     assert np.all((coverage >= 0.85) & (coverage <= 0.95)), coverage
     assert float(np.median(widths)) < 0.25  # not vacuous: the band is a few percent of the figure
+
+
+def test_a_vllm_test_gets_bands_around_its_expectation():
+    from flowperf.stress.config import parse_flags
+    from flowperf.stress.executors import run_test
+    from flowperf.stress.replicas import replica_bands
+    from flowperf.stress.spec import Scheduler, TestSpec
+
+    test_config = parse_flags(workload="synthetic", rate=40.0).test_config(SERVICE)
+    test = TestSpec(step="single", scheduler=Scheduler.parse("vllm"), n_gpus=2, num_requests=2000)
+    expected = run_test(test_config, test)
+    flat = NoiseModel(0.0, 0.0, np.zeros(10), np.zeros(10))
+    same = replica_bands(test_config, test, flat, 3, seed=0)["bands"]["e2e_p50_s"]
+    assert same["p5"] == same["median"] == same["p95"] == pytest.approx(expected.e2e_p50_s)
+    noisy = replica_bands(test_config, test, fit_noise(known_process(3, 5000)), 30, seed=0)["bands"]
+    assert (
+        noisy["e2e_p50_s"]["p5"] < expected.e2e_p50_s * 1.2 and noisy["e2e_p50_s"]["p95"] > expected.e2e_p50_s
+    )
+    assert noisy["e2e_p50_s"]["p5"] < noisy["e2e_p50_s"]["median"] < noisy["e2e_p50_s"]["p95"]

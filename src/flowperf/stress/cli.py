@@ -117,10 +117,10 @@ CalibrationOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="--validate: print JSON instead of a table.")]
 ReplicasOption = Annotated[
-    int,
+    int | None,
     typer.Option(
-        help="--validate/--sessions: perturbed replicas (iteration costs times the calibration's "
-        "multipliers) for each figure's 5-95% band; 0 for the expectation only."
+        help="Perturbed replicas (iteration costs times the calibration's multipliers) for each figure's "
+        "5-95% band: default 200 with --validate/--sessions, 0 (expectation only) for a vllm test."
     ),
 ]
 SessionsOption = Annotated[
@@ -177,7 +177,7 @@ def stress(
     validate_run: ValidateOption = None,
     calibration: CalibrationOption = None,
     json_output: JsonOption = False,
-    replicas: ReplicasOption = _DEFAULTS.replicas,
+    replicas: ReplicasOption = None,
     sessions: SessionsOption = None,
     routing: RoutingOption = _DEFAULTS.routing,
     concurrency: ConcurrencyOption = None,
@@ -200,6 +200,7 @@ def stress(
         return
     fitted = _fit_calibration(config)
     _print_summary(_run_with_progress(config, fitted))
+    _print_replicas(config, fitted)
 
 
 def _fit_calibration(config: StressConfig) -> Calibration | None:
@@ -290,7 +291,9 @@ def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) ->
     """Predicted against measured, as a table or (--json) one JSON document on stdout."""
     from flowperf.stress.validate import validate
 
-    result = validate(run_dir, calibration, config.max_num_batched_tokens, config.replicas, config.seed)
+    result = validate(
+        run_dir, calibration, config.max_num_batched_tokens, config.replica_count(), config.seed
+    )
     if config.json_output:
         print(json.dumps(result.as_dict(), indent=2))
         return
@@ -308,6 +311,31 @@ def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) ->
     console.print(
         f"engine: {result.engine}; harness overhead added: {result.harness_overhead_s * 1000:.3g} ms"
     )
+
+
+def _print_replicas(config: StressConfig, calibration: Calibration | None) -> None:
+    """For a `--num-requests --scheduler vllm` test with a noisy calibration and replicas: each figure's
+    median and 5-95% band, printed and written to `stress_replicas.json`."""
+    replicas = config.replica_count()
+    scheduler = config.scheduler
+    if not replicas or calibration is None or calibration.noise is None or config.steps != ("single",):
+        return
+    if scheduler is None or scheduler.kind != "vllm":
+        console.print("--replicas: bands are computed for --scheduler vllm tests only")
+        return
+    from flowperf.stress.replicas import replica_bands
+    from flowperf.stress.suite import single_test
+
+    found = replica_bands(
+        config.test_config(calibration.service), single_test(config), calibration.noise, replicas, config.seed
+    )
+    (config.out / "stress_replicas.json").write_text(json.dumps(found, indent=2), encoding="utf-8")
+    table = Table(title=f"{replicas} perturbed replicas", title_justify="left")
+    for column in ("figure", "median", "5%", "95%"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for name, figures in found["bands"].items():
+        table.add_row(name, *(f"{figures[key]:.4g}" for key in ("median", "p5", "p95")))
+    console.print(table)
 
 
 def _print_summary(report: SuiteReport) -> None:

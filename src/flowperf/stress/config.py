@@ -19,6 +19,7 @@ from flowperf.stress.spec import Scheduler, SimTestConfig
 from flowperf.stress.workload import WorkloadSource
 
 DEFAULT_OUT = Path("stress_out")
+DEFAULT_REPLICAS = 200  # the band's 5th and 95th of 200 move by about a sixth of its width between seeds
 
 
 class StressConfig(BaseModel):
@@ -60,7 +61,7 @@ class StressConfig(BaseModel):
     validate_run: Path | None = None
     calibration: Path | None = None
     json_output: bool = False
-    replicas: int = Field(200, ge=0)
+    replicas: int | None = Field(None, ge=0)
     sessions: Path | None = None
     routing: Literal["session", "round-robin"] = "session"
     concurrency: int | None = Field(None, ge=1)
@@ -138,6 +139,13 @@ class StressConfig(BaseModel):
                 Slo.parse(self.slo)
             except ValueError as error:
                 raise _FlagError("slo", str(error)) from None
+
+    def replica_count(self) -> int:
+        """--replicas, else 200 where the simulation is small (--validate, --sessions: enough for a stable
+        5-95% band) and 0 for a --num-requests test (a 1M-request replica takes seconds)."""
+        if self.replicas is not None:
+            return self.replicas
+        return 0 if self.validate_run is None and self.sessions is None else DEFAULT_REPLICAS
 
     @property
     def steps(self) -> tuple[str, ...]:

@@ -22,7 +22,6 @@ from numba import njit
 from flowperf.stats import percentile
 
 REPLICA_LENGTH = 1 << 16  # multipliers per replica, cycled: ~20 correlation lengths between repeats
-DEFAULT_REPLICAS = 100  # the 5th and 95th of 100 move by ~1/3 of the band's half-width between seeds
 MAX_PHI = 0.99
 
 

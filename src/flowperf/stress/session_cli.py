@@ -69,7 +69,7 @@ def load_of(config: StressConfig) -> Load:
         noise,
         config.routing,
         config.concurrency or 0,
-        config.replicas,
+        config.replica_count(),
         config.seed,
     )
 
