@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,3 +43,14 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * float(p_values[index])))
         adjusted[index] = running
     return adjusted
+
+
+def percentile(samples: Iterable[float] | np.ndarray, q: float | Sequence[float]) -> Any:
+    """The q-th percentile(s) of `samples` with NaNs left out, by the same definition as `describe`
+    (numpy's linear interpolation): one float for one q, an array for several; NaN when empty."""
+    values = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan") if np.isscalar(q) else np.full(len(q), np.nan)  # type: ignore[arg-type]
+    found = np.percentile(values, q)
+    return float(found) if np.isscalar(q) else found

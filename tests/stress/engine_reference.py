@@ -142,7 +142,12 @@ def _one_gpu(mine, engine, service, block_tokens, totals):  # noqa: C901
             continue
         decoding = [r for r, _ in plan if r.generated > 0 and r.prompt + r.generated - r.computed == 1]
         prefill = sum(tokens for r, tokens in plan if r not in decoding)
-        pass_cost = service.prefill_base_s + service.prefill_per_token_s * prefill
+        pairs = sum(tokens * (r.computed + (tokens + 1) / 2) for r, tokens in plan if r not in decoding)
+        pass_cost = (
+            service.prefill_base_s
+            + service.prefill_per_token_s * prefill
+            + service.prefill_attention_s * pairs
+        )
         took = (
             (pass_cost if prefill else service.decode_base_s)
             + service.decode_per_request_s * len(decoding)

@@ -21,12 +21,15 @@ from flowperf.stress.calibrate import (
 )
 
 # Not the steps' truth (test_stress_calibrate.TRUTH): coefficients that come back came from the log.
-LOGGED_TRUTH = dict(zip(COEFFICIENTS, (0.0052, 4.3e-5, 0.0031, 2.7e-4, 1.3e-6), strict=True))
+LOGGED_TRUTH = dict(zip(COEFFICIENTS, (0.0052, 4.3e-5, 0.0031, 2.7e-4, 1.3e-6, 3.1e-9), strict=True))
 
 
-def step_seconds(prefill: int, decodes: int, context: int) -> float:
-    a, b, c, d, e = LOGGED_TRUTH.values()
-    return (a + b * prefill if prefill else c) + d * decodes + e * context
+def step_seconds(prefill: int, decodes: int, context: int, cached: int = 0) -> float:
+    """A step's time; its prefill (one prompt, after `cached` tokens of prefix cache) attends to
+    prefill * (cached + (prefill + 1) / 2) (query, key) pairs."""
+    a, b, c, d, e, f = LOGGED_TRUTH.values()
+    pairs = prefill * (cached + (prefill + 1) / 2)
+    return (a + b * prefill + f * pairs if prefill else c) + d * decodes + e * context
 
 
 OUTSIDE_S = 0.0004  # what the engine spends per step outside model execution (scheduling, outputs)
@@ -41,9 +44,10 @@ def synthetic_log(steps: int = 600, seed: int = 0) -> tuple[list[dict], int]:
     clock, index, misleading = 100.0, 0, 0
     for _ in range(steps):
         prefill = int(rng.integers(1, 2000)) if rng.random() < 0.4 else 0
+        cached = int(rng.integers(0, 4000)) if prefill and rng.random() < 0.5 else 0
         decodes = int(rng.integers(0 if prefill else 1, 12))
         context = decodes * int(rng.integers(50, 800))
-        seconds = step_seconds(prefill, decodes, context)
+        seconds = step_seconds(prefill, decodes, context, cached)
         gap, pause, unlogged = seconds, rng.random() < 0.1, rng.random() < 0.05
         if records and pause:
             records[-1] |= {"running": 0, "waiting": 0}
@@ -60,6 +64,10 @@ def synthetic_log(steps: int = 600, seed: int = 0) -> tuple[list[dict], int]:
                 "t": clock,
                 "index": index,
                 "prefill_tokens": prefill,
+                "prefills": int(prefill > 0),
+                "prompts_done": int(prefill > 0),
+                "prompt_tokens_done": prefill + cached,
+                "prompt_tokens_computed": prefill,
                 "decodes": decodes,
                 "context_tokens": context,
                 "generated": decodes + int(prefill > 0),

@@ -14,7 +14,9 @@ from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
 
-ODD_ENGINE_SERVICE = ODD_SERVICE.model_copy(update={"decode_per_context_token_s": 3.1e-6})
+ODD_ENGINE_SERVICE = ODD_SERVICE.model_copy(
+    update={"decode_per_context_token_s": 3.1e-6, "prefill_attention_s": 2.3e-9}
+)
 
 
 def shared_prefix_blocks(rng: np.random.Generator, n: int, prompt: np.ndarray, block_tokens: int):

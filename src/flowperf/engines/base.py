@@ -64,6 +64,8 @@ class StepResult:
     endpoint: int | None = None
     """Which of several replicas served it (its position in --base-url order), so a per-replica skew can
     be told from an engine-wide one; None where the engine has one endpoint."""
+    engine_last_token_ms: float | None = None
+    """Arrival in the engine core's queue to its last token, on the core's clock; None where unreported."""
 
     @property
     def tpot_ms(self) -> float | None:

@@ -149,6 +149,13 @@ class _StreamState:
         queue_ms, prefill_ms = self.metrics.get("queue_time_ms"), self.metrics.get("time_to_first_token_ms")
         return queue_ms, None if queue_ms is None or prefill_ms is None else queue_ms + prefill_ms
 
+    def engine_last_token(self) -> float | None:
+        """`engine_last_token_ms`: queued to first token plus vLLM's generation_time_ms (first to last
+        token), all on the engine core's clock; unknown if any part is missing."""
+        _, ttft_ms = self.engine_times()
+        generation_ms = self.metrics.get("generation_time_ms")
+        return None if ttft_ms is None or generation_ms is None else ttft_ms + generation_ms
+
 
 class _Endpoint:
     """One replica: its URL, its own connection pool, and what discovery learned about it."""
@@ -329,6 +336,7 @@ class OpenAIHttpEngine:
             engine_ttft_ms=engine_ttft_ms,
         )
         result.endpoint = index if len(self._endpoints) > 1 else None
+        result.engine_last_token_ms = state.engine_last_token()
         return result
 
     async def reset_prefix_cache(self) -> bool:

@@ -225,6 +225,14 @@ def engine_timings(metrics: Any) -> tuple[float | None, float | None]:
     return queue_ms, ttft_ms
 
 
+def engine_last_token_ms(metrics: Any) -> float | None:
+    """Arrival in the engine core's queue to the request's last token (vLLM's queued_ts to last_token_ts,
+    the core's monotonic clock, as `engine_ttft_ms`): the engine's share of the step's end-to-end time."""
+    if metrics is None or not metrics.queued_ts or not getattr(metrics, "last_token_ts", 0.0):
+        return None
+    return (metrics.last_token_ts - metrics.queued_ts) * 1000.0
+
+
 class VllmLocalEngine:
     """AsyncLLM in this process (its engine core runs in a child process vLLM manages).
 
@@ -375,7 +383,7 @@ class VllmLocalEngine:
         if final.outputs[0].finish_reason == "abort":
             raise await self._abort_error(timer.output_tokens, params.max_tokens)
         queue_ms, ttft_ms = engine_timings(final.metrics)
-        return timer.result(
+        result = timer.result(
             text="".join(pieces),
             prompt_tokens=len(engine_input["prompt_token_ids"]),
             cached_prompt_tokens=final.num_cached_tokens,
@@ -383,6 +391,8 @@ class VllmLocalEngine:
             engine_queue_ms=queue_ms,
             engine_ttft_ms=ttft_ms,
         )
+        result.engine_last_token_ms = engine_last_token_ms(final.metrics)
+        return result
 
     def record_iterations(self, path: Path | None) -> None:
         """Append a line per engine step to `path` from now on (engines/iteration_log.py); None stops. The

@@ -423,6 +423,7 @@ def measured_fields(result: StepResult) -> dict[str, object]:
         "engine_ttft_ms": _rounded(result.engine_ttft_ms),
         "connect_wait_ms": _rounded(result.connect_wait_ms),
         "endpoint": result.endpoint,
+        "engine_last_token_ms": _rounded(result.engine_last_token_ms),
     }
 
 

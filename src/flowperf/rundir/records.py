@@ -87,6 +87,11 @@ class StepRecord(Record):
     error_message: str | None = None
     prompt_text: str | None = None
     output_text: str | None = None
+    engine_last_token_ms: float | None = Field(
+        default=None,
+        description="engine core's clock: arrival in its queue to its last token made (vLLM's queued_ts to "
+        "last_token_ts), so step_ms - engine_last_token_ms is what lies outside the engine",
+    )
 
     @field_validator("error_message")
     @classmethod

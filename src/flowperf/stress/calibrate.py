@@ -1,7 +1,9 @@
 """Fit the engine model's iteration time (a, b, c, d, e) by least squares from the iterations a run measured.
 
-The model prices one engine iteration: `a + b * prefill tokens` if it prefills anything, else `c`, plus
-`d * decodes + e * their context tokens`.
+The model prices one engine iteration: `a + b * prefill tokens + f * prefill attention pairs` if it
+prefills anything, else `c`, plus `d * decodes + e * their context tokens`. The attention pairs of a
+prompt chunk of k tokens after `before` tokens in the KV cache are k * (before + (k + 1) / 2); they are
+known only from iterations.jsonl (see `attention_pairs`), so a fit from the requests alone leaves f at 0.
 
 A run on the in-process engine records every engine step in `iterations.jsonl`
 (`flowperf.engines.iteration_log`), and the fit regresses those directly:
@@ -63,6 +65,8 @@ from flowperf.errors import UserError
 from flowperf.rundir.durable import read_complete_lines
 from flowperf.rundir.records import StepRecord
 from flowperf.rundir.store import ITERATIONS, STEPS
+from flowperf.stats import percentile
+from flowperf.stress.noise import NoiseModel, fit_noise
 from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
@@ -73,7 +77,7 @@ LOGGED_SOURCE = (
     f"{ITERATIONS}: the engine's steps, timed from the step before (engine clock where it has decodes, else "
     "the harness's perf_counter); after an idle engine, model execution plus the median time outside it"
 )
-COEFFICIENTS = ("a", "b", "c", "d", "e")
+COEFFICIENTS = ("a", "b", "c", "d", "e", "f")
 BUDGET_IN_LOG = re.compile(r"max_num_batched_tokens=(\d+)")
 
 
@@ -87,12 +91,14 @@ class Iterations:
     context_tokens: np.ndarray
     tokens: np.ndarray  # tokens seen coming out of it: the iteration was measured about this many times
     from_prefill: np.ndarray  # measured as a request's prefill (else as a gap between two tokens)
+    attention_pairs: np.ndarray | None = None  # prefill (query, key) pairs; None: not known (f unidentified)
 
     def design(self) -> np.ndarray:
-        """Columns for a, b, c, d, e: the model is linear in them given the composition."""
+        """Columns for a, b, c, d, e, f: the model is linear in them given the composition."""
         prefills = (self.prefill_tokens > 0).astype(float)
+        pairs = np.zeros(prefills.size) if self.attention_pairs is None else self.attention_pairs
         return np.column_stack(
-            [prefills, self.prefill_tokens, 1.0 - prefills, self.decodes, self.context_tokens]
+            [prefills, self.prefill_tokens, 1.0 - prefills, self.decodes, self.context_tokens, pairs]
         ).astype(float)
 
 
@@ -117,6 +123,7 @@ class IterationFit:
     residual_p90: float
     residual_p99: float
     unidentified: tuple[str, ...]
+    multipliers: np.ndarray | None = None  # measured / fitted per iteration, in measured order
 
 
 @dataclass(frozen=True)
@@ -128,15 +135,22 @@ class Calibration:
     steps_skipped: int
     prefill_source: str
     decode_source: str
+    noise: NoiseModel | None = None  # the multipliers' AR(1), for perturbed replicas
+    e2e_overhead_s: float | None = (
+        None  # step_ms - engine_last_token_ms, as harness_overhead_s; None: unrecorded
+    )
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
+        fit = {key: value for key, value in asdict(self.fit).items() if key != "multipliers"}
         return {
             "service": self.service.model_dump(),
             "harness_overhead_s": self.harness_overhead_s,
-            "fit": asdict(self.fit) | sources,
+            "fit": fit | sources,
             "steps_used": self.steps_used,
             "steps_skipped": self.steps_skipped,
+            "noise": None if self.noise is None else self.noise.as_dict(),
+            "e2e_overhead_s": self.e2e_overhead_s,
         }
 
 
@@ -177,7 +191,8 @@ def fit_iterations(iterations: Iterations, dropped: int = 0) -> IterationFit:
     solution[varied] = nonnegative_least_squares(x[:, varied] * once[:, None], y * once)
     residual = y - x @ solution
     spread = float(((y - y.mean()) ** 2).sum())
-    p50, p90, p99 = (float(v) for v in np.percentile(np.abs(residual), [50, 90, 99]))
+    p50, p90, p99 = (float(v) for v in percentile(np.abs(residual), [50, 90, 99]))
+    fitted = x @ solution
     return IterationFit(
         coefficients=dict(zip(COEFFICIENTS, (float(v) for v in solution), strict=True)),
         rmse=float(np.sqrt(np.mean(residual**2))),
@@ -191,6 +206,7 @@ def fit_iterations(iterations: Iterations, dropped: int = 0) -> IterationFit:
         unidentified=tuple(
             name for name, known in zip(COEFFICIENTS, _separable(x), strict=True) if not known
         ),
+        multipliers=np.where(fitted > 0, y / np.where(fitted > 0, fitted, 1.0), np.nan),
     )
 
 
@@ -356,7 +372,7 @@ def _session_iterations(steps: list[StepRecord], budget: int | None) -> tuple[An
     ran in iterations that no token of its own shows."""
     ends, lengths, is_prefill, source = _measured(steps)
     gaps = lengths[~is_prefill & (lengths > 0)]
-    margin = 0.75 * float(np.percentile(gaps if gaps.size else lengths, 5))
+    margin = 0.75 * float(percentile(gaps if gaps.size else lengths, 5))
     timeline = _Timeline.of(steps)
     prefill, decodes, context, tokens = timeline.around(ends, lengths / 2, margin)
     several = timeline.inside(ends, lengths, margin) > 0
@@ -423,7 +439,7 @@ def logged_iterations(records: list[dict[str, Any]]) -> tuple[Iterations, int] |
     )
     timed = np.concatenate([[False], went_on]) & np.isfinite(gap) & (gap > 0)
     executing = column("elapsed_ms") / 1000.0
-    outside = float(np.median(gap[timed] - executing[timed])) if timed.any() else 0.0
+    outside = percentile(gap[timed] - executing[timed], 50) if timed.any() else 0.0
     seconds = np.where(timed, gap, np.where(executing > 0, executing + outside, np.nan))
     keep = np.isfinite(seconds) & (seconds > 0)
     if keep.sum() < len(COEFFICIENTS):
@@ -435,8 +451,32 @@ def logged_iterations(records: list[dict[str, Any]]) -> tuple[Iterations, int] |
         column("context_tokens")[keep],
         np.ones(int(keep.sum())),  # each step is one line: measured once
         prefill[keep] > 0,
+        attention_pairs(records)[keep],
     )
     return iterations, int((~keep).sum())
+
+
+def attention_pairs(records: list[dict[str, Any]]) -> np.ndarray:
+    """Each logged step's prefill attention, in (query, key) pairs, from the log's per-step sums: its
+    prefill tokens k over p prefills, each taken as k / p tokens after its cached prefix (the prompts it
+    finished: prompt tokens done minus computed, per prompt) and after the chunks of a prefill still
+    unfinished in the steps before (a chunked prefill's earlier chunks are its context). Exact for one
+    prefill per step; an estimate when several share a step (the log keeps their sums only)."""
+    pairs = np.zeros(len(records))
+    carry = 0.0
+    for i, record in enumerate(records):
+        k, p = float(record.get("prefill_tokens") or 0), int(record.get("prefills") or 0)
+        done = int(record.get("prompts_done") or 0)
+        cached = max(
+            float(record.get("prompt_tokens_done") or 0) - float(record.get("prompt_tokens_computed") or 0),
+            0.0,
+        )
+        if k <= 0 or p <= 0:
+            continue
+        share = k / p
+        pairs[i] = k * (carry / p + cached / max(done, 1) + (share + 1.0) / 2.0)
+        carry = carry + share if done < p else 0.0
+    return pairs
 
 
 def harness_overhead_s(ok: list[StepRecord]) -> float:
@@ -447,7 +487,19 @@ def harness_overhead_s(ok: list[StepRecord]) -> float:
     if not alone:
         return 0.0
     added = [(step.ttft_ms or 0.0) - (step.engine_ttft_ms or 0.0) for step in alone]
-    return max(float(np.median(added)), 0.0) / 1000.0
+    return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
+
+
+def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
+    """What the harness adds to the engine's end to end (step_ms - engine_last_token_ms: the request's way
+    in and its last token's way out), median over requests that found nothing else in flight; None when
+    the run did not record the engine's last-token time."""
+    timed = [step for step in ok if step.engine_last_token_ms is not None]
+    alone = [step for step in timed if step.inflight_at_start == 1] or timed
+    if not alone:
+        return None
+    added = [step.step_ms - (step.engine_last_token_ms or 0.0) for step in alone]
+    return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
 def calibrate(run_dir: Path) -> Calibration:
@@ -467,13 +519,14 @@ def calibrate(run_dir: Path) -> Calibration:
         iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
         decode_source = DECODE_SOURCE
     fit = fit_iterations(iterations, dropped)
-    a, b, c, d, e = (fit.coefficients[name] for name in COEFFICIENTS)
+    a, b, c, d, e, f = (fit.coefficients[name] for name in COEFFICIENTS)
     service = ServiceModel(
         prefill_base_s=a,
         prefill_per_token_s=b,
         decode_base_s=c,
         decode_per_request_s=d,
         decode_per_context_token_s=e,
+        prefill_attention_s=f,
     )
     return Calibration(
         service,
@@ -483,4 +536,6 @@ def calibrate(run_dir: Path) -> Calibration:
         len(others),
         prefill_source=prefill_source,
         decode_source=decode_source,
+        noise=fit_noise(fit.multipliers) if fit.multipliers is not None else None,
+        e2e_overhead_s=e2e_overhead_s(ok),
     )

@@ -116,6 +116,30 @@ CalibrationOption = Annotated[
     typer.Option(help="--validate's model: a run directory to fit, or a JSON file (stress_analysis.json)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="--validate: print JSON instead of a table.")]
+ReplicasOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Perturbed replicas (iteration costs times the calibration's multipliers) for each figure's "
+        "5-95% band: default 200 with --validate/--sessions, 0 (expectation only) for a vllm test."
+    ),
+]
+SessionsOption = Annotated[
+    Path | None, typer.Option(help="Simulate this session trace (flowperf-sessions v1) instead of requests.")
+]
+RoutingOption = Annotated[
+    str, typer.Option(help="--sessions: session (a session stays on its GPU) or round-robin (per request).")
+]
+ConcurrencyOption = Annotated[int | None, typer.Option(help="--sessions: keep this many sessions in flight.")]
+SessionRateOption = Annotated[float | None, typer.Option(help="--sessions: start sessions at this rate, /s.")]
+NumSessionsOption = Annotated[
+    int | None, typer.Option(help="--sessions: simulate this many sessions, drawn from the trace's.")
+]
+SloOption = Annotated[
+    str | None, typer.Option(help="--sessions: NAME=MS, NAME one of session_p50/p95/p99_ms, ttft_p95_ms.")
+]
+FindGpusOption = Annotated[
+    bool, typer.Option("--find-gpus", help="--sessions: the fewest GPUs (up to --max-gpus) meeting --slo.")
+]
 
 
 def stress(
@@ -153,16 +177,30 @@ def stress(
     validate_run: ValidateOption = None,
     calibration: CalibrationOption = None,
     json_output: JsonOption = False,
+    replicas: ReplicasOption = None,
+    sessions: SessionsOption = None,
+    routing: RoutingOption = _DEFAULTS.routing,
+    concurrency: ConcurrencyOption = None,
+    session_rate: SessionRateOption = None,
+    num_sessions: NumSessionsOption = None,
+    slo: SloOption = None,
+    find_gpus: FindGpusOption = False,
 ) -> None:
     """Simulate a GPU cluster under multi-bin, continuous or vLLM V1 batching: steps 1-3 of the stress
     suite, one test, or (--validate) a measured run's requests against what the run measured."""
     # Each parameter is named after its StressConfig field, so the flags go over as they are.
     config = parse_flags(**locals())
+    if config.sessions is not None:
+        from flowperf.stress.session_cli import run_sessions
+
+        run_sessions(config)
+        return
     if config.validate_run is not None and config.calibration is not None:
         _print_validation(config.validate_run, config.calibration, config)
         return
     fitted = _fit_calibration(config)
     _print_summary(_run_with_progress(config, fitted))
+    _print_replicas(config, fitted)
 
 
 def _fit_calibration(config: StressConfig) -> Calibration | None:
@@ -233,6 +271,7 @@ def _print_calibration(calibration: Calibration) -> None:
         ("c: decode-only iteration, ms", "c"),
         ("d: per decoding sequence, ms", "d"),
         ("e: per context token decoded, ms", "e"),
+        ("f: per prefill attention pair, ms", "f"),
     )
     for label, name in rows:
         note = " (never varied: set to 0)" if name in fit.unidentified else ""
@@ -252,22 +291,51 @@ def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) ->
     """Predicted against measured, as a table or (--json) one JSON document on stdout."""
     from flowperf.stress.validate import validate
 
-    result = validate(run_dir, calibration, config.max_num_batched_tokens)
+    result = validate(
+        run_dir, calibration, config.max_num_batched_tokens, config.replica_count(), config.seed
+    )
     if config.json_output:
         print(json.dumps(result.as_dict(), indent=2))
         return
     table = Table(title=f"Engine model against {run_dir} ({result.requests} requests)", title_justify="left")
-    for column in ("figure", "predicted", "measured", "error"):
+    for column in ("figure", "predicted", "5-95% band", "measured", "error", "in band"):
         table.add_column(column, justify="left" if column == "figure" else "right")
     for figure in result.figures:
         measured = "not recorded" if figure.measured is None else f"{figure.measured:.4g}"
         error = "" if figure.relative_error is None else f"{figure.relative_error:+.1%}"
-        table.add_row(figure.name, f"{figure.predicted:.4g}", measured, error)
+        spread = "" if figure.p5 is None else f"{figure.p5:.4g}-{figure.p95:.4g}"
+        inside = "" if figure.inside_band is None else ("yes" if figure.inside_band else "no")
+        table.add_row(figure.name, f"{figure.predicted:.4g}", spread, measured, error, inside)
     console.print(table)
     console.print(f"requests: {result.requests_from}; measured: {result.ttft_source}")
     console.print(
         f"engine: {result.engine}; harness overhead added: {result.harness_overhead_s * 1000:.3g} ms"
     )
+
+
+def _print_replicas(config: StressConfig, calibration: Calibration | None) -> None:
+    """For a `--num-requests --scheduler vllm` test with a noisy calibration and replicas: each figure's
+    median and 5-95% band, printed and written to `stress_replicas.json`."""
+    replicas = config.replica_count()
+    scheduler = config.scheduler
+    if not replicas or calibration is None or calibration.noise is None or config.steps != ("single",):
+        return
+    if scheduler is None or scheduler.kind != "vllm":
+        console.print("--replicas: bands are computed for --scheduler vllm tests only")
+        return
+    from flowperf.stress.replicas import replica_bands
+    from flowperf.stress.suite import single_test
+
+    found = replica_bands(
+        config.test_config(calibration.service), single_test(config), calibration.noise, replicas, config.seed
+    )
+    (config.out / "stress_replicas.json").write_text(json.dumps(found, indent=2), encoding="utf-8")
+    table = Table(title=f"{replicas} perturbed replicas", title_justify="left")
+    for column in ("figure", "median", "5%", "95%"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for name, figures in found["bands"].items():
+        table.add_row(name, *(f"{figures[key]:.4g}" for key in ("median", "p5", "p95")))
+    console.print(table)
 
 
 def _print_summary(report: SuiteReport) -> None:

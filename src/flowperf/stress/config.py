@@ -19,6 +19,7 @@ from flowperf.stress.spec import Scheduler, SimTestConfig
 from flowperf.stress.workload import WorkloadSource
 
 DEFAULT_OUT = Path("stress_out")
+DEFAULT_REPLICAS = 200  # the band's 5th and 95th of 200 move by about a sixth of its width between seeds
 
 
 class StressConfig(BaseModel):
@@ -60,6 +61,14 @@ class StressConfig(BaseModel):
     validate_run: Path | None = None
     calibration: Path | None = None
     json_output: bool = False
+    replicas: int | None = Field(None, ge=0)
+    sessions: Path | None = None
+    routing: Literal["session", "round-robin"] = "session"
+    concurrency: int | None = Field(None, ge=1)
+    session_rate: float | None = Field(None, gt=0, allow_inf_nan=False)
+    num_sessions: int | None = Field(None, ge=1)
+    slo: str | None = None
+    find_gpus: bool = False
 
     @field_validator("workload", mode="before")
     @classmethod
@@ -100,9 +109,43 @@ class StressConfig(BaseModel):
         ):
             if given and not self.workload.has_timestamps:
                 raise _FlagError(field, "selects from a trace; the synthetic workload has none")
-        if (self.validate_run is None) != (self.calibration is None):
+        if self.validate_run is not None and self.calibration is None:
             raise _FlagError("validate_run", "and --calibration go together")
+        if self.calibration is not None and self.validate_run is None and self.sessions is None:
+            raise _FlagError("calibration", "is the model of --validate or --sessions")
+        self._check_sessions()
         return self
+
+    def _check_sessions(self) -> None:
+        if self.sessions is None:
+            for field, given in (
+                ("find_gpus", self.find_gpus),
+                ("slo", self.slo),
+                ("concurrency", self.concurrency),
+                ("session_rate", self.session_rate),
+                ("num_sessions", self.num_sessions),
+            ):
+                if given:
+                    raise _FlagError(field, "goes with --sessions TRACE")
+            return
+        if self.concurrency is not None and self.session_rate is not None:
+            raise _FlagError("concurrency", "choose one of --concurrency and --session-rate")
+        if self.find_gpus and not self.slo:
+            raise _FlagError("find_gpus", "needs --slo NAME=MS (e.g. session_p95_ms=60000)")
+        if self.slo:
+            from flowperf.stress.session_plan import Slo
+
+            try:
+                Slo.parse(self.slo)
+            except ValueError as error:
+                raise _FlagError("slo", str(error)) from None
+
+    def replica_count(self) -> int:
+        """--replicas, else 200 where the simulation is small (--validate, --sessions: enough for a stable
+        5-95% band) and 0 for a --num-requests test (a 1M-request replica takes seconds)."""
+        if self.replicas is not None:
+            return self.replicas
+        return 0 if self.validate_run is None and self.sessions is None else DEFAULT_REPLICAS
 
     @property
     def steps(self) -> tuple[str, ...]:

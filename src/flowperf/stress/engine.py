@@ -13,9 +13,11 @@ What it models, per GPU and per iteration, as vLLM V1's scheduler does:
   large as its KV cache, and a request's prefill skips its longest cached prefix (at least one token is
   always computed, as vLLM does). Without hash ids a request may bring its measured cache hit instead.
 
-One iteration costs `d * decodes + e * their context tokens`, plus `a + b * prefill tokens` if it prefills
-anything, else `c`: piecewise linear, so `a` and `b` keep their meaning from the batching model (the cost
-of a pass that prefills) and `bench stress --calibrate` fits them from the same engine timings.
+One iteration costs `d * decodes + e * their context tokens`, plus `a + b * prefill tokens + f * attention
+pairs` if it prefills anything, else `c`, where a chunk of k prompt tokens after `before` tokens already in
+the KV cache attends to k * (before + (k + 1) / 2) (query, key) pairs: piecewise linear in the
+coefficients, so `a` and `b` keep their meaning from the batching model (the cost of a pass that
+prefills) and `bench stress --calibrate` fits them from the same engine timings.
 
 Simplifications (documented in docs/stress.md): a cached prefix shared by running requests is counted
 once, in the cache, not in each request's blocks, and the cache's LRU capacity is the whole KV cache (vLLM
@@ -70,11 +72,14 @@ def simulate_engine(
     service: ServiceModel,
     prefixes: Prefixes | None = None,
     cached_tokens: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> Outcome:
     """Serve requests sorted by arrival; request i goes to GPU i mod `n_gpus`.
 
     `cached_tokens` (per request, optional) is a known prefix-cache hit for requests without hash ids,
     e.g. what the engine reported for a measured run. `start` is each request's first scheduling.
+    `scale` (optional) multiplies iteration i's cost by `scale[i % scale.size]`, counting iterations over
+    all GPUs: the cost multipliers of one perturbed replica (`flowperf.stress.noise`).
     """
     arrival = kernel_array(arrival_s, np.float64)
     prompt, output = kernel_array(prompt_tokens, np.int64), kernel_array(output_tokens, np.int64)
@@ -94,6 +99,7 @@ def simulate_engine(
         engine.max_num_seqs, engine.max_num_batched_tokens, engine.kv_blocks, engine.block_size,
         engine.prefix_caching, service.decode_base_s, service.decode_per_request_s,
         service.decode_per_context_token_s, service.prefill_base_s, service.prefill_per_token_s,
+        service.prefill_attention_s, kernel_array(np.ones(1) if scale is None else scale, np.float64),
         start, first, finish,
     )  # fmt: skip
     fill = occupancy / max(iterations, 1) / engine.max_num_seqs
@@ -180,6 +186,8 @@ def _engine_loop(  # noqa: C901
     e,
     a,
     b,
+    f,
+    scale,
     start,
     first,
     finish,
@@ -287,6 +295,7 @@ def _engine_loop(  # noqa: C901
             if scheduled == 0:
                 continue  # everything was preempted; the next pass readmits from the freed cache
             prefill = 0
+            pairs = 0.0
             decodes = 0
             context = 0
             for i in range(scheduled):
@@ -296,7 +305,9 @@ def _engine_loop(  # noqa: C901
                     context += computed[r]
                 else:
                     prefill += chunk[i]
-            took = (a + b * prefill if prefill > 0 else c) + d * decodes + e * context
+                    pairs += chunk[i] * (computed[r] + (chunk[i] + 1) / 2.0)
+            took = (a + b * prefill + f * pairs if prefill > 0 else c) + d * decodes + e * context
+            took *= scale[iterations % scale.size]
             now += took
             busy += took
             iterations += 1

@@ -31,3 +31,9 @@ class ServiceModel(BaseModel):
     decode_per_context_token_s: float = Field(
         0.0, ge=0, description="e: cost per context token a decoding sequence reads (engine model only)"
     )
+    prefill_attention_s: float = Field(
+        0.0,
+        ge=0,
+        description="f: cost per (query, key) pair a prefill chunk attends to: its tokens times the context "
+        "before it, plus its own causal half (engine model only)",
+    )

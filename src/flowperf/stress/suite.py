@@ -83,6 +83,11 @@ def run_suite(
     return SuiteReport(results, analysis, [str(path) for path in files])
 
 
+def single_test(config: StressConfig) -> TestSpec:
+    """The one test of a `--num-requests` run."""
+    return _single(config)
+
+
 def _single(config: StressConfig) -> TestSpec:
     return TestSpec(
         step="single",

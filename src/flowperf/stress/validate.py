@@ -10,13 +10,20 @@ prefix-cache hits the engine reported instead. The iteration-time model comes fr
 Latencies are compared as the harness measured them (`ttft_ms`, `step_ms`): the engine's own TTFT starts
 when its core takes the request in, which under load is after the iteration it arrived during, so it
 leaves out part of the queueing the simulator models. The calibration's harness overhead (the request's
-way in and its tokens' way out) is added to the simulated times, half on each side.
+way in and its tokens' way out) is added to the simulated times, half on each side; where the run
+recorded `engine_last_token_ms`, the last token's way out is measured (the calibration's
+`e2e_overhead_s`, step_ms minus engine_last_token_ms, less the way in) instead of taken as the first's.
+
+With `replicas` > 0 and a calibration that kept its per-iteration multipliers (`noise`), the run is also
+simulated that many times with perturbed iteration costs (`flowperf.stress.noise`), and each figure gets
+the replicas' median and 5-95% band; `predicted` is then the median, and `inside_band` says whether the
+measured figure fell in the band.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,10 @@ import pandas as pd
 
 from flowperf.errors import UserError
 from flowperf.rundir.rundata import RunData, load_run
+from flowperf.stats import percentile
 from flowperf.stress.calibrate import run_batched_tokens
 from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
+from flowperf.stress.noise import NoiseModel, band, replica_scale
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.traces import load_trace
 
@@ -41,6 +50,9 @@ class Figure:
     predicted: float
     measured: float | None
     relative_error: float | None
+    p5: float | None = None
+    p95: float | None = None
+    inside_band: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class Validation:
     harness_overhead_s: float
     ttft_source: str
     figures: list[Figure]
+    replicas: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,12 +89,19 @@ class Served:
 def load_calibration(source: Path) -> tuple[ServiceModel, float]:
     """(service model, harness overhead in s) from a run directory (fitted now), or a JSON file holding
     a `service` model directly or under `calibration` (as `stress_analysis.json` does)."""
+    service, overhead, _, _ = load_model(source)
+    return service, overhead
+
+
+def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None, float | None]:
+    """`load_calibration`, the calibration's noise model (None when it kept none) and its measured
+    end-to-end overhead (None when the run did not record `engine_last_token_ms`)."""
     source = Path(source)
     if source.is_dir():
         from flowperf.stress.calibrate import calibrate
 
         fitted = calibrate(source)
-        return fitted.service, fitted.harness_overhead_s
+        return fitted.service, fitted.harness_overhead_s, fitted.noise, fitted.e2e_overhead_s
     if not source.is_file():
         raise UserError(f"--calibration: {source}: no such file or run directory")
     try:
@@ -89,8 +109,15 @@ def load_calibration(source: Path) -> tuple[ServiceModel, float]:
         if "service" not in document:
             document = document.get("calibration") or {}
         service = ServiceModel.model_validate(document.get("service"))
-        return service, float(document.get("harness_overhead_s") or 0.0)
-    except (ValueError, AttributeError, TypeError) as error:
+        noise = NoiseModel.from_dict(document["noise"]) if document.get("noise") else None
+        e2e = document.get("e2e_overhead_s")
+        return (
+            service,
+            float(document.get("harness_overhead_s") or 0.0),
+            noise,
+            None if e2e is None else float(e2e),
+        )
+    except (ValueError, AttributeError, TypeError, KeyError) as error:
         raise UserError(
             f"--calibration: {source}: no service model in it ({error})".splitlines()[0]
         ) from None
@@ -159,30 +186,37 @@ def served_requests(run: RunData, steps: pd.DataFrame) -> Served:
     return Served(arrival, prompt, output, prefixes, None, f"trace {window['source']} (hash ids reloaded)")
 
 
-def validate(run_dir: Path, calibration: Path, max_num_batched_tokens: int = 8192) -> Validation:
-    """Simulate the run's requests with the calibrated model and compare the figures."""
+def validate(
+    run_dir: Path, calibration: Path, max_num_batched_tokens: int = 8192, replicas: int = 0, seed: int = 0
+) -> Validation:
+    """Simulate the run's requests with the calibrated model (and `replicas` perturbed replicas) and
+    compare the figures."""
     run = load_run(run_dir, "--validate")
     steps = served_steps(run)
     engine = engine_of(run, max_num_batched_tokens)
-    service, overhead = load_calibration(calibration)
+    service, overhead, noise, e2e_overhead = load_model(calibration)
     served = served_requests(run, steps)
-    arrival = served.arrival_s + overhead / 2  # the way into the engine
-    outcome = simulate_engine(
-        arrival, served.prompt_tokens, served.output_tokens, 1, engine, service,
-        prefixes=served.prefixes, cached_tokens=served.cached_tokens,
-    )  # fmt: skip
-    first, finish = outcome.first_token + overhead / 2, outcome.finish + overhead / 2  # the way back
-    ttft, e2e = first - served.arrival_s, finish - served.arrival_s
     measured_ttft, measured_e2e = steps["ttft_ms"].to_numpy() / 1000.0, steps["step_ms"].to_numpy() / 1000.0
-    measured_span = float((served.arrival_s + measured_e2e).max())
-    pairs = [
-        ("ttft_p50_s", np.percentile(ttft, 50), np.percentile(measured_ttft, 50)),
-        ("ttft_p95_s", np.percentile(ttft, 95), np.percentile(measured_ttft, 95)),
-        ("e2e_p50_s", np.percentile(e2e, 50), np.percentile(measured_e2e, 50)),
-        ("e2e_p95_s", np.percentile(e2e, 95), np.percentile(measured_e2e, 95)),
-        ("throughput_rps", len(steps) / float(finish.max()), len(steps) / measured_span),
-        ("preemptions", outcome.preemptions, None),  # the run records none of vLLM's preemptions
+    measured = {
+        "ttft_p50_s": percentile(measured_ttft, 50),
+        "ttft_p95_s": percentile(measured_ttft, 95),
+        "e2e_p50_s": percentile(measured_e2e, 50),
+        "e2e_p95_s": percentile(measured_e2e, 95),
+        "throughput_rps": len(steps) / float((served.arrival_s + measured_e2e).max()),
+        "preemptions": None,  # the run records none of vLLM's preemptions
+    }
+    predicted = simulated_figures(served, engine, service, (overhead, e2e_overhead))
+    spread = [
+        simulated_figures(served, engine, service, (overhead, e2e_overhead), replica_scale(noise, seed + k))
+        for k in range(replicas if noise is not None else 0)
     ]
+    figures = []
+    for name, value in predicted.items():
+        if not spread:
+            figures.append(figure(name, value, measured[name]))
+            continue
+        middle = band([replica[name] for replica in spread])
+        figures.append(banded(figure(name, middle["median"], measured[name]), middle["p5"], middle["p95"]))
     return Validation(
         run_dir=str(run_dir),
         requests=len(steps),
@@ -191,8 +225,46 @@ def validate(run_dir: Path, calibration: Path, max_num_batched_tokens: int = 819
         service=service.model_dump(),
         harness_overhead_s=overhead,
         ttft_source=TTFT_SOURCE,
-        figures=[figure(name, predicted, measured) for name, predicted, measured in pairs],
+        figures=figures,
+        replicas=len(spread),
     )
+
+
+def simulated_figures(
+    served: Served,
+    engine: EngineConfig,
+    service: ServiceModel,
+    overheads: tuple[float, float | None],
+    scale: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The figures of one simulation of the served requests, latencies as the harness would measure them.
+    `overheads` are what the harness adds to the engine's TTFT and (None: the same) to its last token."""
+    overhead, e2e_overhead = overheads
+    e2e_overhead = overhead if e2e_overhead is None else e2e_overhead
+    arrival = served.arrival_s + overhead / 2  # the way into the engine
+    outcome = simulate_engine(
+        arrival, served.prompt_tokens, served.output_tokens, 1, engine, service,
+        prefixes=served.prefixes, cached_tokens=served.cached_tokens, scale=scale,
+    )  # fmt: skip
+    first = outcome.first_token + overhead / 2  # the first token's way back
+    finish = (
+        outcome.finish + e2e_overhead - overhead / 2
+    )  # the last token's way back, measured where recorded
+    ttft, e2e = first - served.arrival_s, finish - served.arrival_s
+    return {
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p95_s": percentile(ttft, 95),
+        "e2e_p50_s": percentile(e2e, 50),
+        "e2e_p95_s": percentile(e2e, 95),
+        "throughput_rps": served.arrival_s.size / float(finish.max()),
+        "preemptions": float(outcome.preemptions),
+    }
+
+
+def banded(item: Figure, p5: float, p95: float) -> Figure:
+    """The figure with the replicas' band, and whether what was measured fell inside it."""
+    inside = None if item.measured is None else bool(p5 <= item.measured <= p95)
+    return replace(item, p5=p5, p95=p95, inside_band=inside)
 
 
 def figure(name: str, predicted: float, measured: float | None) -> Figure:

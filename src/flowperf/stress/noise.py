@@ -1,0 +1,106 @@
+"""How sure the simulator is: per-iteration cost multipliers, perturbed replicas and 5-95% bands.
+
+The calibration fit leaves each measured iteration a multiplier, measured / fitted time. They are not
+independent: slow steps come in runs (a neighbour process on the shared cores, a garbage collection), so
+the multipliers' logs are modelled as an AR(1) process, log m_t = mu + z_t with z_t = phi z_(t-1) + eps_t,
+whose innovations eps are the fitted ones, resampled (a residual bootstrap): the replicas keep both the
+heavy tail of the measured multipliers and how long their slow spells last, with no assumed distribution.
+Each replica also draws its level mu from the fit's standard error, so a short calibration widens the band.
+
+A replica is one simulation whose iteration i costs the model's price times `scale[i % scale.size]`; K
+seeded replicas give each figure as a median and a 5-95% band. All pure functions of arrays and a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from flowperf.stats import percentile
+
+REPLICA_LENGTH = 1 << 16  # multipliers per replica, cycled: ~20 correlation lengths between repeats
+MAX_PHI = 0.99
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The fitted AR(1) on log multipliers; `innovations` are its residuals (centred), `start` the
+    stationary deviations z the process is started from."""
+
+    mu: float
+    phi: float
+    innovations: np.ndarray
+    start: np.ndarray
+
+    @property
+    def sigma(self) -> float:
+        """The spread of log multipliers (stationary standard deviation of z)."""
+        return float(np.std(self.start))
+
+    @property
+    def mu_se(self) -> float:
+        """The standard error of `mu`, from the effective sample size of an AR(1), n (1 - phi) / (1 + phi):
+        each replica draws its level from it, so the band also says how well the calibration knows it."""
+        effective = self.start.size * (1.0 - self.phi) / (1.0 + self.phi)
+        return self.sigma / float(np.sqrt(max(effective, 1.0)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mu": self.mu,
+            "phi": self.phi,
+            "sigma": self.sigma,
+            "innovations": [round(float(v), 6) for v in self.innovations],
+            "start": [round(float(v), 6) for v in self.start],
+        }
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> NoiseModel:
+        return cls(
+            float(document["mu"]),
+            float(document["phi"]),
+            np.asarray(document["innovations"], float),
+            np.asarray(document["start"], float),
+        )
+
+
+def fit_noise(multipliers: np.ndarray) -> NoiseModel | None:
+    """The AR(1) of the log multipliers in measured order; None with fewer than 10 usable ones."""
+    values = np.asarray(multipliers, float)
+    logs = np.log(values[np.isfinite(values) & (values > 0)])
+    if logs.size < 10:
+        return None
+    mu = float(logs.mean())
+    z = logs - mu
+    denominator = float(z[:-1] @ z[:-1])
+    phi = float(np.clip(z[1:] @ z[:-1] / denominator, 0.0, MAX_PHI)) if denominator > 0 else 0.0
+    innovations = z[1:] - phi * z[:-1]
+    return NoiseModel(mu, phi, innovations - innovations.mean(), z)
+
+
+def replica_scale(noise: NoiseModel | None, seed: int, length: int = REPLICA_LENGTH) -> np.ndarray:
+    """One replica's multipliers: the AR(1) run from a measured deviation with resampled innovations.
+    Without a noise model, ones (every replica is the model's expectation)."""
+    if noise is None:
+        return np.ones(1)
+    rng = np.random.default_rng(seed)
+    eps = noise.innovations[rng.integers(0, noise.innovations.size, size=length)]
+    level = noise.mu + rng.normal(0.0, noise.mu_se)
+    return np.exp(level + _ar1(noise.start[rng.integers(0, noise.start.size)], noise.phi, eps))
+
+
+@njit(cache=True)
+def _ar1(z0: float, phi: float, eps: np.ndarray) -> np.ndarray:
+    z = np.empty(eps.size)
+    z[0] = z0
+    for i in range(1, eps.size):
+        z[i] = phi * z[i - 1] + eps[i]
+    return z
+
+
+def band(values: np.ndarray | list[float]) -> dict[str, float]:
+    """Median and 5-95% band of one figure over the replicas."""
+    p5, p50, p95 = (float(v) for v in percentile(np.asarray(values, float), [5, 50, 95]))
+    return {"median": p50, "p5": p5, "p95": p95}

@@ -1,0 +1,92 @@
+"""The predictive band: fitted from a calibration's multipliers, it covers what an engine with that noise
+does in about 90% of trials, neither too narrow nor vacuous."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowperf.stats import percentile
+from flowperf.stress.engine import EngineConfig, simulate_engine
+from flowperf.stress.noise import NoiseModel, band, fit_noise, replica_scale
+from flowperf.stress.service import ServiceModel
+
+SERVICE = ServiceModel(
+    prefill_base_s=0.01, prefill_per_token_s=2e-5, decode_base_s=0.008, decode_per_request_s=2e-4
+)
+ENGINE = EngineConfig(max_num_seqs=32, max_num_batched_tokens=2048, kv_cache_tokens=200_000)
+
+
+def known_process(seed: int, length: int, phi: float = 0.7, sigma: float = 0.25) -> np.ndarray:
+    """Multipliers of the synthetic engine: log-normal AR(1) with Gaussian innovations."""
+    rng = np.random.default_rng(seed)
+    eps = rng.normal(0.0, sigma * np.sqrt(1 - phi**2), length)
+    z = np.empty(length)
+    z[0] = rng.normal(0.0, sigma)
+    for i in range(1, length):
+        z[i] = phi * z[i - 1] + eps[i]
+    return np.exp(z)
+
+
+def test_fit_recovers_a_known_ar1():
+    noise = fit_noise(known_process(1, 20_000))
+    assert noise is not None
+    assert noise.phi == pytest.approx(0.7, abs=0.03)
+    assert noise.sigma == pytest.approx(0.25, rel=0.05)
+    assert abs(noise.mu) < 0.03
+    again = NoiseModel.from_dict(noise.as_dict())
+    assert again.phi == pytest.approx(noise.phi) and again.innovations.size == noise.innovations.size
+
+
+def test_replicas_keep_the_runs_of_slow_steps():
+    noise = fit_noise(known_process(2, 20_000))
+    logs = np.log(replica_scale(noise, seed=5))
+    lag1 = np.corrcoef(logs[1:], logs[:-1])[0, 1]
+    assert lag1 == pytest.approx(0.7, abs=0.05)
+    assert replica_scale(None, seed=5).tolist() == [1.0]
+
+
+@pytest.mark.slow
+def test_the_90_percent_band_covers_the_truth_in_85_to_95_percent_of_trials():
+    """Each trial calibrates on 3000 steps of the synthetic engine, predicts the e2e p50 and TTFT p95 of a
+    run of 300 requests as 200 replicas' 5-95% band, and checks it against one run of the engine itself."""
+    rng = np.random.default_rng(0)
+    n = 300
+    arrival = np.cumsum(rng.exponential(1 / 12, n))
+    prompt, output = rng.integers(50, 800, n), rng.integers(20, 200, n)
+
+    def figures(scale):
+        outcome = simulate_engine(arrival, prompt, output, 1, ENGINE, SERVICE, scale=scale)
+        return percentile(outcome.finish - arrival, 50), percentile(outcome.first_token - arrival, 95)
+
+    trials, covered = 80, np.zeros(2)
+    widths = []
+    for trial in range(trials):
+        noise = fit_noise(known_process(1000 + trial, 3000))
+        truth = np.array(figures(known_process(5000 + trial, 1 << 14)))
+        replicas = np.array([figures(replica_scale(noise, 10_000 * trial + k, 1 << 14)) for k in range(200)])
+        bands = [band(replicas[:, j]) for j in range(2)]
+        covered += [b["p5"] <= t <= b["p95"] for b, t in zip(bands, truth, strict=True)]
+        widths.append((bands[0]["p95"] - bands[0]["p5"]) / bands[0]["median"])
+    coverage = covered / trials
+    assert np.all((coverage >= 0.85) & (coverage <= 0.95)), coverage
+    assert float(np.median(widths)) < 0.25  # not vacuous: the band is a few percent of the figure
+
+
+def test_a_vllm_test_gets_bands_around_its_expectation():
+    from flowperf.stress.config import parse_flags
+    from flowperf.stress.executors import run_test
+    from flowperf.stress.replicas import replica_bands
+    from flowperf.stress.spec import Scheduler, TestSpec
+
+    test_config = parse_flags(workload="synthetic", rate=40.0).test_config(SERVICE)
+    test = TestSpec(step="single", scheduler=Scheduler.parse("vllm"), n_gpus=2, num_requests=2000)
+    expected = run_test(test_config, test)
+    flat = NoiseModel(0.0, 0.0, np.zeros(10), np.zeros(10))
+    same = replica_bands(test_config, test, flat, 3, seed=0)["bands"]["e2e_p50_s"]
+    assert same["p5"] == same["median"] == same["p95"] == pytest.approx(expected.e2e_p50_s)
+    noisy = replica_bands(test_config, test, fit_noise(known_process(3, 5000)), 30, seed=0)["bands"]
+    assert (
+        noisy["e2e_p50_s"]["p5"] < expected.e2e_p50_s * 1.2 and noisy["e2e_p50_s"]["p95"] > expected.e2e_p50_s
+    )
+    assert noisy["e2e_p50_s"]["p5"] < noisy["e2e_p50_s"]["median"] < noisy["e2e_p50_s"]["p95"]
