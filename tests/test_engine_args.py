@@ -13,12 +13,9 @@ from pathlib import Path
 import pytest
 
 from flowperf.config import EngineConfig, RunConfig, load_run_config
+from flowperf.engines.engine_args import engine_arg_fields, parse_engine_args
 from flowperf.engines.server import server_arguments
-from flowperf.engines.vllm_local import (
-    engine_arg_fields,
-    engine_arguments,
-    parse_engine_args,
-)
+from flowperf.engines.vllm_local import engine_arguments
 from flowperf.errors import UserError
 from helpers import run_bench
 
@@ -80,7 +77,7 @@ def test_the_fields_read_from_vllm_source_are_the_dataclass_fields() -> None:
 
 def test_a_mistyped_engine_arg_is_refused_without_importing_vllm() -> None:
     probe = (
-        "import sys; from flowperf.engines.vllm_local import parse_engine_args\n"
+        "import sys; from flowperf.engines.engine_args import parse_engine_args\n"
         "try:\n    parse_engine_args(['tensor_parallel_sise=2'])\nexcept Exception as e:\n    print(e)\n"
         "print(sorted(m for m in ('vllm', 'torch') if m in sys.modules))"
     )

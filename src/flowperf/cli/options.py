@@ -106,8 +106,8 @@ def base_urls(items: list[str]) -> str | list[str]:
 
 
 def engine_args(items: list[str]) -> dict[str, Any]:
-    """Repeated `KEY=VALUE` items, checked against vLLM's engine arguments (engines/vllm_local.py)."""
-    from flowperf.engines.vllm_local import parse_engine_args
+    """Repeated `KEY=VALUE` items, checked against vLLM's engine arguments (engines/engine_args.py)."""
+    from flowperf.engines.engine_args import parse_engine_args
 
     return parse_engine_args(items)
 
