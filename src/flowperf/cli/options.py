@@ -517,3 +517,25 @@ def _complete_bare_html(args: list[str]) -> list[str]:
         else arg
         for index, arg in enumerate(args)
     ]
+
+
+# Options several commands share that set no RunConfig field.
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        rich_help_panel=RESULTS_PANEL,
+        help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
+        "run. Uses the run's own settings; flags given must not change them.",
+    ),
+]
+
+AlphaOption = Annotated[
+    float, typer.Option("--alpha", min=0.0001, max=0.5, help="Significance level of a verdict.")
+]
+ThresholdOption = Annotated[
+    float, typer.Option("--threshold", min=0, help="Smallest change (%) that counts, if significant.")
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
+]
