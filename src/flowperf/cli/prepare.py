@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from flowperf.cli.common import (
     config_from_flags,
@@ -29,6 +29,7 @@ from flowperf.cli.options import (
 )
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.run.timing import TimingLog
 
 
@@ -93,12 +94,8 @@ def doctor(
     if as_json:
         out_console.print_json(json.dumps(findings, default=str))
         return
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column()
-    for key, value in findings.items():
-        table.add_row(key, str(value))
-    out_console.print(table)
+    rows = [(key, Text(str(value))) for key, value in findings.items()]
+    print_table(out_console, TableSpec("", None, rows))
 
 
 def register(app: typer.Typer) -> None:

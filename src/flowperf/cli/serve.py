@@ -9,7 +9,6 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from flowperf.cli.common import (
     EXIT_ENGINE_FAILED,
@@ -28,6 +27,7 @@ from flowperf.cli.options import (
     with_options,
 )
 from flowperf.engines.base import EngineError
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.run.timing import TimingLog
 
 
@@ -88,22 +88,23 @@ def serve_status(
     if not servers:
         out_console.print("no flowperf server is running")
         return
-    table = Table()
-    for column in ("id", "set", "pid", "address", "healthy", "up", "last used", "model"):
-        table.add_column(column)
+    header = ("id", "set", "pid", "address", "healthy", "up", "last used", "model")
     now = time.time()
+    cells = []
     for row, record in zip(rows, servers, strict=True):
-        table.add_row(
-            row["id"],
-            record.set_slot or "-",
-            str(row["pid"]),
-            f"{row['host']}:{row['port']}",
-            "yes" if row["healthy"] else ("starting" if not row["ready"] else "NO"),
-            f"{(now - row['started_at']) / 60:.0f} min",
-            f"{(now - row['last_used_at']) / 60:.0f} min ago",
-            row["model"],
+        cells.append(
+            (
+                row["id"],
+                record.set_slot or "-",
+                str(row["pid"]),
+                f"{row['host']}:{row['port']}",
+                "yes" if row["healthy"] else ("starting" if not row["ready"] else "NO"),
+                f"{(now - row['started_at']) / 60:.0f} min",
+                f"{(now - row['last_used_at']) / 60:.0f} min ago",
+                row["model"],
+            )
         )
-    out_console.print(table)
+    print_table(out_console, TableSpec("", header, cells, left=("id", "set", "address", "healthy", "model")))
 
 
 def serve_urls(

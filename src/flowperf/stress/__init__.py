@@ -6,6 +6,7 @@ service-time model, fast enough to sweep millions of requests across schedulers 
 Owns: the simulator, its workloads and traces, calibration from real runs and validation against them,
 and `bench stress` (`stress/cli.py`). Loaded only when `bench stress` runs (numba must stay off the path of
 `bench run`).
-May import: errors, stats, rundir (to read real runs), workers (ray_cluster, the shared Ray connection).
-Must not import: cli, run, outputs, modes, engines, flows, diagnostics, config.
+May import: errors, stats, rundir (to read real runs), workers (ray_cluster, the shared Ray connection),
+outputs (tables, to print them as every command does).
+Must not import: cli, run, modes, engines, flows, diagnostics, config.
 """
