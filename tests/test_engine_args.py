@@ -49,12 +49,10 @@ def test_values_are_json_where_they_parse_and_keys_may_use_dashes() -> None:
         (["tensor_parallel_size=true"], "tensor_parallel_size takes int, got true"),
         (["enable_chunked_prefill=1"], "enable_chunked_prefill takes bool/null, got 1"),
         (["gpu_memory_utilization=[1]"], "gpu_memory_utilization takes float/int, got [1]"),
-        (["max_model_len=2048"], "max_model_len is set by flowperf itself; use --max-model-len"),
         (["model=/x"], "use --model or --model-preset"),
         (["disable_log_stats=true"], "flowperf needs the engine's per-request statistics"),
         (["tensor_parallel_size"], "tensor_parallel_size: expected KEY=VALUE"),
         (["=2"], "expected KEY=VALUE"),
-        (["max_num_seqs=4"], "use engine.max_num_seqs"),
         (["pipeline_parallel_size=2", "pipeline-parallel-size=2"], "pipeline_parallel_size: given twice"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 import types
 from collections.abc import Callable, Iterable
@@ -211,7 +212,8 @@ ENGINE = (
         "--engine-arg",
         panel=ENGINE_PANEL,
         help="A vLLM engine argument KEY=VALUE (VALUE as JSON where it parses), e.g. "
-        "tensor_parallel_size=2; repeatable.",
+        "tensor_parallel_size=2; repeatable. One flowperf sets itself (max_num_seqs, max_model_len, "
+        "block_size, ...) is applied to that setting.",
         parse=engine_args,
         repeatable=True,
         metavar="KEY=VALUE",
@@ -454,7 +456,7 @@ def config_flags(entries: Iterable[ConfigOption], values: dict[str, Any]) -> Con
         given = values.get(entry.name)
         if given is not None and given != []:
             flags |= dict.fromkeys(entry.paths, _flag_value(entry, given))
-    return flags
+    return engine_settings_applied(flags, entries)
 
 
 def with_options(*groups: tuple[ConfigOption, ...]) -> Callable[[Command], Command]:
@@ -539,3 +541,23 @@ ThresholdOption = Annotated[
 ProgressOption = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
 ]
+
+
+def engine_settings_applied(flags: ConfigFlags, entries: Iterable[ConfigOption]) -> ConfigFlags:
+    """`--engine-arg max_num_seqs=7` and the like applied to the flowperf setting they name (one value,
+    recorded once); a flag that sets the same setting to another value is a one-line error naming both."""
+    from flowperf.engines.engine_args import settings_from_engine_args
+
+    if not flags.get("engine.extra_engine_args"):
+        return flags
+    passed, settings = settings_from_engine_args(flags["engine.extra_engine_args"])
+    flag_of = {path: entry.decls[0].split("/")[0] for entry in entries for path in entry.paths}
+    for path, value in settings.items():
+        if path in flags and flags[path] != value:
+            key = path.rpartition(".")[2]
+            raise UserError(
+                f"--engine-arg {key}={json.dumps(value)} and {flag_of.get(path, path)} "
+                f"{json.dumps(flags[path])} both set {path}; give one"
+            )
+    applied = {path: value for path, value in flags.items() if path != "engine.extra_engine_args"}
+    return applied | settings | ({"engine.extra_engine_args": passed} if passed else {})

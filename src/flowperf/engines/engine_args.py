@@ -136,5 +136,30 @@ def parse_engine_args(items: Iterable[str]) -> dict[str, Any]:
             arguments[key] = json.loads(text)
         except ValueError:
             arguments[key] = text
-    check_engine_args(arguments, "--engine-arg")
+    check_engine_args(
+        {key: value for key, value in arguments.items() if key not in SETTING_OF_ENGINE_ARG}, "--engine-arg"
+    )
     return arguments
+
+
+# The flowperf-owned engine arguments `--engine-arg` may still give, vLLM's name -> the setting it names:
+# a vLLM user passes vLLM's names, so the value is applied to that setting (recorded there, once) rather
+# than refused. `model` and `disable_log_stats` have no such setting and stay refused, naming the flag.
+SETTING_OF_ENGINE_ARG = {
+    "dtype": "engine.dtype",
+    "max_model_len": "engine.max_model_len",
+    "seed": "engine.seed",
+    "block_size": "engine.block_size",
+    "enforce_eager": "engine.enforce_eager",
+    "cudagraph_capture_sizes": "engine.cudagraph_capture_sizes",
+    "max_num_seqs": "engine.max_num_seqs",
+    "enable_prefix_caching": "engine.enable_prefix_caching",
+}
+
+
+def settings_from_engine_args(arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--engine-arg` items split into the arguments passed through to vLLM and the flowperf settings
+    (by dotted path) that the flowperf-owned ones name."""
+    passed = {key: value for key, value in arguments.items() if key not in SETTING_OF_ENGINE_ARG}
+    settings = {SETTING_OF_ENGINE_ARG[key]: value for key, value in arguments.items() if key not in passed}
+    return passed, settings
