@@ -47,8 +47,18 @@ def ab(
     b: Annotated[str, typer.Option("--b", help='Arm B\'s own options, e.g. "--max-tokens 96".')] = "",
     flags: ConfigFlags,
     pairs: Annotated[
-        int, typer.Option("--pairs", min=1, max=1000, help="Block pairs (one block per arm).")
-    ] = 10,
+        int | None,
+        typer.Option("--pairs", min=1, max=1000, help="Block pairs (one block per arm). [default: 10]"),
+    ] = None,
+    num_flows: Annotated[
+        int | None,
+        typer.Option(
+            "--num-flows",
+            "-n",
+            min=1,
+            help="Workflows per arm in all, instead of --pairs: pairs = N / --block-workflows, rounded up.",
+        ),
+    ] = None,
     block_workflows: Annotated[
         int, typer.Option("--block-workflows", min=1, help="Workflows in each block.")
     ] = 4,
@@ -84,9 +94,12 @@ def ab(
     3 some workflows failed, 2 usage error, 130 interrupted.
     """
     from flowperf.modes.ab.report import ab_html, print_ab
-    from flowperf.modes.ab.run import AbHooks, build_plan, run_ab_with_interrupts
+    from flowperf.modes.ab.run import AbHooks, block_pairs, build_plan, run_ab_with_interrupts
     from flowperf.outputs.report import write_requested_html
 
+    pairs, note = block_pairs(pairs, num_flows, block_workflows)
+    if note:
+        err_console.print(note)
     plan = build_plan(config_file, flags, a, b, pairs=pairs, block_workflows=block_workflows,
                       order_seed=order_seed, alpha=alpha, threshold_pct=threshold, gate=gate)  # fmt: skip
     bar = WorkflowBar(enabled=progress)
