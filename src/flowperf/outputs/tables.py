@@ -3,7 +3,8 @@
 On a terminal wide enough for the table's natural width, a Rich table. Everywhere else (stdout piped to a
 file, a pager or a CI log, where Rich would assume 80 columns; or a terminal too narrow, where Rich would
 shrink columns and cut cells to `1…`) plain columns as wide as their widest cell, which a pager or a
-terminal may wrap but which keep every figure whole. Cells are strings (Rich markup allowed) or Text.
+terminal may wrap but which keep every figure whole. Cells are literal strings (a step id may hold
+brackets; no Rich markup is read from them) or Text.
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ class TableSpec:
 
 
 def plain(cell: Cell) -> str:
-    """A cell's text without markup, on one line."""
-    text = cell.plain if isinstance(cell, Text) else Text.from_markup(cell).plain
-    return text.replace("\n", " ")
+    """A cell's text, on one line."""
+    return (cell.plain if isinstance(cell, Text) else cell).replace("\n", " ")
 
 
 def plain_lines(spec: TableSpec) -> list[str]:
@@ -62,10 +62,8 @@ def plain_lines(spec: TableSpec) -> list[str]:
     return lines
 
 
-def _styled(cell: Cell, styles: Mapping[str, str]) -> Cell:
-    if isinstance(cell, str) and cell in styles:
-        return Text(cell, style=styles[cell])
-    return cell
+def _styled(cell: Cell, styles: Mapping[str, str]) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell, style=styles.get(cell, ""))
 
 
 def rich_table(spec: TableSpec) -> Table:
