@@ -46,9 +46,11 @@ def test_pairs_alone_and_the_default_are_unchanged(planned: list[dict[str, Any]]
 
 
 def test_n_that_fills_whole_blocks_says_so_without_rounding() -> None:
-    assert block_pairs(None, 12, 4) == (3, "-n 12: 3 block pair(s) of 4 workflows, so 12 workflows per arm")
+    said: list[str] = []
+    assert block_pairs(None, 12, 4, said.append) == 3
+    assert said == ["-n 12: 3 block pair(s) of 4 workflows, so 12 workflows per arm"]
 
 
 def test_n_and_pairs_together_is_one_line() -> None:
     with pytest.raises(UserError, match=r"^-n 8 and --pairs 2 both size the A/B test; give one$"):
-        block_pairs(2, 8, 4)
+        block_pairs(2, 8, 4, print)

@@ -37,6 +37,8 @@ from flowperf.cli.options import (
 from flowperf.engines.base import EngineError
 from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted
 
+NUM_FLOWS_HELP = "Workflows per arm in all, instead of --pairs: pairs = N / --block-workflows, rounded up."
+
 
 @with_options(only(FLOW, "--flow", "--flows-dir"), MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR,
               only(RESULTS, "--out", "--run-id", "--save-text", "--fail-fast", "--grace-s"))  # fmt: skip
@@ -50,15 +52,7 @@ def ab(
         int | None,
         typer.Option("--pairs", min=1, max=1000, help="Block pairs (one block per arm). [default: 10]"),
     ] = None,
-    num_flows: Annotated[
-        int | None,
-        typer.Option(
-            "--num-flows",
-            "-n",
-            min=1,
-            help="Workflows per arm in all, instead of --pairs: pairs = N / --block-workflows, rounded up.",
-        ),
-    ] = None,
+    num_flows: Annotated[int | None, typer.Option("--num-flows", "-n", min=1, help=NUM_FLOWS_HELP)] = None,
     block_workflows: Annotated[
         int, typer.Option("--block-workflows", min=1, help="Workflows in each block.")
     ] = 4,
@@ -97,9 +91,7 @@ def ab(
     from flowperf.modes.ab.run import AbHooks, block_pairs, build_plan, run_ab_with_interrupts
     from flowperf.outputs.report import write_requested_html
 
-    pairs, note = block_pairs(pairs, num_flows, block_workflows)
-    if note:
-        err_console.print(note)
+    pairs = block_pairs(pairs, num_flows, block_workflows, say=err_console.print)
     plan = build_plan(config_file, flags, a, b, pairs=pairs, block_workflows=block_workflows,
                       order_seed=order_seed, alpha=alpha, threshold_pct=threshold, gate=gate)  # fmt: skip
     bar = WorkflowBar(enabled=progress)
