@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+import tiers
 from flowperf.config import EngineConfig
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import VllmLocalEngine, get_vllm_engine
@@ -77,3 +78,68 @@ def engine(
     engine_loop.run(vllm_engine.start())
     yield vllm_engine
     engine_loop.run(vllm_engine.shutdown())
+
+
+# Test tiers (`bash scripts/test.sh --tier fast|middle|all`, or `pytest --tier ...`). The fast tier starts
+# no engine, no server and no child process; the middle tier adds the tests on the session's one engine.
+# Tests say what they start with markers; in the fast tier a guard fails any test that starts one of these
+# without its marker, so the tier cannot quietly grow slow.
+TIER_EXCLUDES = {
+    "fast": ("engine", "slow", "subprocess", "server"),
+    "middle": ("slow", "subprocess", "server"),
+    "all": (),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=tuple(TIER_EXCLUDES),
+        default="all",
+        help="fast: no engine, server or child process (<2 min); middle: plus the one-engine tests (<6 min)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        test = item.nodeid.split("[")[0]
+        for marker, listed in (
+            ("subprocess", tiers.SUBPROCESS),
+            ("server", tiers.SERVER),
+            ("slow", tiers.SLOW),
+        ):
+            if test in listed:
+                item.add_marker(marker)
+    excluded = TIER_EXCLUDES[config.getoption("--tier")]
+    if not excluded:
+        return
+    kept, dropped = [], []
+    for item in items:
+        (dropped if any(item.get_closest_marker(name) for name in excluded) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the fast tier, starting a child process or listening on a socket fails the test, naming the
+    marker it lacks."""
+    if request.config.getoption("--tier") != "fast":
+        return
+
+    def refuse(what: str, marker: str) -> Any:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"{request.node.nodeid} {what}: mark it @pytest.mark.{marker}")
+
+        return refused
+
+    import multiprocessing.process
+    import socket
+    import subprocess
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a child process", "subprocess"))
+    process_start = refuse("starts a process", "subprocess")
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", process_start)
+    monkeypatch.setattr(socket.socket, "listen", refuse("starts a server", "server"))
+    monkeypatch.setattr(VllmLocalEngine, "start", refuse("starts the engine", "engine"))

@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from flowperf.cli import common as cli_common
 from flowperf.cli import main as cli
 from flowperf.cli.options import (
     ENGINE,
@@ -156,7 +157,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
         configs.append(load_run_config(*args, **kwargs))
         raise Stop
 
-    monkeypatch.setattr(cli, "load_run_config", merge_then_stop)
+    monkeypatch.setattr(cli_common, "load_run_config", merge_then_stop)
     return configs
 
 
@@ -212,7 +213,7 @@ def test_resume_starts_from_the_recorded_config(
     captured: list[RunConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorded = RunConfig.model_validate({"num_flows": 7, "fail_fast": True, "output": {"save_text": True}})
-    monkeypatch.setattr(cli, "recorded_config", lambda run_dir: recorded.model_dump(mode="json"))
+    monkeypatch.setattr(cli_common, "recorded_config", lambda run_dir: recorded.model_dump(mode="json"))
     invoke("run", "--resume", "runs/x", "--seed", "4", "--no-progress")
     (config,) = captured
     assert config.fail_fast and config.output.save_text, "an on-only flag left out must not turn it off"

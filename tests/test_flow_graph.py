@@ -18,7 +18,7 @@ import yaml
 from flowperf.errors import UserError
 from flowperf.flows.cache import expand_with_cache
 from flowperf.flows.distributions import LogNormal, Uniform, draw, draw_count
-from flowperf.flows.schema import load_template
+from flowperf.flows.graph import load_template
 from flowperf.run.critical_path import critical_path
 from flowperf.rundir.records import StepRecord
 from helpers import ROOT, run_bench

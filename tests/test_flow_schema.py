@@ -10,7 +10,8 @@ import yaml
 
 from flowperf.errors import UserError
 from flowperf.flows import available_flows, resolve_flow
-from flowperf.flows.schema import StepTemplate, load_template
+from flowperf.flows.graph import load_template
+from flowperf.flows.schema import StepTemplate
 from flowperf.flows.templating import TemplateProblem, analyse
 
 FLOWS_DIR = Path(__file__).resolve().parents[1] / "flows"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from flowperf.errors import UserError
 from flowperf.flows.cache import expand_with_cache
 from flowperf.flows.expand import ExpandedFlowSet
-from flowperf.flows.schema import load_template
+from flowperf.flows.graph import load_template
 
 FRAGMENTS = [
     "{{ fixture.a }}",

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from flowperf.engines.engine_args import check_engine_args, own_engine_arg_problem
 from flowperf.engines.presets import PRESETS
 from flowperf.errors import UserError
 from flowperf.validation import describe_validation_error, load_toml_mapping
@@ -38,30 +39,6 @@ KV_SIZING_ENGINE_ARGS = ("kv_cache_memory_bytes", "gpu_memory_utilization")
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 HTTP_URL = r"^https?://"
 HttpUrl = Annotated[str, StringConstraints(pattern=HTTP_URL)]
-
-# Engine arguments flowperf derives from its own settings. Passing one through as well would leave
-# config.json stating one value while the engine ran another, so each is refused, naming the setting.
-OWN_ENGINE_ARGS = {
-    "model": "--model or --model-preset",
-    "dtype": "engine.dtype",
-    "max_model_len": "--max-model-len",
-    "seed": "--seed",
-    "block_size": "--block-size",
-    "enforce_eager": "--eager/--compiled",
-    "cudagraph_capture_sizes": "--cuda-graph-sizes",
-    "max_num_seqs": "engine.max_num_seqs",
-    "enable_prefix_caching": "engine.enable_prefix_caching",
-    "disable_log_stats": "nothing: flowperf needs the engine's per-request statistics",
-}
-
-
-def own_engine_arg_problem(key: str, preset: str | None = None) -> str | None:
-    """Why `key` cannot be passed through as an engine argument, if it cannot."""
-    if key in OWN_ENGINE_ARGS:
-        return f"{key} is set by flowperf itself; use {OWN_ENGINE_ARGS[key]}"
-    if key == "load_format" and preset is not None:
-        return "load_format: a model preset has no weights and always loads dummy ones"
-    return None
 
 
 def replicas_problem(urls: list[str]) -> str | None:
@@ -397,8 +374,6 @@ def load_run_config(
     from_file = load_toml_mapping(config_path) if config_path is not None else {}
     file_engine_args = (from_file.get("engine") or {}).get("extra_engine_args")
     if file_engine_args and isinstance(file_engine_args, dict):
-        from flowperf.engines.vllm_local import check_engine_args
-
         check_engine_args(file_engine_args, f"{config_path}: engine.extra_engine_args")
     try:
         return RunConfig.model_validate(_deep_merge(_deep_merge(base or {}, from_file), overrides))

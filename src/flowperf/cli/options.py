@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 import types
 from collections.abc import Callable, Iterable
@@ -106,8 +107,8 @@ def base_urls(items: list[str]) -> str | list[str]:
 
 
 def engine_args(items: list[str]) -> dict[str, Any]:
-    """Repeated `KEY=VALUE` items, checked against vLLM's engine arguments (engines/vllm_local.py)."""
-    from flowperf.engines.vllm_local import parse_engine_args
+    """Repeated `KEY=VALUE` items, checked against vLLM's engine arguments (engines/engine_args.py)."""
+    from flowperf.engines.engine_args import parse_engine_args
 
     return parse_engine_args(items)
 
@@ -211,7 +212,8 @@ ENGINE = (
         "--engine-arg",
         panel=ENGINE_PANEL,
         help="A vLLM engine argument KEY=VALUE (VALUE as JSON where it parses), e.g. "
-        "tensor_parallel_size=2; repeatable.",
+        "tensor_parallel_size=2; repeatable. One flowperf sets itself (max_num_seqs, max_model_len, "
+        "block_size, ...) is applied to that setting.",
         parse=engine_args,
         repeatable=True,
         metavar="KEY=VALUE",
@@ -454,7 +456,7 @@ def config_flags(entries: Iterable[ConfigOption], values: dict[str, Any]) -> Con
         given = values.get(entry.name)
         if given is not None and given != []:
             flags |= dict.fromkeys(entry.paths, _flag_value(entry, given))
-    return flags
+    return engine_settings_applied(flags, entries)
 
 
 def with_options(*groups: tuple[ConfigOption, ...]) -> Callable[[Command], Command]:
@@ -517,3 +519,45 @@ def _complete_bare_html(args: list[str]) -> list[str]:
         else arg
         for index, arg in enumerate(args)
     ]
+
+
+# Options several commands share that set no RunConfig field.
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        rich_help_panel=RESULTS_PANEL,
+        help="Continue an interrupted or crashed run directory: completed workflows are kept, the rest "
+        "run. Uses the run's own settings; flags given must not change them.",
+    ),
+]
+
+AlphaOption = Annotated[
+    float, typer.Option("--alpha", min=0.0001, max=0.5, help="Significance level of a verdict.")
+]
+ThresholdOption = Annotated[
+    float, typer.Option("--threshold", min=0, help="Smallest change (%) that counts, if significant.")
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
+]
+
+
+def engine_settings_applied(flags: ConfigFlags, entries: Iterable[ConfigOption]) -> ConfigFlags:
+    """`--engine-arg max_num_seqs=7` and the like applied to the flowperf setting they name (one value,
+    recorded once); a flag that sets the same setting to another value is a one-line error naming both."""
+    from flowperf.engines.engine_args import settings_from_engine_args
+
+    if not flags.get("engine.extra_engine_args"):
+        return flags
+    passed, settings = settings_from_engine_args(flags["engine.extra_engine_args"])
+    flag_of = {path: entry.decls[0].split("/")[0] for entry in entries for path in entry.paths}
+    for path, value in settings.items():
+        if path in flags and flags[path] != value:
+            key = path.rpartition(".")[2]
+            raise UserError(
+                f"--engine-arg {key}={json.dumps(value)} and {flag_of.get(path, path)} "
+                f"{json.dumps(flags[path])} both set {path}; give one"
+            )
+    applied = {path: value for path, value in flags.items() if path != "engine.extra_engine_args"}
+    return applied | settings | ({"engine.extra_engine_args": passed} if passed else {})

@@ -1,6 +1,6 @@
 """`bench sweep`: the command's flags and terminal; the work is in `flowperf.modes.sweep.run`.
 
-Registered in cli.py with `app.command("sweep", cls=HtmlCommand)(sweep)`.
+Registered in cli/main.py with `app.command("sweep", cls=HtmlCommand)(sweep)`.
 """
 
 from __future__ import annotations

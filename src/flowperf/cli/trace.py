@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.sessions.importers import FORMATS, convert_trace, import_trace
 from flowperf.sessions.shipped import session_trace_path
 from flowperf.sessions.stats import trace_stats
@@ -111,17 +111,5 @@ def _pct(share: float | None) -> str:
 
 
 def print_stats(console: Console, title: str, figures: dict[str, Any]) -> None:
-    """A Rich table on a terminal; elsewhere plain lines as wide as they need, so nothing is cut."""
-    rows = stat_rows(figures)
-    if console.is_terminal:
-        table = Table(title=title, title_justify="left", show_header=False)
-        table.add_column("figure")
-        table.add_column("value")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        return
-    width = max(len(label) for label, _ in rows)
-    console.out(
-        "\n".join([title, *(f"{label.ljust(width)}  {value}" for label, value in rows)]), highlight=False
-    )
+    """A key/value grid: boxed on a terminal, plain lines elsewhere; never a figure cut."""
+    print_table(console, TableSpec(title, None, stat_rows(figures), boxed=True))

@@ -20,15 +20,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowperf.engines.tiny import ARCHITECTURE as TINY
 from flowperf.engines.tiny import TinyModel, build_tiny_model, publish_directory
 from flowperf.paths import flowperf_home
-
-if TYPE_CHECKING:
-    from flowperf.config import RunConfig
-    from flowperf.run.timing import TimingLog
 
 BUILDER_VERSION = 1
 MARKER_FILE = "flowperf-preset.json"
@@ -165,16 +161,6 @@ def build_preset_model(name: str, fixtures_dir: Path) -> TinyModel:
 
     publish_directory(target, fill)
     return TinyModel(path=target, built=True, build_ms=tiny.build_ms + (time.perf_counter() - started) * 1000)
-
-
-def preset_model_path(config: RunConfig, timing: TimingLog) -> Path | None:
-    """The `--model-preset`'s model directory, built on first use; None when no preset was asked for."""
-    name = config.engine.model_preset
-    if name is None:
-        return None
-    model = build_preset_model(name, config.fixtures_dir)
-    timing.emit("model_build_ms", model.build_ms, model=name, built=model.built)
-    return model.path
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -1,4 +1,12 @@
-"""Flows: templates and fixtures in, validated and expanded workflows out."""
+"""Flows: templates and fixtures in, validated and expanded workflows out.
+
+Owns: the template models (`schema`) and graph rules (`graph`), fixtures, distributions, templating,
+expansion and its cache, the run plan, and the workflow sources (`source.WorkflowSource`;
+`trace_source` replays Mooncake/Azure traces). A new step kind starts in `schema` and `plan`.
+May import: config, errors, locking, validation, rundir (durable writes), engines (presets' vocabularies),
+stress (the shipped traces).
+Must not import: cli, run, outputs, modes, workers, diagnostics.
+"""
 
 from __future__ import annotations
 

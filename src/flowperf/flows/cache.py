@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flowperf.errors import UserError
 from flowperf.flows.expand import FORMAT_VERSION, ExpandedFlowSet, expand
 from flowperf.flows.fixtures import load_fixture_file
-from flowperf.flows.schema import load_template
+from flowperf.flows.graph import load_template
 from flowperf.flows.source import WorkflowSource
 from flowperf.locking import exclusive_lock
 from flowperf.rundir.durable import atomic_write_text

@@ -4,15 +4,23 @@ Entries (steps and loops) need the entry listed before them unless they name the
 may only read outputs of steps its step (transitively) needs, so a run can never render a prompt whose
 input does not exist yet. Loop bodies are chains; `turn` exists only inside a loop, `item` only in a
 `for_each` step, a prompt-less LLM call only in a conversation (it continues the transcript).
+
+`load_template` reads a template file: its fields checked by the models in `schema`, then its graph here
+(the models know nothing of these rules, so schema never imports this module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
-from flowperf.flows.distributions import Distribution, FieldValues
-from flowperf.flows.schema import FillerResult, FlowTemplate, LoopTemplate, StepTemplate
+from pydantic import ValidationError
+
+from flowperf.errors import UserError
+from flowperf.flows.distributions import FORM_TAGS, Distribution, FieldValues
+from flowperf.flows.schema import ENTRY_TAGS, FillerResult, FlowTemplate, LoopTemplate, StepTemplate
 from flowperf.flows.templating import TemplateProblem, TemplateReferences, analyse
+from flowperf.validation import describe_validation_error, load_yaml_mapping
 
 Entry = StepTemplate | LoopTemplate
 
@@ -233,3 +241,16 @@ def _check_declared(template: FlowTemplate, field: str, where: str) -> None:
     declared = template.fixture.fields
     if declared and field not in declared:
         raise ValueError(f"{where} uses fixture field '{field}' not declared in fixture.fields {declared}")
+
+
+def load_template(path: Path) -> FlowTemplate:
+    """Read and validate a flow template file; every problem becomes a UserError naming the file."""
+    try:
+        template = FlowTemplate.model_validate(load_yaml_mapping(path))
+    except ValidationError as error:
+        raise UserError(f"{path}: {describe_validation_error(error, ENTRY_TAGS | FORM_TAGS)}") from None
+    try:
+        check_template(template)
+    except ValueError as error:
+        raise UserError(f"{path}: {error}") from None
+    return template

@@ -10,7 +10,6 @@ milliseconds with the step named, never after the engine has started.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,13 +18,10 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     model_validator,
 )
 
-from flowperf.errors import UserError
-from flowperf.flows.distributions import FORM_TAGS, Distribution, FieldValues, Uniform
-from flowperf.validation import describe_validation_error, load_yaml_mapping
+from flowperf.flows.distributions import Distribution, FieldValues, Uniform
 
 StepId = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 MAX_LOOP_COUNT = 1000
@@ -150,21 +146,6 @@ class FlowTemplate(_Strict):
     conversation: ConversationSpec | None = None
     steps: list[Entry] = Field(min_length=1, max_length=64)
 
-    @model_validator(mode="after")
-    def _valid_graph(self) -> FlowTemplate:
-        from flowperf.flows.graph import check_template  # the graph rules read these models
-
-        check_template(self)
-        return self
-
     def entries(self) -> dict[str, StepTemplate | LoopTemplate]:
         """Top-level entries by id, in the order listed."""
         return {entry.id: entry for entry in self.steps}
-
-
-def load_template(path: Path) -> FlowTemplate:
-    """Read and validate a flow template file; every problem becomes a UserError naming the file."""
-    try:
-        return FlowTemplate.model_validate(load_yaml_mapping(path))
-    except ValidationError as error:
-        raise UserError(f"{path}: {describe_validation_error(error, ENTRY_TAGS | FORM_TAGS)}") from None

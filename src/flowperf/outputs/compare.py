@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from flowperf.config import NOT_FINGERPRINTED, RunConfig, differences
 from flowperf.errors import UserError
@@ -39,6 +37,7 @@ from flowperf.modes.sweep.levels import LevelRow
 from flowperf.modes.sweep.store import is_sweep_dir, read_rows, read_sweep
 from flowperf.outputs import plots
 from flowperf.outputs.report import data_uri, fmt, metric_samples, render_page
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
 from flowperf.stats import holm_adjusted
@@ -449,25 +448,9 @@ VERDICT_STYLES = {"regression": "bold red", "improvement": "bold green"}
 
 
 def print_comparison(console: Console, title: str, header: list[str], rows: list[list[str]]) -> None:
-    """The verdict table: a Rich table on a terminal; elsewhere (a pipe, a CI log, a file) plain columns
-    as wide as their widest cell, so no cell is cut to some assumed terminal width."""
-    if console.is_terminal:
-        table = Table(title=title, title_justify="left")
-        for column in header:
-            table.add_column(column, justify="left" if column in LEFT_COLUMNS else "right")
-        for row in rows:
-            table.add_row(*(Text(cell, style=VERDICT_STYLES.get(cell, "")) for cell in row))
-        console.print(table)
-        return
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = [title]
-    for cells in (header, *rows):
-        aligned = [
-            cell.ljust(width) if name in LEFT_COLUMNS else cell.rjust(width)
-            for name, cell, width in zip(header, cells, widths, strict=True)
-        ]
-        lines.append("  ".join(aligned).rstrip())
-    console.out("\n".join(lines), highlight=False)
+    """The verdict table (outputs/tables.py: a Rich table on a terminal it fits, else plain columns as wide
+    as their widest cell, so no cell is cut to some assumed terminal width)."""
+    print_table(console, TableSpec(title, header, rows, left=LEFT_COLUMNS, styles=VERDICT_STYLES))
 
 
 def compare_html(

@@ -16,11 +16,10 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from rich.console import Console, Group
-from rich.panel import Panel
-from rich.table import Table
+from rich.console import Console
 
 from flowperf.outputs import plots
+from flowperf.outputs.tables import TableSpec, print_parts, print_table
 from flowperf.rundir.durable import iter_complete_lines
 from flowperf.rundir.records import StepRecord
 from flowperf.rundir.rundata import RunData, parse_step_line
@@ -291,20 +290,12 @@ def beyond_engine_text(summary: RunSummary) -> str | None:
     return f"p50/p95/p99 {_percentiles(beyond)} ms of TTFT outside the engine (front end, transport, client)"
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[Any], right: tuple[str, ...] = ()) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="right" if column in right else "left", no_wrap=column == "step")
-    for row in rows:
-        table.add_row(*row)
-    return table
+def _table(title: str, columns: tuple[str, ...], rows: list[Any], right: tuple[str, ...] = ()) -> TableSpec:
+    return TableSpec(title, columns, rows, left=tuple(column for column in columns if column not in right))
 
 
-def _grid(rows: list[tuple[str, str]]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    for name, value in rows:
-        grid.add_row(f"[bold]{name}", value)
-    return grid
+def _grid(title: str, rows: list[tuple[str, str]]) -> TableSpec:
+    return TableSpec(title, None, rows, boxed=True)
 
 
 def _agentic_parts(summary: RunSummary) -> list[Any]:
@@ -323,7 +314,7 @@ def _agentic_parts(summary: RunSummary) -> list[Any]:
 
 
 def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
-    console.print(Panel(_grid(header_rows(run, summary)), title="flowperf run", title_align="left"))
+    print_table(console, _grid("flowperf run", header_rows(run, summary)))
     step_columns = ("step", "n", *(f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES))
     cache_columns = ("position", "step", "prompt tokens", "cached", "hit ratio")
     parts: list[Any] = [
@@ -339,12 +330,12 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
             [cache_row(row) for row in summary.prefix_cache],
             right=tuple(c for c in cache_columns if c != "step"),
         ),
-        Panel(_grid(resource_rows(summary)), title="resources", title_align="left"),
+        _grid("resources", resource_rows(summary)),
     ]
     failures = [(kind, str(count), message) for kind, count, message in failure_rows(run)]
     if failures:
         parts.append(_table("failures", ("error type", "workflows", "first message"), failures))
-    console.print(Group(*parts))
+    print_parts(console, parts)
 
 
 def json_report(run: RunData, summary: RunSummary) -> dict[str, Any]:
@@ -513,7 +504,7 @@ def print_run_table(summary: RunSummary, console: Console) -> None:
                 "-" if hit is None else f"{hit:.0%}",
             )
         )
-    console.print(_table("per step (ms unless noted)", columns, rows, right=columns[1:]))
+    print_table(console, _table("per step (ms unless noted)", columns, rows, right=columns[1:]))
     counts, resources = summary.counts, summary.resources
     console.print(
         f"{counts.workflows_ok}/{counts.workflows_planned} workflows ok, "

@@ -26,7 +26,7 @@ from flowperf.diagnostics.ceiling import ceiling_warning
 from flowperf.engines.base import Engine, EngineError, EngineInfo
 from flowperf.engines.iteration_log import record_iterations
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
-from flowperf.engines.presets import preset_model_path
+from flowperf.engines.presets import build_preset_model
 from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
@@ -109,6 +109,16 @@ def local_model_path(config: RunConfig) -> Path | None:
     if not (path / "config.json").is_file():
         raise UserError(f"--model {config.engine.model}: not a model directory (no config.json in it)")
     return path.resolve()
+
+
+def preset_model_path(config: RunConfig, timing: TimingLog) -> Path | None:
+    """The `--model-preset`'s model directory, built on first use; None when no preset was asked for."""
+    name = config.engine.model_preset
+    if name is None:
+        return None
+    model = build_preset_model(name, config.fixtures_dir)
+    timing.emit("model_build_ms", model.build_ms, model=name, built=model.built)
+    return model.path
 
 
 def resolve_model(config: RunConfig, timing: TimingLog) -> ResolvedModel:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.stress.config import StressConfig, parse_flags
 
 if TYPE_CHECKING:
@@ -262,10 +261,7 @@ def _progress_bar(tests: list[TestSpec]) -> Iterator[OnResult]:
 
 def _print_calibration(calibration: Calibration) -> None:
     fit = calibration.fit
-    table = Table(title="Iteration-time model fitted from the run", title_justify="left")
-    table.add_column("parameter")
-    table.add_column("value", justify="right")
-    rows = (
+    labels = (
         ("a: prefill pass, ms", "a"),
         ("b: per prefill token, ms", "b"),
         ("c: decode-only iteration, ms", "c"),
@@ -273,11 +269,13 @@ def _print_calibration(calibration: Calibration) -> None:
         ("e: per context token decoded, ms", "e"),
         ("f: per prefill attention pair, ms", "f"),
     )
-    for label, name in rows:
+    rows = []
+    for label, name in labels:
         note = " (never varied: set to 0)" if name in fit.unidentified else ""
-        table.add_row(label, f"{fit.coefficients[name] * 1000:.4g}{note}")
-    table.add_row("harness overhead, ms", f"{calibration.harness_overhead_s * 1000:.3g}")
-    console.print(table)
+        rows.append((label, f"{fit.coefficients[name] * 1000:.4g}{note}"))
+    rows.append(("harness overhead, ms", f"{calibration.harness_overhead_s * 1000:.3g}"))
+    title = "Iteration-time model fitted from the run"
+    print_table(console, TableSpec(title, ("parameter", "value"), rows, left=("parameter",)))
     r2 = "n/a" if fit.r2 is None else f"{fit.r2:.3f}"
     console.print(
         f"{fit.prefill_points} prefills and {fit.decode_points} token gaps ({fit.dropped} longer than one "
@@ -297,16 +295,16 @@ def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) ->
     if config.json_output:
         print(json.dumps(result.as_dict(), indent=2))
         return
-    table = Table(title=f"Engine model against {run_dir} ({result.requests} requests)", title_justify="left")
-    for column in ("figure", "predicted", "5-95% band", "measured", "error", "in band"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
+    rows = []
     for figure in result.figures:
         measured = "not recorded" if figure.measured is None else f"{figure.measured:.4g}"
         error = "" if figure.relative_error is None else f"{figure.relative_error:+.1%}"
         spread = "" if figure.p5 is None else f"{figure.p5:.4g}-{figure.p95:.4g}"
         inside = "" if figure.inside_band is None else ("yes" if figure.inside_band else "no")
-        table.add_row(figure.name, f"{figure.predicted:.4g}", spread, measured, error, inside)
-    console.print(table)
+        rows.append((figure.name, f"{figure.predicted:.4g}", spread, measured, error, inside))
+    title = f"Engine model against {run_dir} ({result.requests} requests)"
+    header = ("figure", "predicted", "5-95% band", "measured", "error", "in band")
+    print_table(console, TableSpec(title, header, rows, left=("figure",)))
     console.print(f"requests: {result.requests_from}; measured: {result.ttft_source}")
     console.print(
         f"engine: {result.engine}; harness overhead added: {result.harness_overhead_s * 1000:.3g} ms"
@@ -330,24 +328,16 @@ def _print_replicas(config: StressConfig, calibration: Calibration | None) -> No
         config.test_config(calibration.service), single_test(config), calibration.noise, replicas, config.seed
     )
     (config.out / "stress_replicas.json").write_text(json.dumps(found, indent=2), encoding="utf-8")
-    table = Table(title=f"{replicas} perturbed replicas", title_justify="left")
-    for column in ("figure", "median", "5%", "95%"):
-        table.add_column(column, justify="left" if column == "figure" else "right")
-    for name, figures in found["bands"].items():
-        table.add_row(name, *(f"{figures[key]:.4g}" for key in ("median", "p5", "p95")))
-    console.print(table)
+    rows = [
+        (name, *(f"{figures[key]:.4g}" for key in ("median", "p5", "p95")))
+        for name, figures in found["bands"].items()
+    ]
+    header = ("figure", "median", "5%", "95%")
+    print_table(console, TableSpec(f"{replicas} perturbed replicas", header, rows, left=("figure",)))
 
 
 def _print_summary(report: SuiteReport) -> None:
     """One compact row per test (fits 80 columns); full precision is in the CSVs."""
-    table = Table(
-        title="bench stress",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        pad_edge=False,
-        show_edge=False,
-    )
     headers = (
         "test",
         "K",
@@ -361,23 +351,24 @@ def _print_summary(report: SuiteReport) -> None:
         "util",
         "fill",
     )
-    for header in headers:
-        table.add_column(header, justify="left" if header == "test" else "right", no_wrap=True)
+    rows = []
     for result in report.results:
-        table.add_row(
-            f"{result.step.replace('step', 's')} {result.scheduler}",
-            "" if result.effective_k is None else str(result.effective_k),
-            str(result.n_gpus),
-            _count(result.num_requests),
-            f"{result.sla_attainment:.1%}",
-            _seconds(result.ttft_p50_s),
-            _seconds(result.ttft_p99_s),
-            _seconds(result.e2e_p99_s),
-            f"{result.throughput_rps:.3g}",
-            f"{result.gpu_utilisation:.0%}",
-            "" if result.batch_fill is None else f"{result.batch_fill:.0%}",
+        rows.append(
+            (
+                f"{result.step.replace('step', 's')} {result.scheduler}",
+                "" if result.effective_k is None else str(result.effective_k),
+                str(result.n_gpus),
+                _count(result.num_requests),
+                f"{result.sla_attainment:.1%}",
+                _seconds(result.ttft_p50_s),
+                _seconds(result.ttft_p99_s),
+                _seconds(result.e2e_p99_s),
+                f"{result.throughput_rps:.3g}",
+                f"{result.gpu_utilisation:.0%}",
+                "" if result.batch_fill is None else f"{result.batch_fill:.0%}",
+            )
         )
-    console.print(table)
+    print_table(console, TableSpec("bench stress", headers, rows, left=("test",)))
     for line in _conclusions(report.analysis):
         console.print(line)
     console.print(

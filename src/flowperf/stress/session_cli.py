@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from flowperf.errors import UserError
+from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.sessions.format import read_trace
 from flowperf.stress.config import StressConfig
 from flowperf.stress.engine import EngineConfig
@@ -103,35 +103,18 @@ def _print(result: dict[str, Any], config: StressConfig) -> None:
         print(json.dumps(result, indent=2, default=float))
         return
     rows = result.get("evaluated", [result])
-    table = Table(title=f"Sessions of {config.sessions} ({config.routing} routing)", title_justify="left")
-    for column in (
-        "GPUs",
-        "done",
-        "session p50 s",
-        "session p95 s",
-        "TTFT p95 s",
-        "cache hit",
-        "KV",
-        "preempt",
-    ):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
+    names = ("session_p50_s", "session_p95_s", "ttft_p95_s", "cache_hit", "kv_utilisation", "preemptions")
+    table_rows = [
+        (
             str(row["n_gpus"]),
             str(row["expected"]["sessions_completed"]),
-            *(
-                _cell(row, name)
-                for name in (
-                    "session_p50_s",
-                    "session_p95_s",
-                    "ttft_p95_s",
-                    "cache_hit",
-                    "kv_utilisation",
-                    "preemptions",
-                )
-            ),
+            *(_cell(row, name) for name in names),
         )
-    console.print(table)
+        for row in rows
+    ]
+    header = ("GPUs", "done", "session p50 s", "session p95 s", "TTFT p95 s", "cache hit", "KV", "preempt")
+    title = f"Sessions of {config.sessions} ({config.routing} routing)"
+    print_table(console, TableSpec(title, header, table_rows))
     if "gpus" in result:
         gpus = result["gpus"]
         console.print(

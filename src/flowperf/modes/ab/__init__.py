@@ -1,1 +1,7 @@
-"""bench ab: two configurations interleaved in blocks on one engine."""
+"""bench ab: two configurations interleaved in blocks on one engine.
+
+Owns: the interleaved schedule and its runs (`run`), the paired statistics (`stats`), the verdict table
+(`report`).
+May import: config, errors, stats, rundir, run, engines, outputs, cli (options.py's option groups).
+Must not import: stress, diagnostics, workers.
+"""

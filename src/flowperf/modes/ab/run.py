@@ -162,6 +162,28 @@ def engine_mode(a: RunConfig, b: RunConfig) -> str:
     return TWO_ENGINES
 
 
+DEFAULT_PAIRS = 10
+
+
+def block_pairs(
+    pairs: int | None, num_flows: int | None, block_workflows: int, say: Callable[[str], None]
+) -> int:
+    """The block pairs to run: `--pairs`, or derived from `-n` (workflows per arm, as every other command
+    counts them) rounded up to whole blocks, said in one line; not both."""
+    if num_flows is None:
+        return DEFAULT_PAIRS if pairs is None else pairs
+    if pairs is not None:
+        raise UserError(f"-n {num_flows} and --pairs {pairs} both size the A/B test; give one")
+    derived = -(-num_flows // block_workflows)
+    workflows = derived * block_workflows
+    rounded = "" if workflows == num_flows else f", rounded up from {num_flows} to whole blocks"
+    say(
+        f"-n {num_flows}: {derived} block pair(s) of {block_workflows} workflows, so {workflows} workflows "
+        f"per arm{rounded}"
+    )
+    return derived
+
+
 def build_plan(
     config_file: Path | None, common: ConfigFlags, a_options: str, b_options: str, *, pairs: int,
     block_workflows: int, order_seed: int, alpha: float, threshold_pct: float, gate: str | None,

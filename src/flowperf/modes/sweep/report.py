@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from flowperf.modes.sweep.levels import LevelRow
 from flowperf.outputs.plots import new_figure, to_png
 from flowperf.outputs.report import data_uri, fmt, render_page
+from flowperf.outputs.tables import TableSpec, print_table
 
 HEADER = ("level", "offered", "achieved/s", "p50 ms", "p95 ms", "ttft p50", "ttft p95", "attain", "goodput/s",
           "most missed", "status")  # fmt: skip
@@ -75,12 +75,9 @@ def answer_lines(document: dict[str, Any]) -> list[str]:
 
 
 def print_sweep(console: Console, document: dict[str, Any]) -> None:
-    table = Table(title=f"sweep {document['sweep_id']} ({document['status']})", title_justify="left")
-    for column in HEADER:
-        table.add_column(column, justify="left" if column in ("level", "most missed", "status") else "right")
-    for cells in table_rows(document):
-        table.add_row(*cells)
-    console.print(table)
+    title = f"sweep {document['sweep_id']} ({document['status']})"
+    left = ("level", "most missed", "status")
+    print_table(console, TableSpec(title, HEADER, table_rows(document), left=left))
     for line in answer_lines(document):
         console.print(line, highlight=False)
 
