@@ -16,6 +16,9 @@ SLOW = (
 )
 
 SUBPROCESS = (
+    "tests/test_session_importers.py::test_bad_input_through_the_cli",
+    "tests/test_session_importers.py::test_cli_import_writes_a_readable_trace",
+    "tests/test_trace_stats.py::test_cli_plain_text_when_piped_and_json",
     "tests/stress/test_stress_entry.py::test_bench_stress_mistakes_are_one_line_and_exit_2",
     "tests/stress/test_stress_entry.py::test_bench_stress_runs_one_test_through_the_cli",
     "tests/stress/test_stress_suite.py::test_a_burstgpt_file_drives_a_run_and_a_bad_one_stops_it_before_any_output",

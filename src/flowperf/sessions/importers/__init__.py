@@ -1,9 +1,11 @@
 """Importers: other trace formats turned into the session-trace format (sessions/format.py).
 
 `import_trace(path, format=None)` reads any supported file into a `SessionTrace`; `detect_format` tells
-the format from the content (never the file name), and a native flowperf-sessions file passes through
+the format from the content (not from the file name), and a native flowperf-sessions file passes through
 unchanged. Each importer module keeps its own private pydantic models as its input contract; a bad input
 is one UserError naming the file, the line (JSON Lines) or JSON path, and the field.
+May import: sessions.format, stress.traces (the request-trace loaders), errors, validation.
+Must not import: cli, run, outputs, modes, workers, diagnostics, engines.
 """
 
 from __future__ import annotations
