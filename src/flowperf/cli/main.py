@@ -45,6 +45,7 @@ from flowperf.cli.options import (
     only,
     with_options,
 )
+from flowperf.cli.record import record as record_command
 from flowperf.cli.sweep import compare_sweep_dirs, sweep
 from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import EngineError
@@ -674,6 +675,7 @@ def _ab_exit(document: dict[str, Any], ab_dir: Path) -> int:
 
 app.command("stress")(stress)
 app.command("sweep", cls=HtmlCommand)(sweep)
+app.command("record")(record_command)
 
 
 def main() -> None:
