@@ -30,7 +30,7 @@ from flowperf.sessions.record import RecordingProxy, RecordSettings
 from helpers import BENCH, ROOT
 
 SECRET = "sk-record-test-never-stored"
-MOCK = MockConfig(ttft_ms=20, itl_ms=2, lifetime_s=120, usage_when_asked=True)
+MOCK = MockConfig(ttft_ms=20, itl_ms=2, lifetime_s=120, strict_openai=True)
 
 
 class Proxy:
@@ -68,6 +68,7 @@ def recording(
             yield server, proxy, out
         finally:
             proxy.stop()
+            time.sleep(0.05)  # the mock sees the proxy's pooled connections close before its loop does
 
 
 def post(base: str, path: str, body: dict[str, Any], **headers: str) -> tuple[httpx.Response, list[float]]:
@@ -116,7 +117,9 @@ def test_answers_pass_through_as_the_server_sends_them(tmp_path: Path, api: str,
     """Status, content type and body through the proxy equal a direct request's; a stream that did not
     ask for usage gets none (the proxy asked upstream and removed it), one that asked gets it."""
     path = f"/v1/{'chat/completions' if api == 'chat' else 'completions'}"
-    body = (chat([{"role": "user", "content": "hi"}]) if api == "chat" else {"prompt": "hi", "max_tokens": 4}) | {
+    body = (
+        chat([{"role": "user", "content": "hi"}]) if api == "chat" else {"prompt": "hi", "max_tokens": 4}
+    ) | {
         "model": "mock",
         "stream": streaming,
     }
@@ -139,7 +142,8 @@ def test_answers_pass_through_as_the_server_sends_them(tmp_path: Path, api: str,
     trace = read_trace(out)
     assert trace.request_count == len(variants)
     assert all(
-        (r.prompt_tokens, r.output_tokens, r.api, r.streaming) == (8, 4, api, streaming) for r in trace.requests()
+        (r.prompt_tokens, r.output_tokens, r.api, r.streaming) == (8, 4, api, streaming)
+        for r in trace.requests()
     )
     assert all((r.ttft_ms is not None) == streaming for r in trace.requests())
 
@@ -147,10 +151,12 @@ def test_answers_pass_through_as_the_server_sends_them(tmp_path: Path, api: str,
 def test_events_are_forwarded_as_they_arrive_and_ttft_is_the_proxys_view(tmp_path: Path) -> None:
     """Each chunk reaches the client within a few ms of the server writing it (10 ms apart here), and the
     recorded TTFT and latency hold the server's own and sit within the client's."""
-    mock = MockConfig(ttft_ms=30, itl_ms=25, lifetime_s=60, usage_when_asked=True)
+    mock = MockConfig(ttft_ms=30, itl_ms=25, lifetime_s=60, strict_openai=True)
     with recording(tmp_path, mock) as (server, proxy, out):
         sent = time.perf_counter()
-        response, arrivals = post(proxy.url, "/v1/completions", {"prompt": "x", "max_tokens": 12, "stream": True})
+        response, arrivals = post(
+            proxy.url, "/v1/completions", {"prompt": "x", "max_tokens": 12, "stream": True}
+        )
         (log,) = server.logs
     assert response.status_code == 200 and len(log.token_sent) == 12
     lags = [min(a - s for a in arrivals if a >= s) * 1000.0 for s in log.token_sent]
@@ -291,3 +297,158 @@ def test_think_time_is_the_agents_pause_between_turns(tmp_path: Path) -> None:
         assert requests[request_id].think_ms == pytest.approx(
             requests[request_id].start_ms - requests[requests[request_id].needs[0]].end_ms
         )
+
+
+@contextlib.contextmanager
+def bench_record(upstream: str, out: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`bench record` as a user runs it, with the URL from its ready line; killed (by pid) if left running."""
+    process = subprocess.Popen(
+        [*BENCH, "record", "--upstream", upstream, "--listen", "127.0.0.1:0", "--out", str(out), *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert " at http://127.0.0.1:" in ready, ready + (process.stderr.read() if process.stderr else "")
+        yield process, ready.split(" at ")[1].split()[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_killed_proxy_loses_nothing_it_answered(tmp_path: Path) -> None:
+    out = tmp_path / "killed.jsonl"
+    with (
+        serve_in_thread(MOCK) as server,
+        bench_record(f"http://127.0.0.1:{server.port}", out) as (process, url),
+    ):
+        for index in range(5):
+            post(url, "/v1/completions", completion(f"request {index}"))
+
+        def in_flight() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # its proxy is killed under it
+                post(url, "/v1/completions", completion("mock-fault=hang"))
+
+        hanging = threading.Thread(target=in_flight, daemon=True)
+        hanging.start()
+        deadline = time.monotonic() + 10
+        while len(server.logs) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    trace = read_trace(out)
+    assert trace.request_count == 5 and trace.header.source == "recorded"
+
+
+def test_ctrl_c_ends_with_a_summary_and_an_existing_trace_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "trace.jsonl"
+    with serve_in_thread(MOCK) as server:
+        upstream = f"http://127.0.0.1:{server.port}"
+        with bench_record(upstream, out) as (process, url):
+            chat_turns_at(url, 2)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"recorded 2 requests in 1 sessions (prompt 16 tokens, output 8 tokens) to {out}"
+        )
+        before = out.read_bytes()
+        again = subprocess.run(
+            [*BENCH, "record", "--upstream", upstream, "--out", str(out), "--listen", "127.0.0.1:0"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0
+    assert f"--out {out}: already exists" in again.stderr and out.read_bytes() == before
+    assert read_trace(out).request_count == 2
+
+
+def chat_turns_at(url: str, turns: int) -> None:
+    messages = [{"role": "user", "content": "hello"}]
+    for _ in range(turns):
+        response, _ = post(url, "/v1/chat/completions", chat(messages))
+        messages += [response.json()["choices"][0]["message"], {"role": "user", "content": "more"}]
+
+
+def test_the_openai_client_through_the_proxy_and_no_key_on_disk(tmp_path: Path) -> None:
+    """The official client sees the same answers through the proxy as directly; its API key reaches the
+    server and never the trace, even with --keep-text."""
+    question = [{"role": "user", "content": "Say hi."}]
+    with recording(tmp_path, keep_text=True) as (server, proxy, out):
+        seen, clients = [], []
+        for base in (f"http://127.0.0.1:{server.port}/v1", proxy.url + "/v1"):
+            client = openai.OpenAI(base_url=base, api_key=SECRET, max_retries=0)
+            clients.append(client)
+            whole = client.chat.completions.create(model="mock", messages=question, max_tokens=5)
+            stream = client.chat.completions.create(
+                model="mock", messages=question, max_tokens=5, stream=True
+            )
+            streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+            text = client.completions.create(model="mock", prompt="Hi", max_tokens=3, stream=False)
+            seen.append(
+                (
+                    whole.choices[0].message.content,
+                    whole.usage.completion_tokens,
+                    streamed,
+                    text.choices[0].text,
+                )
+            )
+        for client in clients:
+            client.close()
+        assert all(log.headers["authorization"] == f"Bearer {SECRET}" for log in server.logs)
+    assert seen[0] == seen[1] == (" t0 t1 t2 t3 t4", 5, " t0 t1 t2 t3 t4", " t0 t1 t2")
+    recorded = out.read_text()
+    assert SECRET not in recorded and "Bearer" not in recorded and "Say hi." in recorded
+    assert read_trace(out).request_count == 3
+
+
+def test_token_id_prompts_get_chained_block_hashes_and_no_tokenize_is_said_once(tmp_path: Path) -> None:
+    """A prompt of token ids is hashed as it is (the mock counts 8 prompt tokens, so 8 ids); a text
+    prompt, which the mock cannot tokenize (no /tokenize), is recorded without hash ids, said once."""
+    shared = [11, 12, 13, 14]
+    with recording(tmp_path, block_size=4) as (_, proxy, out):
+        for tail in ([15, 16, 17, 18], [25, 26, 27, 28]):
+            post(proxy.url, "/v1/completions", completion("") | {"prompt": shared + tail})
+        for _ in range(2):
+            post(proxy.url, "/v1/completions", completion("text"))
+    one, two, text, again = read_trace(out).requests()
+    assert one.hash_ids == chained_block_hashes([*shared, 15, 16, 17, 18], 4)
+    assert one.hash_ids[0] == two.hash_ids[0] and one.hash_ids[1] != two.hash_ids[1]
+    assert text.hash_ids == again.hash_ids == []
+    assert [w for w in proxy.warnings if "/tokenize" in w] == [
+        "the upstream has no /tokenize (HTTP 404): recording prompt token counts without hash ids "
+        "(pass --tokenizer PATH for them)"
+    ]
+
+
+@given(
+    prefix=st.lists(st.integers(0, 2**31), max_size=40),
+    left=st.lists(st.integers(0, 2**31), max_size=20),
+    right=st.lists(st.integers(0, 2**31), max_size=20),
+    block_size=st.integers(1, 8),
+)
+def test_equal_prefixes_give_equal_hash_ids_and_only_they_do(
+    prefix: list[int], left: list[int], right: list[int], block_size: int
+) -> None:
+    a, b = chained_block_hashes(prefix + left, block_size), chained_block_hashes(prefix + right, block_size)
+    shared_blocks = len(prefix) // block_size
+    assert a[:shared_blocks] == b[:shared_blocks]
+    assert len(a) == -(-len(prefix + left) // block_size)
+    tokens_a, tokens_b = prefix + left, prefix + right
+    for k, (x, y) in enumerate(zip(a, b, strict=False)):
+        same_prefix = tokens_a[: (k + 1) * block_size] == tokens_b[: (k + 1) * block_size]
+        assert (x == y) == same_prefix
+        assert 0 <= x < 2**63
+
+
+def test_hash_ids_are_the_same_in_every_process() -> None:
+    """blake2b over the packed ids, not Python's salted hash(): a fixed value, in a fresh process too."""
+    code = "from flowperf.sessions.hashing import chained_block_hashes as h; print(h(list(range(130)), 64))"
+    fresh = subprocess.run(
+        [BENCH[0], "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"}
+    )
+    assert fresh.stdout.strip() == str(chained_block_hashes(list(range(130)), 64))
+    assert chained_block_hashes([1, 2, 3], 2) == GOLDEN
+
+
+GOLDEN = [8901564848246840783, 6429590178431291371]  # written once; a change breaks old recordings

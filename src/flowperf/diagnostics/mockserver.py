@@ -11,9 +11,9 @@ per-request `metrics`) and can misbehave on demand, for the whole server (`MockC
 request (`mock-fault=<name>` anywhere in its prompt): `error` (an error event inside a 200 stream),
 `truncated` (the stream ends without a finish reason), `short` (finish reason `length` before max_tokens),
 `http_error` (an HTTP error status) and `hang` (nothing is ever answered). A request with `"stream": false`
-gets one JSON answer when its last token is due; with `usage_when_asked` a stream ends with its usage
-event only if `stream_options.include_usage` asked for it, as OpenAI's API does (for `bench record`'s
-tests; flowperf's own engine always asks).
+gets one JSON answer when its last token is due. With `strict_openai` it follows OpenAI's API where it
+otherwise does not (for `bench record`'s tests): a request without `stream` is not streamed, and a stream
+ends with its usage event only if `stream_options.include_usage` asked for it.
 
 It binds 127.0.0.1 only, on a port the system picks, and stops by itself after `lifetime_s`. Run it in a
 thread (`serve_in_thread`, for tests), or in a process of its own (`spawn`, for measurements: then the
@@ -51,7 +51,7 @@ class MockConfig:
     fault_after_tokens: int = 3
     http_status: int = 503
     lifetime_s: float = 600.0
-    usage_when_asked: bool = False  # True: a stream's usage event only with stream_options.include_usage
+    strict_openai: bool = False  # as OpenAI's API: no stream unless asked, a stream's usage only if asked
 
 
 @dataclass
@@ -144,7 +144,7 @@ class MockOpenAIServer:
         if fault == "http_error":
             await _send_json(writer, self.config.http_status, {"error": {"message": "mock overload"}})
             return
-        if request.get("stream") is False:
+        if request.get("stream") is False or (self.config.strict_openai and not request.get("stream")):
             await self._whole(path, log, writer)
             return
         writer.write(
@@ -184,7 +184,7 @@ class MockOpenAIServer:
         if fault == "error":
             error = {"message": "mock failure mid-stream", "type": "InternalServerError", "code": 500}
             await _send_event(writer, {"error": error})
-        elif asked or not self.config.usage_when_asked:
+        elif asked or not self.config.strict_openai:
             first = log.token_sent[0] if log.token_sent else log.arrived
             usage = {
                 "prompt_tokens": 8,
