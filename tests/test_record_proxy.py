@@ -452,3 +452,56 @@ def test_hash_ids_are_the_same_in_every_process() -> None:
 
 
 GOLDEN = [8901564848246840783, 6429590178431291371]  # written once; a change breaks old recordings
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_recording_a_flowperf_run_against_a_real_vllm_server(tmp_path: Path, tiny_model: Path) -> None:
+    """`bench run --engine openai` through `bench record` in front of a real vLLM server: one session per
+    workflow (the engine's X-Session-Id), each a chain of needs, every answered LLM step once with the
+    prompt tokens the run measured, and hash ids from the server's /tokenize covering exactly those tokens
+    (the shared system prompt gives both sessions the same first block). The tiny model's 10,240-token
+    context ends the longer sessions with an HTTP 400, which reaches the run through the proxy as the
+    server sent it and is not recorded."""
+    from flowperf.config import EngineConfig
+    from flowperf.engines.server import ServerRegistry
+
+    registry = ServerRegistry()
+    server, reused = registry.acquire(
+        EngineConfig(), tiny_model, port=None, max_servers=3, start_timeout_s=600
+    )
+    out = tmp_path / "recorded.jsonl"
+    try:
+        with bench_record(server.base_url, out) as (process, url):
+            run = subprocess.run(
+                [*BENCH, "run", "--engine", "openai", "--base-url", url, "--flow", "coding_agent", "-n", "2",
+                 "--warmup", "0", "--no-progress", "--out", str(tmp_path / "runs"), "--run-id", "rec"],
+                cwd=ROOT, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+    finally:
+        if not reused:  # a server this test started (another test's is left to it)
+            registry.stop(server.id)
+    assert run.returncode in (0, 3), run.stderr[-2000:]
+    assert process.returncode == 130
+    steps = [
+        json.loads(line) for line in (tmp_path / "runs" / "rec" / "steps.jsonl").read_text().splitlines()
+    ]
+    llm = [step for step in steps if step.get("kind", "llm") == "llm" and step["status"] == "ok"]
+    failed = [step for step in steps if step["status"] == "failed"]
+    assert all("maximum context length" in step["error_message"] for step in failed)
+    trace = read_trace(out)
+    assert trace.request_count == len(llm) >= 20 and len(trace.sessions) == 2
+    for session in trace.sessions:
+        flow_steps = sorted(
+            (s for s in llm if session.id == f"rec-{s['flow_id']}"), key=lambda s: s["start_offset_ms"]
+        )
+        requests = session.requests
+        assert [r.prompt_tokens for r in requests] == [s["prompt_tokens"] for s in flow_steps]
+        assert [r.output_tokens for r in requests] == [s["output_tokens"] for s in flow_steps]
+        assert [r.needs for r in requests] == [[], *([previous.id] for previous in requests[:-1])]
+        assert all(len(r.hash_ids) == -(-r.prompt_tokens // 64) for r in requests)
+        assert all(r.api == "chat" and r.streaming and r.ttft_ms is not None for r in requests)
+    first, second = (session.requests[0].hash_ids for session in trace.sessions)
+    assert first[0] == second[0]
