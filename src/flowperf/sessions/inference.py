@@ -85,12 +85,18 @@ class PrefixIndex:
             bisect.insort(self._lengths, len(text))
         self._owners.setdefault(key, []).append(owner)
 
-    def longest(self, text: bytes, accept: Callable[[str], bool]) -> str | None:
-        """The latest-registered owner of the longest registered prefix of `text` that `accept` takes."""
+    def longest(
+        self, text: bytes, accept: Callable[[str], bool], separator: bytes | None = None
+    ) -> str | None:
+        """The latest-registered owner of the longest registered prefix of `text` that `accept` takes.
+
+        With a `separator` only prefixes that end with it are tried (a chat transcript's message ends: as
+        many as it has messages); without one, every registered length up to len(text)."""
+        lengths = self._lengths if separator is None else _ends_of(text, separator)
         hasher = hashlib.blake2b(digest_size=16)
         done = 0
         found: list[list[str]] = []
-        for length in self._lengths:
+        for length in lengths:
             if length > len(text):
                 break
             hasher.update(text[done:length])
@@ -105,6 +111,15 @@ class PrefixIndex:
         return None
 
 
+def _ends_of(text: bytes, separator: bytes) -> list[int]:
+    ends = []
+    at = text.find(separator)
+    while at >= 0:
+        ends.append(at + len(separator))
+        at = text.find(separator, at + len(separator))
+    return ends
+
+
 @dataclass(frozen=True)
 class Observed:
     """One answered request, as inference needs it (times in ms on the recorder's clock)."""
@@ -115,6 +130,7 @@ class Observed:
     declared_session: str | None
     transcript: bytes | None
     continuation: bytes | None
+    chat: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,7 +185,7 @@ class SessionInference:
             same = request.declared_session is None or placed.session == request.declared_session
             return same and placed.end_ms <= request.start_ms
 
-        return self._index.longest(request.transcript, accept)
+        return self._index.longest(request.transcript, accept, _END if request.chat else None)
 
     def _last_ended(self, session: str, before_ms: float) -> str | None:
         ended = [

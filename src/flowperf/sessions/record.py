@@ -293,6 +293,7 @@ class RecordingProxy:
                 declared_session=call.declared_session,
                 transcript=transcript,
                 continuation=after,
+                chat=call.api == "chat",
             )
         )
         record = TraceRequest(
