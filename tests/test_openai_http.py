@@ -67,6 +67,7 @@ def test_streamed_completion_is_measured_from_token_ids_usage_and_metrics(monkey
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["ignore_eos"] is True and body["return_token_ids"] is True and body["seed"] == 4
     assert log.headers["authorization"] == f"Bearer {SECRET}" and log.request_id == "req-0"
+    assert log.headers["x-session-id"] == "req"  # the workflow, for a recording proxy in between
     info = json.dumps(engine.info().as_dict())
     assert SECRET not in info and "FLOWPERF_TEST_KEY" not in info
 

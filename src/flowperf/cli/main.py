@@ -16,6 +16,7 @@ from typer.exceptions import TyperException
 from flowperf.cli import ab, prepare, reports, runs, serve
 from flowperf.cli.common import EXIT_USER_ERROR, print_error, print_warning, show_help_without_command
 from flowperf.cli.options import HtmlCommand
+from flowperf.cli.record import record as record_command
 from flowperf.cli.sweep import sweep
 from flowperf.cli.trace import trace_app
 from flowperf.errors import UserError
@@ -43,6 +44,7 @@ ab.register(app)
 app.command("stress")(stress)
 app.command("sweep", cls=HtmlCommand)(sweep)
 app.add_typer(trace_app, name="trace")
+app.command("record")(record_command)
 
 
 def main() -> None:

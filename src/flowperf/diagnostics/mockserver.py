@@ -10,7 +10,10 @@ It speaks enough of vLLM's dialect for flowperf to treat it as vLLM (`/version`,
 per-request `metrics`) and can misbehave on demand, for the whole server (`MockConfig.fault`) or for one
 request (`mock-fault=<name>` anywhere in its prompt): `error` (an error event inside a 200 stream),
 `truncated` (the stream ends without a finish reason), `short` (finish reason `length` before max_tokens),
-`http_error` (an HTTP error status) and `hang` (nothing is ever answered).
+`http_error` (an HTTP error status) and `hang` (nothing is ever answered). A request with `"stream": false`
+gets one JSON answer when its last token is due. With `strict_openai` it follows OpenAI's API where it
+otherwise does not (for `bench record`'s tests): a request without `stream` is not streamed, and a stream
+ends with its usage event only if `stream_options.include_usage` asked for it.
 
 It binds 127.0.0.1 only, on a port the system picks, and stops by itself after `lifetime_s`. Run it in a
 thread (`serve_in_thread`, for tests), or in a process of its own (`spawn`, for measurements: then the
@@ -48,6 +51,7 @@ class MockConfig:
     fault_after_tokens: int = 3
     http_status: int = 503
     lifetime_s: float = 600.0
+    strict_openai: bool = False  # as OpenAI's API: no stream unless asked, a stream's usage only if asked
 
 
 @dataclass
@@ -140,6 +144,9 @@ class MockOpenAIServer:
         if fault == "http_error":
             await _send_json(writer, self.config.http_status, {"error": {"message": "mock overload"}})
             return
+        if request.get("stream") is False or (self.config.strict_openai and not request.get("stream")):
+            await self._whole(path, log, writer)
+            return
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
@@ -156,11 +163,28 @@ class MockOpenAIServer:
             log.token_sent.append(time.perf_counter())
         await self._finish(writer, log, fault)
 
+    async def _whole(self, path: str, log: RequestLog, writer) -> None:
+        """A non-streamed answer (`"stream": false`), sent when its last token is due."""
+        due = log.arrived + (self.config.ttft_ms + (log.max_tokens - 1) * self.config.itl_ms) / 1000.0
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        text = "".join(f" t{index}" for index in range(log.max_tokens))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if path.endswith("chat/completions"):
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        usage = {"prompt_tokens": 8, "completion_tokens": log.max_tokens, "total_tokens": 8 + log.max_tokens}
+        kind = "chat.completion" if "message" in choice else "text_completion"
+        answer = {"id": "mock", "object": kind, "created": 0, "model": self.config.model, "choices": [choice]}
+        await _send_json(writer, 200, answer | {"usage": usage})
+        log.finished = time.perf_counter()
+
     async def _finish(self, writer, log: RequestLog, fault: str) -> None:
+        asked = (log.body.get("stream_options") or {}).get("include_usage")
         if fault == "error":
             error = {"message": "mock failure mid-stream", "type": "InternalServerError", "code": 500}
             await _send_event(writer, {"error": error})
-        else:
+        elif asked or not self.config.strict_openai:
             first = log.token_sent[0] if log.token_sent else log.arrived
             usage = {
                 "prompt_tokens": 8,

@@ -71,6 +71,12 @@ class HttpClientConfig:
         return (self.base_url, *self.other_urls)
 
 
+def session_id(request_id: str) -> str:
+    """The workflow a request belongs to, `{run_id}-{flow_id}` (see session_key): sent as `X-Session-Id`
+    so a recording proxy in between (`bench record`) puts each workflow's requests in one session."""
+    return request_id.rpartition("-")[0] or request_id
+
+
 def session_key(request_id: str) -> int:
     """The workflow a request belongs to, as a number: its index where the id says it, else a stable hash.
 
@@ -78,7 +84,7 @@ def session_key(request_id: str) -> int:
     name never holds a `-` (`id`, `id#turn`, `id[k]`) and a flow id ends in the workflow's index
     (`<name>-<i:06d>`, warm-up `<name>-warmup-<k:06d>`), so `index mod N` spreads workflows evenly and
     routes a resumed workflow where it went before. Any other id keeps its requests together by hash."""
-    session = request_id.rpartition("-")[0] or request_id
+    session = session_id(request_id)
     digits = session.rpartition("-")[2]
     return int(digits) if digits.isdigit() else zlib.crc32(session.encode())
 
@@ -315,7 +321,11 @@ class OpenAIHttpEngine:
             async with endpoint.client.post(
                 endpoint.url + path,
                 data=content,
-                headers={"Content-Type": "application/json", "X-Request-Id": request_id},
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Request-Id": request_id,
+                    "X-Session-Id": session_id(request_id),
+                },
                 trace_request_ctx=timer,
             ) as response:
                 await _read_stream(response, path, state, timer)
