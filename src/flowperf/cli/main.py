@@ -37,6 +37,7 @@ from flowperf.cli.options import (
     MONITOR,
     RESULTS,
     RESULTS_PANEL,
+    SESSIONS,
     TRACE,
     ConfigFileOption,
     ConfigFlags,
@@ -229,14 +230,14 @@ REPLAY_MEASUREMENT = only(
 
 
 @app.command()
-@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, CLIENT, MONITOR, RESULTS)
+@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, SESSIONS, CLIENT, MONITOR, RESULTS)
 def replay(
     trace: Annotated[
         str,
         typer.Argument(
             metavar="TRACE",
-            help="A shipped trace (mooncake, azure-conv, azure-code) or a Mooncake JSONL, Azure or "
-            "BurstGPT CSV file.",
+            help="A shipped trace (mooncake, azure-conv, azure-code), a Mooncake JSONL, Azure or "
+            "BurstGPT CSV file, or a session trace (flowperf-sessions JSONL).",
         ),
     ],
     config_file: ConfigFileOption = None,
@@ -251,6 +252,10 @@ def replay(
     prefix blocks, so the trace's prefix-cache reuse is reproduced; other traces get unique prompts) and
     it generates exactly the trace's output length. The run directory is a `bench run` directory:
     `report`, `compare` and `--resume` work on it.
+
+    A session trace replays one workflow per session: its requests in their recorded dependency order,
+    each after its recorded think time (`--think-time`), prompts synthesized from the hash ids; sessions
+    start at their recorded times, or `--sessions N` closed loop, or `--session-rate R` open loop.
 
     Exit codes as `bench run`.
     """

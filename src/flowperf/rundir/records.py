@@ -87,6 +87,15 @@ class StepRecord(Record):
     error_message: str | None = None
     prompt_text: str | None = None
     output_text: str | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="a replayed session trace's request id (for think steps: the one it precedes)",
+    )
+    think_before_ms: Duration | None = Field(
+        default=None,
+        description="a replayed session's LLM step: the think pause planned before it (recorded think time, "
+        "scaled by --think-time and --time-scale), ms",
+    )
 
     @field_validator("error_message")
     @classmethod
