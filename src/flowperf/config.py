@@ -198,6 +198,24 @@ class OutputConfig(BaseModel):
     save_text: bool = False
     summary_every: int = Field(default=10, ge=1, description="rewrite summary.json every this many workflows")
     summary_interval_s: float = Field(default=15.0, ge=0, description="...and at most this often")
+    slo: str | None = Field(
+        default=None,
+        description="objectives the summary judges sessions (workflows) against, e.g. "
+        "session_p95_ms=60000,ttft_p99_ms=2000 (rundir/slo.py)",
+    )
+
+    @field_validator("slo")
+    @classmethod
+    def _objectives_parse(cls, value: str | None) -> str | None:
+        """Checked when the run is configured, never first when its summary is written."""
+        from flowperf.rundir.slo import parse_slos
+
+        if value is not None:
+            try:
+                parse_slos(value, "slo")
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        return value
 
 
 NOT_FINGERPRINTED: dict[str, Any] = {

@@ -344,6 +344,13 @@ SESSIONS = (
         help="Replay at most this many.",
         unset="all",
     ),
+    option(
+        "output.slo",
+        "--slo",
+        panel=SESSIONS_PANEL,
+        help="Objectives each session is judged against for goodput, e.g. session_p95_ms=60000,"
+        "ttft_p99_ms=2000 (metrics: session, workflow, ttft, itl, tpot, step).",
+    ),
 )
 
 CLIENT_PANEL = "Load generation"

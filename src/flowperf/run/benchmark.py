@@ -346,6 +346,7 @@ def run_info(config: RunConfig, expansion: Expansion, run_id: str) -> RunInfo:
         config_sha256=config.fingerprint(),
         warmup_workflows=config.warmup,
         sample_interval_s=config.monitor.sample_interval_s,
+        slo=config.output.slo,
     )
 
 
