@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faults import FaultyEngine
 from flowperf.config import RunConfig
 from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.errors import UserError
@@ -193,7 +192,7 @@ def test_a_session_replay_on_the_engine(engine, engine_loop, tmp_path: Path) -> 
     a resume of the finished directory runs nothing again."""
     config = replay_config(tmp_path, trace_file(tmp_path, SUBAGENTS))
     hooks = RunHooks(echo=lambda _: None)
-    result = engine_loop.run(run_benchmark(config, hooks, engine=FaultyEngine(engine)))
+    result = engine_loop.run(run_benchmark(config, hooks, engine=engine, shutdown_engine=False))
     assert result.summary.counts.workflows_ok == 2
     steps = llm_steps(result.run_dir)
     assert {rid: s.prompt_tokens for rid, s in steps.items()} == {r.id: r.prompt_tokens for r in SUBAGENTS}
@@ -204,9 +203,9 @@ def test_a_session_replay_on_the_engine(engine, engine_loop, tmp_path: Path) -> 
     assert len(late) == 3 and all(0 <= gap <= 5 for gap in late), late
     assert steps["other1"].cached_prompt_tokens == 96
     resumed = engine_loop.run(
-        run_benchmark(config, hooks, resume_from=result.run_dir, engine=FaultyEngine(engine))
+        run_benchmark(config, hooks, resume_from=result.run_dir, engine=engine, shutdown_engine=False)
     )
-    assert resumed.summary.counts.workflows_done == 2 and len(RunStore(result.run_dir).read_steps()) == 7
+    assert resumed.summary.counts.workflows_done == 2 and len(RunStore(result.run_dir).read_steps()) == 8
 
 
 # --- HTTP on the mock server: scale with two workers, SIGKILL and resume
