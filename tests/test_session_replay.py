@@ -360,3 +360,18 @@ def test_a_request_trace_refuses_session_flags(tmp_path: Path) -> None:
     done = run_bench("replay", "mooncake", "--sessions", "2", "--out", str(tmp_path / "runs"), timeout=60)
     assert done.returncode == 2 and "need a session trace" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_request_trace_replay_keeps_its_fingerprint_shape() -> None:
+    """The session settings join the fingerprint only when set, so earlier `bench replay mooncake` run
+    directories still resume."""
+    plain = RunConfig.model_validate({"trace": {"source": "mooncake"}})
+    assert set(plain.shaping_config()["trace"]) == {
+        "source", "token_scale", "max_requests", "start_s", "duration_s", "time_scale"
+    }  # fmt: skip
+    assert (
+        "think_time"
+        in RunConfig.model_validate({"trace": {"source": "x", "think_time": "zero"}}).shaping_config()[
+            "trace"
+        ]
+    )
