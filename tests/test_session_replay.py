@@ -375,3 +375,26 @@ def test_a_request_trace_replay_keeps_its_fingerprint_shape() -> None:
             "trace"
         ]
     )
+
+
+def test_session_load_closed_loop_and_poisson_on_the_mock_server(tmp_path: Path) -> None:
+    """`--sessions 3`: closed loop, never more than 3 sessions in flight; `--session-rate 40`: sessions
+    arrive on the runner's seeded Poisson schedule, whatever the recorded starts."""
+    from flowperf.run.runner import poisson_arrivals
+
+    trace = many_sessions(tmp_path, 12)
+    with serve_in_thread(MockConfig(ttft_ms=5, itl_ms=1, lifetime_s=120)) as server:
+        engine = {"kind": "openai", "base_url": f"http://127.0.0.1:{server.port}", "model": "mock"}
+        hooks = RunHooks(echo=lambda _: None, warn=lambda _: None)
+        closed = replay_config(tmp_path, trace, "closed", engine=engine)
+        closed.trace.sessions = 3
+        closed_result = asyncio.run(run_benchmark(closed, hooks))
+        rate = replay_config(tmp_path, trace, "rate", engine=engine, rate=40.0, seed=3)
+        rate_result = asyncio.run(run_benchmark(rate, hooks))
+    summary = closed_result.summary
+    assert summary.run.mode == "closed_loop" and summary.run.concurrency == 3
+    assert summary.load.achieved_concurrency.max == 3 and summary.counts.workflows_ok == 12
+    rows = sorted(RunStore(rate_result.run_dir).read_workflows(), key=lambda r: int(r["flow_index"]))
+    arrivals = [float(r["arrival_offset_ms"]) for r in rows]
+    assert arrivals == pytest.approx(poisson_arrivals(40.0, 12, 3) * 1000.0, abs=0.001)
+    assert rate_result.summary.run.mode == "open_loop"
