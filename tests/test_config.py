@@ -94,7 +94,7 @@ PERSISTED_SHAPE = {
     "engine.connect_timeout_s", "engine.read_timeout_s", "engine.server_port", "engine.max_servers",
     "engine.server_start_timeout_s",
     "output.out_dir", "output.run_id", "output.save_text", "output.summary_every",
-    "output.summary_interval_s",
+    "output.summary_interval_s", "output.slo",
     "monitor.sample_interval_s", "monitor.leak_threshold_mb",
     "client.workers", "client.executor", "client.ray_address",
 }  # fmt: skip

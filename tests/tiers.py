@@ -16,6 +16,8 @@ SLOW = (
 )
 
 SUBPROCESS = (
+    "tests/test_session_replay.py::test_bad_session_replays_stop_with_one_line_and_write_nothing",
+    "tests/test_session_replay.py::test_a_request_trace_refuses_session_flags",
     "tests/test_session_importers.py::test_bad_input_through_the_cli",
     "tests/test_session_importers.py::test_cli_import_writes_a_readable_trace",
     "tests/test_trace_stats.py::test_cli_plain_text_when_piped_and_json",
@@ -67,6 +69,7 @@ SUBPROCESS = (
 )
 
 SERVER = (
+    "tests/test_session_replay.py::test_session_load_closed_loop_and_poisson_on_the_mock_server",
     "tests/test_crash_safety.py::test_a_failed_warm_up_through_the_cli_exits_3_with_its_reason",
     "tests/test_ab.py::test_identical_arms_share_one_engine_and_do_not_regress",
     "tests/test_ab.py::test_two_engines_a_real_slowdown_is_a_regression",

@@ -175,6 +175,24 @@ class OutputConfig(BaseModel):
     save_text: bool = False
     summary_every: int = Field(default=10, ge=1, description="rewrite summary.json every this many workflows")
     summary_interval_s: float = Field(default=15.0, ge=0, description="...and at most this often")
+    slo: str | None = Field(
+        default=None,
+        description="objectives the summary judges sessions (workflows) against, e.g. "
+        "session_p95_ms=60000,ttft_p99_ms=2000 (rundir/slo.py)",
+    )
+
+    @field_validator("slo")
+    @classmethod
+    def _objectives_parse(cls, value: str | None) -> str | None:
+        """Checked when the run is configured, never first when its summary is written."""
+        from flowperf.rundir.slo import parse_slos
+
+        if value is not None:
+            try:
+                parse_slos(value, "slo")
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        return value
 
 
 NOT_FINGERPRINTED: dict[str, Any] = {
@@ -224,6 +242,18 @@ class TraceConfig(BaseModel):
     start_s: float | None = Field(default=None, ge=0, description="window start, s into the trace")
     duration_s: float | None = Field(default=None, gt=0, description="window length, s")
     time_scale: float = Field(default=1.0, gt=0, description="replay this many times faster than recorded")
+    think_time: str = Field(
+        default="recorded",
+        pattern=r"^(recorded|zero|scale:[0-9]*\.?[0-9]+)$",
+        description="a session trace's pauses: as recorded, none, or recorded times F (scale:F)",
+    )
+    sessions: int | None = Field(
+        default=None, ge=1, le=4096, description="a session trace closed loop: this many sessions in flight"
+    )
+    max_sessions: int | None = Field(default=None, ge=1, description="replay at most this many sessions")
+
+
+SESSION_DEFAULTS: dict[str, Any] = {"think_time": "recorded", "sessions": None, "max_sessions": None}
 
 
 class RunConfig(BaseModel):
@@ -269,11 +299,13 @@ class RunConfig(BaseModel):
     def open_loop(self) -> bool:
         """Arrivals on a schedule (Poisson at `rate`, or a replayed trace's timestamps) rather than as
         soon as a slot frees."""
-        return self.rate is not None or self.trace is not None
+        return self.rate is not None or (self.trace is not None and self.trace.sessions is None)
 
     @property
     def effective_concurrency(self) -> int | None:
         """Workflows in flight at most: 1 by default closed loop; no cap (None) open loop unless given."""
+        if self.trace is not None and self.trace.sessions is not None:
+            return self.trace.sessions
         return self.concurrency if self.open_loop else (self.concurrency or 1)
 
     @classmethod
@@ -321,6 +353,10 @@ class RunConfig(BaseModel):
         shaping = self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
         if shaping["trace"] is None:
             del shaping["trace"]
+        else:
+            for name in SESSION_DEFAULTS:  # a request trace's replay keeps the shape it had before sessions
+                if shaping["trace"][name] == SESSION_DEFAULTS[name]:
+                    del shaping["trace"][name]
         if shaping["engine"]["model_preset"] is None:
             del shaping["engine"]["model_preset"]
         if len(self.engine.base_urls) < 2:  # routing means nothing with one server

@@ -316,6 +316,44 @@ TRACE = (
     option("trace.start_s", "--start", panel=TRACE_PANEL, help="Window start, s into the trace.", unset="0"),
     option("trace.duration_s", "--duration", panel=TRACE_PANEL, help="Window length, s.", unset="to the end"),
 )
+SESSIONS_PANEL = "Session trace"
+SESSIONS = (
+    option(
+        "trace.sessions",
+        "--sessions",
+        panel=SESSIONS_PANEL,
+        help="Closed loop: this many sessions in flight, the next starting as one ends (with "
+        "--session-rate: a cap on sessions in flight).",
+        unset="the sessions' recorded start times (--time-scale)",
+    ),
+    option(
+        "rate",
+        "--session-rate",
+        panel=SESSIONS_PANEL,
+        help="Open loop: Poisson session arrivals per second; latency counts from the scheduled arrival.",
+    ),
+    option(
+        "trace.think_time",
+        "--think-time",
+        panel=SESSIONS_PANEL,
+        help="Pause before each request: recorded, zero, or scale:F (recorded times F); --time-scale "
+        "divides it too.",
+    ),
+    option(
+        "trace.max_sessions",
+        "--max-sessions",
+        panel=SESSIONS_PANEL,
+        help="Replay at most this many.",
+        unset="all",
+    ),
+    option(
+        "output.slo",
+        "--slo",
+        panel=SESSIONS_PANEL,
+        help="Objectives each session is judged against for goodput, e.g. session_p95_ms=60000,"
+        "ttft_p99_ms=2000 (metrics: session, workflow, ttft, itl, tpot, step).",
+    ),
+)
 
 CLIENT_PANEL = "Load generation"
 CLIENT = (

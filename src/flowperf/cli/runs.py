@@ -27,6 +27,7 @@ from flowperf.cli.options import (
     MODEL,
     MONITOR,
     RESULTS,
+    SESSIONS,
     TRACE,
     ConfigFileOption,
     ConfigFlags,
@@ -95,14 +96,14 @@ REPLAY_MEASUREMENT = only(
 )
 
 
-@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, CLIENT, MONITOR, RESULTS)
+@with_options(MODEL, ENDPOINT, ENGINE, REPLAY_MEASUREMENT, TRACE, SESSIONS, CLIENT, MONITOR, RESULTS)
 def replay(
     trace: Annotated[
         str,
         typer.Argument(
             metavar="TRACE",
-            help="A shipped trace (mooncake, azure-conv, azure-code) or a Mooncake JSONL, Azure or "
-            "BurstGPT CSV file.",
+            help="A shipped trace (mooncake, azure-conv, azure-code), a Mooncake JSONL, Azure or "
+            "BurstGPT CSV file, or a session trace (flowperf-sessions JSONL).",
         ),
     ],
     config_file: ConfigFileOption = None,
@@ -117,6 +118,10 @@ def replay(
     prefix blocks, so the trace's prefix-cache reuse is reproduced; other traces get unique prompts) and
     it generates exactly the trace's output length. The run directory is a `bench run` directory:
     `report`, `compare` and `--resume` work on it.
+
+    A session trace replays one workflow per session: its requests in their recorded dependency order,
+    each after its recorded think time (`--think-time`), prompts synthesized from the hash ids; sessions
+    start at their recorded times, or `--sessions N` closed loop, or `--session-rate R` open loop.
 
     Exit codes as `bench run`.
     """

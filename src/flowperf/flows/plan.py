@@ -146,6 +146,8 @@ class PlannedNode:
     item: Any = None
     duration_ms: float | None = None
     filler_tokens: int | None = None
+    request_id: str | None = None
+    think_before_ms: float | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from flowperf.outputs import plots
 from flowperf.outputs.report import data_uri, fmt, metric_samples, render_page
 from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.rundir.rundata import RunData, load_run
+from flowperf.rundir.session_summary import THINK_BUCKETS_MS
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
 from flowperf.stats import holm_adjusted
 
@@ -47,7 +48,8 @@ MAX_RESAMPLES = 20_000
 CELLS_PER_CHUNK = 4_000_000  # resamples x values held at once: ~100 MB of work arrays at most
 RELIABLE_SAMPLES = 10
 DEFAULT_GATE = ("workflow_ms", "workflow_latency_ms", "step_ms", "ttft_ms", "itl_ms", "tokens_per_s")
-ALL_METRICS = (*DEFAULT_GATE, "start_delay_ms", "peak_rss_mb")
+SESSION_METRICS = ("session_llm_ms", "session_engine_queue_ms", "session_scheduling_gap_ms", "cached_share")
+ALL_METRICS = (*DEFAULT_GATE, "start_delay_ms", "peak_rss_mb", *SESSION_METRICS)
 NOT_COMPARED_SETTINGS = ("flows_dir", "fixtures_dir", "engine.model")  # compared by content and name
 
 
@@ -313,8 +315,46 @@ def metric_extractors(base: RunData, new: RunData) -> list[Extractor]:
         ("ttft_ms", "ttft_ms", _step_metric(lambda s: s["ttft_ms"]), False),
         ("itl_ms (per-request mean)", "itl_ms", _step_metric(_per_request_itl), False),
         ("tokens_per_s (per step)", "tokens_per_s", _step_metric(_tokens_per_s), True),
+        *session_extractors(base, new),
         ("peak_rss_mb", "peak_rss_mb", _peak_rss, False),
     ]
+
+
+def _session_replay(run: RunData) -> bool:
+    steps = run.ok_steps
+    return not steps.empty and "request_id" in steps and bool(steps["request_id"].notna().any())
+
+
+def _ttft_after_think(low: float, below: float | None) -> Callable[[pd.DataFrame], pd.Series]:
+    def values(steps: pd.DataFrame) -> pd.Series:
+        think = steps["think_before_ms"]
+        inside = (think >= low) & (think < below if below is not None else True)
+        return steps["ttft_ms"].where(inside)
+
+    return values
+
+
+def session_extractors(base: RunData, new: RunData) -> list[Extractor]:
+    """Where both runs replayed a session trace: each session's critical path split (LLM time, the engine
+    queueing inside it, the harness's scheduling gap), each request's cached prompt share, and TTFT per
+    bucket of the think pause before the request (how well the KV cache survives pauses)."""
+    if not (_session_replay(base) and _session_replay(new)):
+        return []
+    extractors: list[Extractor] = [
+        ("session llm_ms (critical path)", "session_llm_ms", _workflow_metric(lambda w: w["llm_ms"]), False),
+        ("session engine_queue_ms (critical path)", "session_engine_queue_ms",
+         _workflow_metric(lambda w: w["engine_queue_ms"]), False),
+        ("session scheduling_gap_ms", "session_scheduling_gap_ms",
+         _workflow_metric(lambda w: w["workflow_ms"] - w["critical_path_ms"]), False),
+        ("cached prompt share (per request)", "cached_share",
+         _step_metric(lambda s: s["cached_prompt_tokens"].fillna(0) / s["prompt_tokens"]), True),
+    ]  # fmt: skip
+    for low, below in zip(THINK_BUCKETS_MS, (*THINK_BUCKETS_MS[1:], None), strict=True):
+        label = f"{low / 1000:g}-{below / 1000:g} s" if below is not None else f"{low / 1000:g}+ s"
+        samples = _step_metric(_ttft_after_think(low, below))
+        if samples(base).values.size and samples(new).values.size:  # only pauses both runs had
+            extractors.append((f"ttft_ms after {label} think", "ttft_ms_by_think", samples, False))
+    return extractors
 
 
 def parse_gate(

@@ -19,6 +19,7 @@ import pandas as pd
 from rich.console import Console
 
 from flowperf.outputs import plots
+from flowperf.outputs.session_report import sessions_text, think_gap_rows
 from flowperf.outputs.tables import TableSpec, print_parts, print_table
 from flowperf.rundir.durable import iter_complete_lines
 from flowperf.rundir.records import StepRecord
@@ -310,6 +311,11 @@ def _agentic_parts(summary: RunSummary) -> list[Any]:
             parts.append(_table(title, columns, rows, right=columns))
     if (text := time_split_text(summary)) is not None:
         parts.append(f"[bold]where the time went[/] {text}")
+    if (text := sessions_text(summary)) is not None and summary.sessions is not None:
+        parts.append(f"[bold]sessions[/] {text}")
+        columns = ("think before", *TURN_COLUMNS)
+        rows = think_gap_rows(summary.sessions, _turn_cells)
+        parts.append(_table("LLM requests by the think gap before them (ms)", columns, rows, right=columns))
     return parts
 
 
@@ -442,6 +448,15 @@ def _agentic_sections(summary: RunSummary) -> list[dict[str, Any]]:
             sections.append({"title": title, "header": [first, *TURN_COLUMNS], "rows": rows})
     if (text := time_split_text(summary)) is not None:
         sections.append({"title": "Where the time went", "note": text})
+    if (text := sessions_text(summary)) is not None and summary.sessions is not None:
+        sections.append({"title": "Sessions", "note": text})
+        sections.append(
+            {
+                "title": "LLM requests by the think gap before them (ms)",
+                "header": ["think before", *TURN_COLUMNS],
+                "rows": think_gap_rows(summary.sessions, _turn_cells),
+            }
+        )
     return sections
 
 
@@ -512,3 +527,5 @@ def print_run_table(summary: RunSummary, console: Console) -> None:
         f"peak RSS {fmt(resources.peak_rss_mb, 0)} MB harness, "
         f"{fmt(resources.peak_engine_rss_mb, 0)} MB engine processes"
     )
+    if (text := sessions_text(summary)) is not None:
+        console.print(f"sessions: {text}")

@@ -36,7 +36,6 @@ from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.filler import DEFAULT_TOKENS_PER_WORD, tokens_per_word
 from flowperf.flows.source import WorkflowSource
-from flowperf.flows.trace_source import load_requests
 from flowperf.run.deferred import DeferredSink
 from flowperf.run.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
 from flowperf.run.monitor import ResourceMonitor
@@ -61,6 +60,7 @@ from flowperf.rundir.store import (
 )
 from flowperf.rundir.summary import SummaryContext, build_summary, leak_warning
 from flowperf.rundir.summary_schema import RunInfo, RunStatus, RunSummary, Timings
+from flowperf.sessions.source import load_trace_workflows
 from flowperf.workers.pool import WorkerPool
 from flowperf.workers.ray_cluster import check_available
 
@@ -336,7 +336,7 @@ def expand_flows(
     with monitor.phase("flow_expansion"):
         if config.trace is not None:
             model_dir = local_model_path(config) if config.engine.kind != "openai" else None
-            expansion = Expansion(load_requests(config, model_dir), "trace")
+            expansion = Expansion(load_trace_workflows(config, model_dir), "trace")
         else:
             template_path = resolve_flow(config.flow, config.flows_dir)
             expansion = expand_with_cache(template_path, config.num_flows, force=False, warn=hooks.warn)
@@ -356,6 +356,7 @@ def run_info(config: RunConfig, expansion: Expansion, run_id: str) -> RunInfo:
         config_sha256=config.fingerprint(),
         warmup_workflows=config.warmup,
         sample_interval_s=config.monitor.sample_interval_s,
+        slo=config.output.slo,
     )
 
 
@@ -379,7 +380,9 @@ def execution_config(config: RunConfig, opened: OpenedRun, filler_tokens_per_wor
         grace_s=config.grace_s,
         session=opened.session,
         filler_tokens_per_word=filler_tokens_per_word,
-        time_scale=config.trace.time_scale if config.trace is not None and config.rate is None else None,
+        time_scale=config.trace.time_scale
+        if config.trace is not None and config.open_loop and config.rate is None
+        else None,
     )
 
 

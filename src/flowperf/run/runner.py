@@ -324,6 +324,8 @@ class Runner:
             "item_index": node.item_index,
             "max_tokens": max_tokens,
             "start_offset_ms": round(self._offset_ms(started), 3),
+            "request_id": node.request_id,
+            "think_before_ms": node.think_before_ms,
         }
 
     async def _run_pause(self, state: WorkflowState, node: PlannedNode, started: float) -> StepRecord:

@@ -92,6 +92,15 @@ class StepRecord(Record):
         description="engine core's clock: arrival in its queue to its last token made (vLLM's queued_ts to "
         "last_token_ts), so step_ms - engine_last_token_ms is what lies outside the engine",
     )
+    request_id: str | None = Field(
+        default=None,
+        description="a replayed session trace's request id (for think steps: the one it precedes)",
+    )
+    think_before_ms: Duration | None = Field(
+        default=None,
+        description="a replayed session's LLM step: the think pause planned before it (recorded think time, "
+        "scaled by --think-time and --time-scale), ms",
+    )
 
     @field_validator("error_message")
     @classmethod

@@ -5,6 +5,7 @@ are within `limit` ms". Its metric is either per workflow or per step:
 
 - `workflow`: the workflow's latency (open loop from its scheduled arrival, so queueing counts; closed
   loop its makespan): one sample per workflow.
+- `session`: the same for a replayed session trace, where each workflow is one session.
 - `ttft`, `step`, `tpot`: one sample per LLM step of the workflow; `itl`: one per inter-token gap of any
   of its LLM steps.
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 from flowperf.errors import UserError
 
-WORKFLOW_METRICS = ("workflow",)
+WORKFLOW_METRICS = ("workflow", "session")  # a replayed session trace's workflow is a session
 STEP_METRICS = ("ttft", "itl", "tpot", "step")
 METRICS = (*WORKFLOW_METRICS, *STEP_METRICS)
 NAME = re.compile(rf"^({'|'.join(METRICS)})_(max|p(\d+(?:\.\d+)?))_ms$")

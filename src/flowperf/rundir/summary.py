@@ -27,6 +27,7 @@ from flowperf.rundir.records import (
     ResourceSample,
 )
 from flowperf.rundir.rundata import step_frame, workflow_frame
+from flowperf.rundir.session_summary import is_session_replay, session_results
 from flowperf.rundir.store import RunStore
 from flowperf.rundir.summary_schema import (
     AchievedConcurrency,
@@ -44,6 +45,7 @@ from flowperf.rundir.summary_schema import (
     RunLatencies,
     RunStatus,
     RunSummary,
+    SessionResults,
     StepIdLatencies,
     Throughput,
     Timings,
@@ -433,7 +435,17 @@ def summarize_run(
         workflow_breakdown=workflow_breakdown(ok_workflows),
         load=load_summary(workflows, steps),
         resources=resource_summary(metrics),
+        sessions=sessions_summary(workflows, ok_llm, window_ms / 1000.0, context.run.slo),
     )
+
+
+def sessions_summary(
+    workflows: pd.DataFrame, ok_llm: pd.DataFrame, window_s: float, slo: str | None
+) -> SessionResults | None:
+    """Job-level results where the run replayed a session trace; None for any other run."""
+    if workflows.empty or not is_session_replay(ok_llm):
+        return None
+    return session_results(workflows, workflow_latency(workflows), ok_llm, window_s, slo, _turn_group)
 
 
 def _throughput(ok_llm: pd.DataFrame, ok_workflows: int, window_s: float) -> Throughput:

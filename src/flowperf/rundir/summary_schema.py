@@ -234,6 +234,61 @@ class WorkflowBreakdown(Part):
     )
 
 
+class ThinkGapGroup(TurnGroup):
+    """Ok LLM steps of a replayed session trace by the think pause planned before them: how much of the
+    prefix cache survives a pause of that length (`cached_prompt_ratio`) and what it costs (`ttft_ms`)."""
+
+    think_from_ms: float = Field(
+        description="smallest planned pause in the bucket (StepRecord.think_before_ms)"
+    )
+    think_below_ms: float | None = Field(
+        description="the bucket holds pauses shorter than this; None: no bound"
+    )
+
+
+class ObjectiveOutcome(Part):
+    name: str = Field(description="the objective as given, e.g. session_p95_ms")
+    missed: int = Field(description="sessions that did not meet it (failed ones included)")
+    run_value_ms: float | None = Field(
+        description="the objective's percentile over every ok session's samples pooled (nearest rank)"
+    )
+    run_met: bool | None = None
+
+
+class SessionGoodput(Part):
+    """Sessions that met every objective of `--slo` (rundir/slo.py: a session meets `ttft_p99_ms` when
+    99% of its own requests' TTFTs are within the limit; `session_pNN_ms` is its latency)."""
+
+    slo: str
+    sessions: int = Field(description="sessions counted: every finished one, failed ones included")
+    good: int
+    attainment: float | None = Field(description="good / sessions")
+    goodput_per_s: float | None = Field(description="good sessions per second of measured window")
+    objectives: list[ObjectiveOutcome] = Field(default_factory=list)
+
+
+class SessionResults(Part):
+    """Job-level results of a replayed session trace (`bench replay SESSIONS`), one workflow per session.
+    The per-session makespan and its critical-path split (LLM, of which engine queueing; think pauses;
+    scheduling gap) are `workflow_breakdown`, TTFT and cache share by turn depth are `turns`, sessions
+    and requests in flight over time are `load`: each computed per session here since a session is a
+    workflow. Harness perf_counter clock."""
+
+    sessions: int = Field(description="sessions finished (ok or failed)")
+    sessions_ok: int
+    requests: int = Field(description="ok LLM requests (steps of kind llm)")
+    requests_per_session: Distribution = Field(description="ok LLM requests per ok session")
+    session_latency_ms: Distribution = Field(
+        description="per ok session: scheduled arrival (open loop; closed loop its first submission) to its "
+        "last request's end, harness clock; the sample of session_pNN_ms objectives"
+    )
+    think_ms: Distribution = Field(description="planned think pause before each ok LLM request, ms")
+    by_think_gap: list[ThinkGapGroup] = Field(
+        default_factory=list, description="ok LLM requests by the pause before them: [0, 1) s, [1, 5) s, ..."
+    )
+    goodput: SessionGoodput | None = Field(default=None, description="None without --slo")
+
+
 class RunInfo(Part):
     run_id: str | None = None
     flow: str | None = None
@@ -248,6 +303,7 @@ class RunInfo(Part):
     warmup_failure: str | None = Field(
         default=None, description="why a fail-fast warm-up stopped the run (status warmup_failed)"
     )
+    slo: str | None = Field(default=None, description="the run's --slo objectives, as given")
 
 
 class RunSummary(Part):
@@ -272,6 +328,9 @@ class RunSummary(Part):
     )
     load: Load
     resources: Resources
+    sessions: SessionResults | None = Field(
+        default=None, description="a replayed session trace's job-level results; None for other runs"
+    )
 
     @model_validator(mode="before")
     @classmethod

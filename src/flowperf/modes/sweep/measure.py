@@ -168,7 +168,8 @@ def workflow_samples(run: RunData) -> list[WorkflowSamples]:
         samples.append(
             WorkflowSamples(
                 ok=row.status == "ok",
-                samples={"workflow": [float(latency.iloc[position])]} | step_samples(own),
+                samples={key: [float(latency.iloc[position])] for key in ("workflow", "session")}
+                | step_samples(own),
             )
         )
     return samples
