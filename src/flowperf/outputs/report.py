@@ -71,7 +71,9 @@ def report_summary(run: RunData) -> RunSummary:
         timings=timings,
         engine=saved.get("engine") or run.config.get("engine"),
     )
-    return summarize_run(run.workflows, run.steps, run.metrics, status, context)
+    return summarize_run(
+        run.workflows, run.steps, run.metrics, status, context, engine_records=run.engine_metrics
+    )
 
 
 def fmt(value: Any, digits: int = 1) -> str:

@@ -121,6 +121,12 @@ class Runner:
         for task in self._workers:
             task.cancel()
 
+    @property
+    def window_start(self) -> float | None:
+        """The current measured window's start (perf_counter), None before a window opened; what the
+        engine-metrics scraper stamps its samples from."""
+        return self._window_start or None
+
     def _offset_ms(self, moment: float) -> float:
         return (moment - self._window_start) * 1000.0
 
