@@ -172,3 +172,31 @@ def test_a_percentile_beyond_the_last_bound_is_that_bound() -> None:
     tail = HistogramDelta(le=[1.0, 2.0], counts=[1.0, 2.0], count=10.0, sum=50.0)
     assert quantile(tail, 0.99) == 2.0
     assert quantile(HistogramDelta(le=[1.0], counts=[0.0], count=0.0, sum=0.0), 0.5) is None
+
+
+@pytest.mark.parametrize(("burst", "expected"), [(True, True), (False, False)])
+def test_burst_delivered_streams_are_flagged_and_steady_ones_not(
+    tmp_path: Path, burst: bool, expected: bool
+) -> None:
+    with serve_in_thread(MockConfig(ttft_ms=5, itl_ms=3, burst=burst, lifetime_s=60)) as server:
+        result = run_in_process(
+            tmp_path, "burst", {"kind": "openai", "base_url": f"http://127.0.0.1:{server.port}"},
+            num_flows=2, max_tokens=16, monitor={"sample_interval_s": 0, "server_metrics_interval_s": 0.05},
+        )  # fmt: skip
+    steps = RunStore(result.run_dir).read_steps()
+    assert steps and all(step.burst_delivered is expected for step in steps)
+    if burst:
+        assert all(step.token_reads == 2 and step.max_read_share == pytest.approx(15 / 16) for step in steps)
+    else:
+        assert all(step.token_reads == 16 for step in steps)
+    (state,) = result.summary.engine_state
+    assert state.burst_steps == (len(steps) if burst else 0)
+
+
+def test_delivery_counts_reads_and_flags_a_late_majority() -> None:
+    from flowperf.engines.streaming import delivery
+
+    assert delivery([1, 15])["burst_delivered"] is True
+    assert delivery([9, 7])["burst_delivered"] is False  # most came first: not held back
+    assert delivery([1] * 16) == {"token_reads": 16, "max_read_share": 0.0625, "burst_delivered": False}
+    assert delivery([]) == {}

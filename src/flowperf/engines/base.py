@@ -64,6 +64,11 @@ class StepResult:
     endpoint: int | None = None
     """Which of several replicas served it (its position in --base-url order), so a per-replica skew can
     be told from an engine-wide one; None where the engine has one endpoint."""
+    token_reads: int | None = None
+    """Stream delivery (streaming.StreamTimer): reads that carried tokens, the largest share of the
+    tokens in one read, and whether one read after the first held most of them."""
+    max_read_share: float | None = None
+    burst_delivered: bool | None = None
 
     @property
     def tpot_ms(self) -> float | None:

@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
+from flowperf.outputs import engine_state as engine_view
 from flowperf.outputs import plots
 from flowperf.rundir.durable import iter_complete_lines
 from flowperf.rundir.records import StepRecord
@@ -324,6 +325,32 @@ def _agentic_parts(summary: RunSummary) -> list[Any]:
     return parts
 
 
+def _engine_parts(summary: RunSummary) -> list[Any]:
+    """The engine's own view, where its metrics were read: the per-server table and notes."""
+    if not summary.engine_state:
+        return []
+    parts: list[Any] = [
+        _table(
+            "engine state (server's own metrics; ms)", engine_view.COLUMNS, engine_view.state_rows(summary)
+        )
+    ]
+    for text in (engine_view.burst_text(summary), engine_view.missing_text(summary)):
+        if text is not None:
+            parts.append(f"[bold]engine[/] {text}")
+    return parts
+
+
+def _engine_sections(summary: RunSummary) -> list[dict[str, Any]]:
+    if not summary.engine_state:
+        return []
+    notes = [text for text in (engine_view.burst_text(summary), engine_view.missing_text(summary)) if text]
+    section = {"title": "Engine state (server's own metrics; ms)", "header": list(engine_view.COLUMNS)}
+    return [
+        section | {"rows": engine_view.state_rows(summary)},
+        *({"title": "Engine", "note": n} for n in notes),
+    ]
+
+
 def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
     console.print(Panel(_grid(header_rows(run, summary)), title="flowperf run", title_align="left"))
     step_columns = ("step", "n", *(f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES))
@@ -342,6 +369,7 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
             right=tuple(c for c in cache_columns if c != "step"),
         ),
         Panel(_grid(resource_rows(summary)), title="resources", title_align="left"),
+        *_engine_parts(summary),
     ]
     failures = [(kind, str(count), message) for kind, count, message in failure_rows(run)]
     if failures:
@@ -416,6 +444,7 @@ def run_figures(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
         ("TTFT by prompt length", plots.ttft_by_prompt_length(llm_steps(ok_steps), summary.by_prompt_length)),
         ("Resources", plots.resources(run.metrics)),
         ("Prefix-cache hits", plots.cache_hits(summary.prefix_cache)),
+        ("Engine state and client load", engine_view.timeline(run.engine_metrics, llm_steps(ok_steps))),
     ]
     return [(title, uri) for title, png in candidates if (uri := data_uri(png)) is not None]
 
@@ -472,6 +501,7 @@ def html_report(run: RunData, summary: RunSummary) -> str:
             "rows": [cache_row(row) for row in summary.prefix_cache],
         },
         {"title": "Resources", "rows": resource_rows(summary)},
+        *_engine_sections(summary),
     ]
     failures = failure_rows(run)
     if failures:

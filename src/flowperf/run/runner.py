@@ -429,6 +429,9 @@ def measured_fields(result: StepResult) -> dict[str, object]:
         "engine_ttft_ms": _rounded(result.engine_ttft_ms),
         "connect_wait_ms": _rounded(result.connect_wait_ms),
         "endpoint": result.endpoint,
+        "token_reads": result.token_reads,
+        "max_read_share": result.max_read_share,
+        "burst_delivered": result.burst_delivered,
     }
 
 
