@@ -160,6 +160,28 @@ def test_parsing_takes_prometheus_text_as_the_library_writes_it() -> None:
     assert page.histograms["vllm:time_to_first_token_seconds"] == Histogram((0.1, 1.0), (0.0, 1.0), 1.0, 0.5)
 
 
+def test_a_gauge_of_a_server_that_is_not_vllm_keeps_each_label_set() -> None:
+    """Summing gauges over labels is only right for vLLM's per-engine ones; elsewhere (temperatures per
+    GPU, sizes per pool) each label set stays its own series. Counters still add up."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    temperature = Gauge("gpu_temperature", "x", ["gpu"], registry=registry)
+    temperature.labels("0").set(60)
+    temperature.labels("1").set(70)
+    Gauge("queue_depth", "x", registry=registry).set(3)
+    requests = Counter("router_requests", "x", ["replica"], registry=registry)
+    requests.labels("a").inc(2)
+    requests.labels("b").inc(5)
+    page = parse_page(generate_latest(registry).decode())
+    assert page.gauges == {
+        'gpu_temperature{gpu="0"}': 60.0,
+        'gpu_temperature{gpu="1"}': 70.0,
+        "queue_depth": 3.0,
+    }
+    assert page.counters == {"router_requests": 7.0}
+
+
 @pytest.mark.parametrize(("q", "expected"), [(0.25, 1.0), (0.5, 2.0), (0.9, 3.6), (0.05, 0.2)])
 def test_histogram_percentiles_interpolate_linearly_within_a_bucket(q: float, expected: float) -> None:
     """Ten observations spread evenly in each of four unit buckets: a uniform distribution on [0, 4],

@@ -1,8 +1,11 @@
 """A Prometheus text page as numbers, and two successive pages as one interval's record.
 
-Parsing is prometheus_client's own text parser (the format's reference implementation). Each metric
-family is summed over its label sets (vLLM labels every series with its engine index and model name; a
-deployment's total is what explains its latency), keyed by the family name (a counter without `_total`).
+Parsing is prometheus_client's own text parser (the format's reference implementation). Counters and
+histograms are summed over their label sets (counts add up whatever the labels), keyed by the family
+name (a counter without `_total`). A gauge is summed only where that means something: vLLM's gauges,
+labelled by engine index and model name (or a waiting reason), whose sum is the deployment's running,
+waiting or KV usage; any other server's gauge keeps one series per label set, keyed `name{k="v",...}`
+(a sum of, say, per-GPU temperatures or per-pool sizes would be a number nobody measured).
 `_created` timestamps and info/state-set families carry no load and are skipped.
 
 Between two pages: a gauge is the later value; a counter is the increase, or, when it went down (the
@@ -76,8 +79,10 @@ def parse_page(text: str, keep_only_vllm: bool = False) -> Page:
     for family in text_string_to_metric_families(text):
         if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or family.name.endswith("_created"):
             continue
-        if family.type == "gauge":
+        if family.type == "gauge" and family.name.startswith(VLLM_PREFIX):
             page.gauges[family.name] = _total(family.samples, family.name)
+        elif family.type == "gauge":
+            page.gauges.update(_per_label_set(family.samples, family.name))
         elif family.type == "counter":
             page.counters[family.name] = _total(family.samples, family.name + "_total")
         elif family.type == "histogram":
@@ -89,6 +94,17 @@ def _total(samples: list, name: str) -> float:
     return float(
         sum(sample.value for sample in samples if sample.name == name and math.isfinite(sample.value))
     )
+
+
+def _per_label_set(samples: list, name: str) -> dict[str, float]:
+    """One value per label set: `name` alone without labels, else `name{k="v",...}` (labels sorted)."""
+    values: dict[str, float] = {}
+    for sample in samples:
+        if sample.name != name or not math.isfinite(sample.value):
+            continue
+        labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+        values[f"{name}{{{labels}}}" if labels else name] = float(sample.value)
+    return values
 
 
 def _histogram(samples: list, name: str) -> Histogram:
