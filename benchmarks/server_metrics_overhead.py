@@ -41,7 +41,7 @@ def one_run(url: str, out: Path, name: str, scrape: bool, flows: int, tokens: in
     cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000.0
     lines = (result.run_dir / "timing.log").read_text().splitlines()
     scraper = [parse_timing_line(line) for line in lines if "server_metrics_cpu_ms" in line]
-    scraper_ms = float(scraper[0]["value"]) if scraper else 0.0
+    scraper_ms = float(scraper[0]["server_metrics_cpu_ms"]) if scraper else 0.0
     return {"ttft_p99": result.summary.latency.ttft_ms.p99 or 0.0, "cpu_ms": cpu_ms, "scraper_ms": scraper_ms}
 
 
