@@ -4,8 +4,8 @@ The scraper runs in a thread of its own with plain blocking reads (urllib), neve
 loop: a slow or hung server delays only the scraper (each read has a timeout), and the loop that stamps
 tokens never waits for it. The thread does cost the client process some CPU (parsing a page holds the
 GIL): that cost is counted on the thread's own CPU clock (`cpu_ms`) and measured against the client's in
-benchmarks/server_metrics_overhead.py; a separate process would take it off the GIL but cost a process
-start and inter-process hand-over for every page, which the benchmark shows is not needed.
+benchmarks/server_metrics_overhead.py, which on a 2-core host shows it too high (4% of the client's CPU,
+TTFT p99 up well past the noise: docs/PERFORMANCE.md); a separate process would take it off the GIL.
 
 Each sample is stamped with `perf_counter` when its page was read, the clock of every step time, and
 written as an offset from the measured window's start (`origin`, known once the window opens: samples
