@@ -126,7 +126,8 @@ COMMAND_FLAGS = {
         --flow --flows-dir --grace-s --keep-prefix-cache --kv-cache-gib --leak-threshold-mb --max-model-len
         --max-servers --max-tokens --model --model-preset --no-cuda-graphs --no-progress --num-flows --out
         --progress --rate --ray-address --reset-prefix-cache --resume --routing --run-id --sample-interval
-        --save-text --seed --server-port --step-timeout-s --warmup --workers -c -n""",
+        --save-text --seed --server-port --step-timeout-s --warmup --workers -c -n
+        --no-server-metrics --server-metrics --server-metrics-interval --with-server-metrics""",
     ("doctor",): """--block-size --fixtures-dir --flow --flows-dir --json --kv-cache-gib --max-tokens --model
         --model-preset --num-flows -n""",
     ("serve", "start"): """--block-size --compiled --config --cuda-graph-sizes --cuda-graphs --eager

@@ -95,7 +95,8 @@ PERSISTED_SHAPE = {
     "engine.server_start_timeout_s",
     "output.out_dir", "output.run_id", "output.save_text", "output.summary_every",
     "output.summary_interval_s", "output.slo",
-    "monitor.sample_interval_s", "monitor.leak_threshold_mb",
+    "monitor.sample_interval_s", "monitor.leak_threshold_mb", "monitor.server_metrics",
+    "monitor.server_metrics_interval_s", "monitor.server_metrics_urls",
     "client.workers", "client.executor", "client.ray_address",
 }  # fmt: skip
 

@@ -21,7 +21,7 @@ import pytest
 from flowperf.rundir.live_summary import PeriodicSummaries, RunTables
 from flowperf.rundir.records import GpuInfoRecord, PhaseRecord, ResourceSample, StepRecord, WorkflowRecord
 from flowperf.rundir.rundata import step_frame, workflow_frame
-from flowperf.rundir.store import CONFIG, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.store import CONFIG, ENGINE_METRICS, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
 from flowperf.rundir.summary import SummaryContext, build_summary
 from flowperf.rundir.summary_schema import RunInfo, RunSummary
 
@@ -343,3 +343,23 @@ def test_started_returns_once_the_worker_has_imported_what_it_needs(store: RunSt
     asyncio.run(periodic.started())
     assert periodic._worker.ready()
     asyncio.run(periodic.finish())
+
+
+def test_the_periodic_summary_has_the_engine_state_read_so_far(store: RunStore) -> None:
+    from flowperf.rundir.records import EngineSample, ServerSeries
+
+    rng = random.Random(5)
+    tables = RunTables(store)
+    for flow in range(6):
+        run_workflow(store, rng, flow, session=0)
+    server = "http://127.0.0.1:1/metrics"
+    store.append_engine_metric(ServerSeries(session=0, server=server, vllm=True, families=3, endpoint=0))
+    for index in range(5):
+        gauges = {"vllm:num_requests_waiting": float(index), "vllm:kv_cache_usage_perc": 0.1 * index}
+        store.append_engine_metric(
+            EngineSample(session=0, server=server, t_ms=50.0 * index, interval_ms=50.0, gauges=gauges)
+        )
+    append_raw(store.path(ENGINE_METRICS), '{"type": "sam')  # being written: skipped by both
+    assert_same_as_from_files(tables, store)
+    (state,) = tables.summary("running", context()).engine_state
+    assert state.waiting_max == 4.0 and state.samples == 5

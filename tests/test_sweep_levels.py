@@ -122,3 +122,31 @@ def test_saturation_needs_a_low_achieved_rate_and_a_growing_queue() -> None:
     assert saturation_reason(10.0, 5.0, 20, [2, 2, 3, 3, 4]) is None  # grew by 2 only
     assert saturation_reason(10.0, 2.0, 4, growing) is None  # too early to tell
     assert saturation_reason(10.0, 5.0, 20, growing[1:]) is None  # too few checks
+
+
+def test_a_sweep_level_says_what_filled_up_in_the_engines() -> None:
+    """Per level, the engines' own queue, KV usage and preemptions (summed over servers where counts add
+    up, the fullest KV cache), shown beside the latency; no table when no level has any."""
+    from flowperf.modes.sweep.measure import engine_figures
+    from flowperf.modes.sweep.report import engine_rows
+    from flowperf.outputs.report import fmt
+    from flowperf.rundir.summary_schema import ServerState
+
+    servers = [
+        ServerState(server="a", waiting_mean=1.5, waiting_max=4, kv_usage_max=0.5, preemptions=2),
+        ServerState(server="b", waiting_mean=0.5, waiting_max=1, kv_usage_max=0.9, preemptions=0),
+        ServerState(server="router"),  # an extra endpoint with none of these series
+    ]
+    figures = engine_figures(servers)
+    assert figures == {"engine_waiting_mean": 2.0, "engine_waiting_max": 5.0, "engine_kv_usage_max": 0.9,
+                       "engine_preemptions": 2.0}  # fmt: skip
+    assert set(engine_figures([]).values()) == {None}
+    base = {"role": "listed", "mode": "closed_loop", "status": "completed"}
+    level = LevelRow(index=0, name="c8", concurrency=8, latency_p50_ms=120.0, **base, **figures)
+    quiet = LevelRow(index=1, name="c16", concurrency=16, **base)
+    (row, empty) = engine_rows({"levels": [level.model_dump(), quiet.model_dump()]})
+    assert (
+        row == ["c8", level.offered, fmt(120.0), fmt(2.0), fmt(5.0), "90%", fmt(2.0)]
+        and empty[3:] == ["-"] * 4
+    )
+    assert engine_rows({"levels": [quiet.model_dump()]}) == []

@@ -213,6 +213,15 @@ class MonitorConfig(BaseModel):
     leak_threshold_mb: float = Field(
         default=2.0, gt=0, description="warn above this RSS growth per 100 steps"
     )
+    server_metrics: bool = Field(
+        default=True, description="read the engines' Prometheus metrics during the measured window"
+    )
+    server_metrics_interval_s: float = Field(
+        default=0.25, gt=0, le=60, description="how often each metrics page is read, s"
+    )
+    server_metrics_urls: list[HttpUrl] = Field(
+        default_factory=list, description="extra Prometheus endpoints to read (a router, another server)"
+    )
 
 
 class ClientConfig(BaseModel):

@@ -291,6 +291,26 @@ MONITOR = (
         panel=MEASUREMENT_PANEL,
         help="Warn when RSS grows faster, MB per 100 steps.",
     ),
+    option(
+        "monitor.server_metrics",
+        "--with-server-metrics/--no-server-metrics",
+        panel=MEASUREMENT_PANEL,
+        help="Read the engines' own Prometheus metrics (queue, KV cache, preemptions) during the window.",
+    ),
+    option(
+        "monitor.server_metrics_interval_s",
+        "--server-metrics-interval",
+        panel=MEASUREMENT_PANEL,
+        help="How often each engine's metrics page is read, in seconds.",
+    ),
+    option(
+        "monitor.server_metrics_urls",
+        "--server-metrics",
+        panel=MEASUREMENT_PANEL,
+        help="An extra Prometheus endpoint to read (e.g. a router); repeat for several.",
+        repeatable=True,
+        metavar="URL",
+    ),
 )
 TRACE_PANEL = "Trace"
 TRACE = (

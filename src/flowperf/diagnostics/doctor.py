@@ -162,6 +162,15 @@ def client_ceiling_findings() -> dict[str, Any]:
     }
 
 
+BURST_DELIVERY = (
+    "a step is flagged burst_delivered when more than half of its tokens arrive in one network read "
+    "after the first; seen with vLLM's OpenAI server on CPU after a few dozen requests (engine's first "
+    "token at 4-15 ms, the client's at 150-225 ms). Such steps' TTFT and gaps measure the front end's "
+    "delivery, not the engine: compare ttft_ms with engine_ttft_ms, and the summary's engine_state "
+    "burst_steps per server; a restarted server delivers steadily again"
+)
+
+
 def collect_findings() -> dict[str, Any]:
     memory = psutil.virtual_memory()
     tiny_dir = default_model_dir(FIXTURES_DIR) if os.path.isdir(FIXTURES_DIR) else None
@@ -175,6 +184,7 @@ def collect_findings() -> dict[str, Any]:
         **gpu_findings(),
         **engine_findings(),
         **client_ceiling_findings(),
+        "stream delivery": BURST_DELIVERY,
         "FLOWPERF_HOME": str(flowperf_home()),
         "tiny model": (
             f"{tiny_dir} ({'built' if (tiny_dir / MARKER_FILE).is_file() else 'not built yet'})"

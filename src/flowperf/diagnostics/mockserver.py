@@ -15,6 +15,15 @@ gets one JSON answer when its last token is due. With `strict_openai` it follows
 otherwise does not (for `bench record`'s tests): a request without `stream` is not streamed, and a stream
 ends with its usage event only if `stream_options.include_usage` asked for it.
 
+`GET /metrics` is a Prometheus page of the series flowperf reads from vLLM (telemetry/), computed from
+the server's own records: requests running and waiting (`max_running` > 0 makes later requests wait for
+a slot), tokens, prefix-cache queries (its prompts count 8 tokens, none cached), and TTFT, inter-token,
+queue and end-to-end histograms of what it actually sent. `POST /mock/metrics/reset` sets every counter
+and histogram back to zero (a restarted server); `POST /mock/metrics/fail` with `{"count": N}` makes the
+next N reads of /metrics answer 500. With `vllm=False` the page holds two non-vLLM series only.
+`burst=True` sends each stream's first token on time and every later one in one write at the end, as a
+front end that holds a stream back does.
+
 It binds 127.0.0.1 only, on a port the system picks, and stops by itself after `lifetime_s`. Run it in a
 thread (`serve_in_thread`, for tests), or in a process of its own (`spawn`, for measurements: then the
 server does not share a GIL or an event loop with the client it measures).
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import subprocess
@@ -52,6 +62,8 @@ class MockConfig:
     http_status: int = 503
     lifetime_s: float = 600.0
     strict_openai: bool = False  # as OpenAI's API: no stream unless asked, a stream's usage only if asked
+    burst: bool = False
+    max_running: int = 0
 
 
 @dataclass
@@ -81,6 +93,8 @@ class MockOpenAIServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._stopped = asyncio.Event()
+        self.metrics = MockMetrics(config.vllm)
+        self._slots = asyncio.Semaphore(config.max_running) if config.max_running > 0 else None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0, limit=1 << 20)
@@ -121,6 +135,8 @@ class MockOpenAIServer:
             return await _send_json(writer, 200 if found else 404, {"version": "mock"} if found else {})
         if path == "/mock/requests":
             return await _send_json(writer, 200, [log.as_dict() for log in self.logs])
+        if path.startswith("/metrics") or path.startswith("/mock/metrics"):
+            return await self.metrics.answer(method, path, body, writer)
         if path == "/reset_prefix_cache" and method == "POST":
             return await _send_json(writer, 200, {})
         if method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
@@ -147,6 +163,18 @@ class MockOpenAIServer:
         if request.get("stream") is False or (self.config.strict_openai and not request.get("stream")):
             await self._whole(path, log, writer)
             return
+        self.metrics.waiting += 1
+        async with self._slots or contextlib.nullcontext():
+            self.metrics.admitted(log, time.perf_counter())
+            try:
+                await self._send_tokens(path, log, fault, writer)
+            finally:
+                self.metrics.finished(log)
+
+    async def _send_tokens(self, path: str, log: RequestLog, fault: str, writer) -> None:
+        """Each token on its schedule from the request's arrival, or with `max_running` from when it got
+        a slot (burst: the first on time, the rest in one write once the last is due)."""
+        scheduled = log.arrived if self._slots is None else time.perf_counter()
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
@@ -154,11 +182,19 @@ class MockOpenAIServer:
         tokens = log.max_tokens
         if fault in ("error", "truncated", "short"):
             tokens = min(tokens, self.config.fault_after_tokens)
+        held = b""
         for index in range(tokens):
-            due = arrived + (self.config.ttft_ms + index * self.config.itl_ms) / 1000.0
+            due = scheduled + (self.config.ttft_ms + index * self.config.itl_ms) / 1000.0
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             last = index == tokens - 1 and fault not in ("truncated", "error")
-            await _send_event(writer, _token_event(index, chat, "length" if last else None))
+            event = _token_event(index, chat, "length" if last else None)
+            if self.config.burst and index > 0:
+                held += _chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if index == tokens - 1:
+                    writer.write(held)
+                    await writer.drain()
+            else:
+                await _send_event(writer, event)
             log.token_due.append(due)
             log.token_sent.append(time.perf_counter())
         await self._finish(writer, log, fault)
@@ -239,6 +275,109 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
             headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return method, target.split("?", 1)[0], headers, body
+
+
+HISTOGRAM_BOUNDS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+"""Bucket upper bounds (s) of the mock's histograms: vLLM's TTFT buckets, trimmed."""
+
+
+class MockMetrics:
+    """The mock's Prometheus page, from what it actually did (see the module docstring)."""
+
+    def __init__(self, vllm: bool) -> None:
+        self.vllm = vllm
+        self.running = 0
+        self.waiting = 0
+        self.fail_next = 0
+        self.scrapes = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.counters = dict.fromkeys(COUNTERS, 0.0)
+        self.observed: dict[str, list[float]] = {name: [] for name in HISTOGRAMS}
+
+    def admitted(self, log: RequestLog, now: float) -> None:
+        self.waiting -= 1
+        self.running += 1
+        self.observed["request_queue_time_seconds"].append(now - log.arrived)
+        self.counters["prefix_cache_queries"] += 8
+
+    def finished(self, log: RequestLog) -> None:
+        self.running -= 1
+        sent = log.token_sent
+        self.counters["prompt_tokens"] += 8
+        self.counters["generation_tokens"] += len(sent)
+        self.counters["request_success"] += 1
+        if sent:
+            self.observed["time_to_first_token_seconds"].append(sent[0] - log.arrived)
+            self.observed["e2e_request_latency_seconds"].append(sent[-1] - log.arrived)
+            self.observed["inter_token_latency_seconds"].extend(b - a for a, b in itertools.pairwise(sent))
+
+    async def answer(self, method: str, path: str, body: bytes, writer) -> bool:
+        if path == "/mock/metrics/reset" and method == "POST":
+            self.reset()
+            return await _send_json(writer, 200, {})
+        if path == "/mock/metrics/fail" and method == "POST":
+            self.fail_next = int(json.loads(body or b"{}").get("count", 1))
+            return await _send_json(writer, 200, {})
+        self.scrapes += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return await _send_json(writer, 500, {"error": {"message": "mock metrics failure"}})
+        data = self.page().encode()
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n\r\n"
+        writer.write(head.encode() + data)
+        await writer.drain()
+        return True
+
+    def page(self) -> str:
+        if not self.vllm:
+            done = self.counters["request_success"]
+            running = _family("mock:requests_running", "gauge", [f"mock:requests_running {self.running}"])
+            return running + _family("mock:requests_total", "counter", [f"mock:requests_total {done}"])
+        label = '{engine="0",model_name="mock"}'
+        running = self.running
+        text = _family("vllm:num_requests_running", "gauge", [f"vllm:num_requests_running{label} {running}"])
+        text += _family(
+            "vllm:num_requests_waiting", "gauge", [f"vllm:num_requests_waiting{label} {self.waiting}"]
+        )
+        usage = min(1.0, running / 16)
+        text += _family("vllm:kv_cache_usage_perc", "gauge", [f"vllm:kv_cache_usage_perc{label} {usage}"])
+        for name, value in self.counters.items():
+            text += _family(f"vllm:{name}_total", "counter", [f"vllm:{name}_total{label} {value}"])
+        for name, values in self.observed.items():
+            text += _family(f"vllm:{name}", "histogram", _histogram_lines(f"vllm:{name}", values))
+        return text
+
+
+COUNTERS = (
+    "prompt_tokens",
+    "generation_tokens",
+    "num_preemptions",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    "request_success",
+)
+HISTOGRAMS = (
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+    "request_queue_time_seconds",
+    "e2e_request_latency_seconds",
+)
+
+
+def _family(name: str, kind: str, lines: list[str]) -> str:
+    return f"# HELP {name} mock\n# TYPE {name} {kind}\n" + "".join(line + "\n" for line in lines)
+
+
+def _histogram_lines(name: str, values: list[float]) -> list[str]:
+    label = 'engine="0",model_name="mock"'
+    lines = [
+        f'{name}_bucket{{{label},le="{bound}"}} {sum(v <= bound for v in values)}'
+        for bound in HISTOGRAM_BOUNDS
+    ]
+    lines.append(f'{name}_bucket{{{label},le="+Inf"}} {len(values)}')
+    return [*lines, f"{name}_count{{{label}}} {len(values)}", f"{name}_sum{{{label}}} {sum(values)}"]
 
 
 @contextlib.contextmanager

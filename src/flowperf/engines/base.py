@@ -66,6 +66,11 @@ class StepResult:
     be told from an engine-wide one; None where the engine has one endpoint."""
     engine_last_token_ms: float | None = None
     """Arrival in the engine core's queue to its last token, on the core's clock; None where unreported."""
+    token_reads: int | None = None
+    """Stream delivery (streaming.StreamTimer): reads that carried tokens, the largest share of the
+    tokens in one read, and whether one read after the first held most of them."""
+    max_read_share: float | None = None
+    burst_delivered: bool | None = None
 
     @property
     def tpot_ms(self) -> float | None:

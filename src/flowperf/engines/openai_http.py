@@ -363,6 +363,10 @@ class OpenAIHttpEngine:
                 done = False
         return done
 
+    def metrics_urls(self) -> list[str]:
+        """Each server's Prometheus page (telemetry/), in --base-url order; empty before `start`."""
+        return [endpoint.url + "/metrics" for endpoint in self._endpoints]
+
     def info(self) -> EngineInfo:
         """One base URL is described as it always was; replicas add the endpoints and the routing."""
         endpoints = self._endpoints

@@ -19,6 +19,12 @@ class StreamTimer:
     benchmarks, the first event with a token gives TTFT and each later event one inter-token gap. Events
     that arrived in one network read share that read's time (`at`): they did arrive together, and taking
     the clock once per read keeps parsing time out of the gaps.
+
+    Delivery: the tokens of each read (events with the same `at`; in process every event is its own)
+    are counted, so a step says how many reads carried tokens and the largest share of its tokens one
+    read held. A step is burst-delivered when one read after the first held more than half of its
+    tokens: the stream was held back and arrived at once, so its TTFT and gaps describe the delivery,
+    not the engine (seen with vLLM's API server on CPU, docs in ENGINE_NOTES).
     """
 
     def __init__(self) -> None:
@@ -28,6 +34,8 @@ class StreamTimer:
         self._last: float | None = None
         self.gaps_ms: list[float] = []
         self.output_tokens = 0
+        self._read_at: float | None = None
+        self.read_tokens: list[int] = []
 
     def request_sent(self) -> None:
         now = time.perf_counter()
@@ -45,6 +53,11 @@ class StreamTimer:
             self.gaps_ms.append((now - self._last) * 1000.0)
         self._last = now
         self.output_tokens += count
+        if at is None or at != self._read_at or not self.read_tokens:
+            self.read_tokens.append(count)
+        else:
+            self.read_tokens[-1] += count
+        self._read_at = at
 
     def result(
         self,
@@ -70,4 +83,21 @@ class StreamTimer:
             engine_queue_ms=engine_queue_ms,
             engine_ttft_ms=engine_ttft_ms,
             connect_wait_ms=self.connect_wait_ms,
+            **delivery(self.read_tokens),
         )
+
+
+BURST_SHARE = 0.5
+
+
+def delivery(read_tokens: list[int]) -> dict[str, object]:
+    """token_reads, max_read_share and burst_delivered of a stream whose reads carried these tokens."""
+    total = sum(read_tokens)
+    if total <= 0:
+        return {}
+    later = max(read_tokens[1:], default=0)
+    return {
+        "token_reads": len(read_tokens),
+        "max_read_share": round(max(read_tokens) / total, 4),
+        "burst_delivered": later / total > BURST_SHARE,
+    }

@@ -139,6 +139,9 @@ class VllmLocalEngine:
     tokens made so far; those fail too, with the watchdog's verdict as the reason.
     """
 
+    metrics_in_process = True
+    """vLLM's Prometheus stat logger keeps its series in this process's registry (telemetry/ reads it)."""
+
     def __init__(self, settings: EngineConfig, model_path: Path, log_path: Path | None) -> None:
         self.settings = settings
         self.model_path = model_path

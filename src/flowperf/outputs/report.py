@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from flowperf.outputs import engine_state as engine_view
 from flowperf.outputs import plots
 from flowperf.outputs.session_report import sessions_text, think_gap_rows
 from flowperf.outputs.tables import TableSpec, print_parts, print_table
@@ -71,7 +72,9 @@ def report_summary(run: RunData) -> RunSummary:
         timings=timings,
         engine=saved.get("engine") or run.config.get("engine"),
     )
-    return summarize_run(run.workflows, run.steps, run.metrics, status, context)
+    return summarize_run(
+        run.workflows, run.steps, run.metrics, status, context, engine_records=run.engine_metrics
+    )
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -319,6 +322,35 @@ def _agentic_parts(summary: RunSummary) -> list[Any]:
     return parts
 
 
+def _engine_parts(summary: RunSummary) -> list[Any]:
+    """The engine's own view, where its metrics were read: the per-server table and notes."""
+    if not summary.engine_state:
+        return []
+    parts: list[Any] = [
+        _table(
+            "engine state (server's own metrics; ms)",
+            engine_view.COLUMNS,
+            engine_view.state_rows(summary),
+            right=engine_view.COLUMNS[1:],
+        )
+    ]
+    for text in (engine_view.burst_text(summary), engine_view.missing_text(summary)):
+        if text is not None:
+            parts.append(f"[bold]engine[/] {text}")
+    return parts
+
+
+def _engine_sections(summary: RunSummary) -> list[dict[str, Any]]:
+    if not summary.engine_state:
+        return []
+    notes = [text for text in (engine_view.burst_text(summary), engine_view.missing_text(summary)) if text]
+    section = {"title": "Engine state (server's own metrics; ms)", "header": list(engine_view.COLUMNS)}
+    return [
+        section | {"rows": engine_view.state_rows(summary)},
+        *({"title": "Engine", "note": n} for n in notes),
+    ]
+
+
 def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
     print_table(console, _grid("flowperf run", header_rows(run, summary)))
     step_columns = ("step", "n", *(f"{m.removesuffix('_ms')} {p}" for m in LATENCIES for p in PERCENTILES))
@@ -337,6 +369,7 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
             right=tuple(c for c in cache_columns if c != "step"),
         ),
         _grid("resources", resource_rows(summary)),
+        *_engine_parts(summary),
     ]
     failures = [(kind, str(count), message) for kind, count, message in failure_rows(run)]
     if failures:
@@ -411,6 +444,7 @@ def run_figures(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
         ("TTFT by prompt length", plots.ttft_by_prompt_length(llm_steps(ok_steps), summary.by_prompt_length)),
         ("Resources", plots.resources(run.metrics)),
         ("Prefix-cache hits", plots.cache_hits(summary.prefix_cache)),
+        ("Engine state and client load", engine_view.timeline(run.engine_metrics, llm_steps(ok_steps))),
     ]
     return [(title, uri) for title, png in candidates if (uri := data_uri(png)) is not None]
 
@@ -476,6 +510,7 @@ def html_report(run: RunData, summary: RunSummary) -> str:
             "rows": [cache_row(row) for row in summary.prefix_cache],
         },
         {"title": "Resources", "rows": resource_rows(summary)},
+        *_engine_sections(summary),
     ]
     failures = failure_rows(run)
     if failures:

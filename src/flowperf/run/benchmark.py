@@ -61,6 +61,8 @@ from flowperf.rundir.store import (
 from flowperf.rundir.summary import SummaryContext, build_summary, leak_warning
 from flowperf.rundir.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.sessions.source import load_trace_workflows
+from flowperf.telemetry.scraper import Scraper
+from flowperf.telemetry.session import start_scraper, stop_scraper
 from flowperf.workers.pool import WorkerPool
 from flowperf.workers.ray_cluster import check_available
 
@@ -322,6 +324,7 @@ class RunContext:
     periodic: PeriodicSummaries
     summary_context: SummaryContext
     document: dict[str, Any] | None  # config.json to complete once the engine runs; None on resume
+    scraper: Scraper | None = None  # reading the engines' metrics while the window runs
 
     @property
     def store(self) -> RunStore:
@@ -565,8 +568,30 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
         await run.window.start(run.opened.todo)
     run.hooks.on_start(total, total - len(run.opened.todo))
     with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
-        stopped = await run.window.run(run.opened.todo, run.sink)
+        run.scraper = start_scraper(
+            config.monitor,
+            run.engine,
+            run.opened.session,
+            run.store.append_engine_metric,
+            lambda: getattr(run.window, "window_start", None),
+        )
+        try:
+            stopped = await run.window.run(run.opened.todo, run.sink)
+        finally:
+            await finish_scraping(run)
     return run_status(stopped, interrupts is not None and interrupts.requested)
+
+
+async def finish_scraping(run: RunContext) -> None:
+    """Stop reading the engines' metrics; what it cost this process and how many reads failed go to
+    timing.log (the summary counts the gaps from engine_metrics.jsonl)."""
+    scraper, run.scraper = run.scraper, None
+    stats = await stop_scraper(scraper)
+    if stats is None:
+        return
+    run.timing.emit("server_metrics_cpu_ms", stats.cpu_ms, scrapes=stats.scrapes, failures=stats.failures)
+    if scraper is not None and scraper.write_error is not None:
+        run.hooks.warn(f"engine metrics stopped being written: {scraper.write_error}")
 
 
 async def execute(run: RunContext, interrupts: InterruptController | None) -> RunStatus:
@@ -594,6 +619,8 @@ async def release(run: RunContext, interrupts: InterruptController | None, shutd
     if interrupts is not None:
         interrupts.only_record()
     await run.periodic.finish()
+    if run.scraper is not None:  # the window ended by an exception while the scraper still ran
+        run.scraper.stop()
     run.monitor.stop()
     record_monitor_failure(run)
     record_iterations(run.engine, None)  # the engine may serve another run next (sweeps, A/B)

@@ -121,6 +121,12 @@ class Runner:
         for task in self._workers:
             task.cancel()
 
+    @property
+    def window_start(self) -> float | None:
+        """The current measured window's start (perf_counter), None before a window opened; what the
+        engine-metrics scraper stamps its samples from."""
+        return self._window_start or None
+
     def _offset_ms(self, moment: float) -> float:
         return (moment - self._window_start) * 1000.0
 
@@ -426,6 +432,9 @@ def measured_fields(result: StepResult) -> dict[str, object]:
         "connect_wait_ms": _rounded(result.connect_wait_ms),
         "endpoint": result.endpoint,
         "engine_last_token_ms": _rounded(result.engine_last_token_ms),
+        "token_reads": result.token_reads,
+        "max_read_share": result.max_read_share,
+        "burst_delivered": result.burst_delivered,
     }
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowperf.rundir.records import METRIC_RECORD, MetricRecord
+from flowperf.rundir.records import ENGINE_METRIC_RECORD, METRIC_RECORD, EngineMetricRecord, MetricRecord
 from flowperf.rundir.rundata import WORKFLOW_KINDS, has_int_keys, parse_step_line, step_table, typed
-from flowperf.rundir.store import METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.store import ENGINE_METRICS, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
 from flowperf.rundir.summary import SummaryContext, summarize_run
 from flowperf.rundir.summary_schema import RunStatus, RunSummary
 
@@ -153,14 +153,29 @@ def _parse_metrics(lines: list[str]) -> list[MetricRecord]:
     return records
 
 
+def _parse_engine_metrics(lines: list[str]) -> list[EngineMetricRecord]:
+    """The engines' own metrics (telemetry/), read as they are appended: the live summary's
+    engine_state is the final one's over the window so far, at the cost of one parse per line."""
+    records = []
+    for line in lines:
+        try:
+            records.append(ENGINE_METRIC_RECORD.validate_json(line))
+        except ValueError:
+            continue
+    return records
+
+
 class RunTables:
     """A run directory's tables, brought up to date by reading only what was appended since last time."""
 
     def __init__(self, store: RunStore) -> None:
-        self._files = {name: TailedFile(store.path(name)) for name in (WORKFLOWS, STEPS, METRICS)}
+        self._files = {
+            name: TailedFile(store.path(name)) for name in (WORKFLOWS, STEPS, METRICS, ENGINE_METRICS)
+        }
         self._workflows = WorkflowTable()
         self._steps = StepTable()
         self._metrics: list[MetricRecord] = []
+        self._engine_metrics: list[EngineMetricRecord] = []
 
     @property
     def bytes_read(self) -> int:
@@ -179,12 +194,19 @@ class RunTables:
         if restarted:
             self._metrics = []
         self._metrics.extend(_parse_metrics(lines))
+        lines, restarted = self._files[ENGINE_METRICS].new_lines()
+        if restarted:
+            self._engine_metrics = []
+        self._engine_metrics.extend(_parse_engine_metrics(lines))
 
     def summary(self, status: RunStatus, context: SummaryContext) -> RunSummary:
         """What `summary.build_summary` computes from the directory now."""
         self.refresh()
         workflows = self._workflows.frame()
-        return summarize_run(workflows, self._steps.frame(workflows), list(self._metrics), status, context)
+        steps = self._steps.frame(workflows)
+        return summarize_run(
+            workflows, steps, list(self._metrics), status, context, list(self._engine_metrics)
+        )
 
 
 def serve(run_dir: str, requests: Connection, replies: Connection) -> None:

@@ -101,6 +101,19 @@ class StepRecord(Record):
         description="a replayed session's LLM step: the think pause planned before it (recorded think time, "
         "scaled by --think-time and --time-scale), ms",
     )
+    token_reads: Count | None = Field(
+        default=None,
+        description="stream delivery: network reads (in process: engine events) that carried tokens",
+    )
+    max_read_share: float | None = Field(
+        default=None, ge=0, le=1, description="the largest share of the step's tokens that came in one read"
+    )
+    burst_delivered: bool | None = Field(
+        default=None,
+        description="more than half of the step's tokens arrived in one read after the first: the front "
+        "end held the stream back and delivered it in a burst, so ttft_ms and itl_ms say little about "
+        "the engine",
+    )
 
     @field_validator("error_message")
     @classmethod
@@ -269,3 +282,75 @@ def check_schema_version(document: dict[str, Any], where: str) -> int:
             f"({FIRST_RUN_SCHEMA_VERSION} to {RUN_SCHEMA_VERSION}); use the flowperf that wrote it"
         )
     return version
+
+
+class HistogramDelta(Record):
+    """What one histogram observed in one scrape interval: cumulative bucket counts (`counts[i]`
+    observations <= `le[i]`; the +Inf bucket is `count`), and the sum of the observed values."""
+
+    le: list[float]
+    counts: list[float]
+    count: float
+    sum: float
+
+
+class EngineSample(Record):
+    """One scrape of one server's metrics (`engine_metrics.jsonl`, type `sample`).
+
+    `t_ms`: when the page was read (the response complete), as an offset from the session's
+    measured-window start on the harness perf_counter clock, like a step's start_offset_ms.
+    `interval_ms` is the time since this server's previous sample (None for the first, which only
+    sets the baseline). Gauges are values at `t_ms`; counters and histograms are what accrued during
+    the interval (a counter that went down restarted: its delta is its new value). Series are keyed
+    by metric family name (a counter without `_total`), summed over label sets (vLLM's engine index
+    and model name); a histogram with no observations in the interval is left out."""
+
+    type: Literal["sample"] = "sample"
+    session: int
+    server: str
+    t_ms: float
+    interval_ms: float | None = None
+    gauges: dict[str, float] = Field(default_factory=dict)
+    counters: dict[str, float] = Field(default_factory=dict)
+    histograms: dict[str, HistogramDelta] = Field(default_factory=dict)
+    resets: list[str] | None = Field(default=None, description="counters found lower than before")
+
+
+class ScrapeGap(Record):
+    """A scrape that failed or timed out (`engine_metrics.jsonl`, type `gap`): the series has a hole
+    here, and the next good sample's deltas span the hole."""
+
+    type: Literal["gap"] = "gap"
+    session: int
+    server: str
+    t_ms: float
+    error: str
+
+    @field_validator("error")
+    @classmethod
+    def _fold_error(cls, value: str) -> str:
+        return one_line(value)
+
+
+class ServerSeries(Record):
+    """What a server exposed, said once per session (`engine_metrics.jsonl`, type `server`): whether
+    it looked like vLLM, and which of the vLLM series flowperf reads it lacked."""
+
+    type: Literal["server"] = "server"
+    session: int
+    server: str
+    vllm: bool
+    families: int
+    missing: list[str] = Field(default_factory=list)
+    endpoint: int | None = Field(
+        default=None, ge=0, description="its position among the engine's servers (steps' `endpoint`)"
+    )
+
+
+EngineMetricRecord = EngineSample | ScrapeGap | ServerSeries
+"""Any record of engine_metrics.jsonl; its `type` field tells which."""
+ENGINE_METRIC_RECORD = TypeAdapter(Annotated[EngineMetricRecord, Field(discriminator="type")])
+
+
+def engine_metric_line(record: EngineMetricRecord) -> str:
+    return record.model_dump_json(exclude_none=True) + "\n"

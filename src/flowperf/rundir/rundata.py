@@ -7,7 +7,7 @@ should a damaged directory hold two), its steps only from the session that compl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pandas as pd
 from flowperf.errors import UserError
 from flowperf.rundir.durable import iter_complete_lines
 from flowperf.rundir.records import (
+    EngineMetricRecord,
     MetricRecord,
     StepRecord,
     WorkflowRecord,
@@ -122,6 +123,7 @@ class RunData:
     workflows: pd.DataFrame
     steps: pd.DataFrame
     metrics: list[MetricRecord]
+    engine_metrics: list[EngineMetricRecord] = field(default_factory=list)
 
     @property
     def ok_workflows(self) -> pd.DataFrame:
@@ -153,4 +155,5 @@ def load_run(run_dir: Path, flag: str = "RUN_DIR") -> RunData:
         workflows=workflows,
         steps=step_frame(store, workflows),
         metrics=store.read_metrics(),
+        engine_metrics=store.read_engine_metrics(),
     )

@@ -29,11 +29,14 @@ from typing import Any, TypeVar
 from flowperf.errors import UserError
 from flowperf.rundir.durable import DurableLog, atomic_write_text, read_complete_lines
 from flowperf.rundir.records import (
+    ENGINE_METRIC_RECORD,
     METRIC_RECORD,
+    EngineMetricRecord,
     MetricRecord,
     StepRecord,
     WorkflowRecord,
     check_schema_version,
+    engine_metric_line,
     metric_line,
 )
 
@@ -45,8 +48,9 @@ TIMING_LOG = "timing.log"
 SUMMARY = "summary.json"
 ENGINE_LOG = "engine.log"
 ITERATIONS = "iterations.jsonl"  # the in-process engine's steps (engines/iteration_log.py)
+ENGINE_METRICS = "engine_metrics.jsonl"  # the engines' own metrics over the window (telemetry/)
 
-APPEND_ONLY_FILES = (STEPS, WORKFLOWS, METRICS, TIMING_LOG)
+APPEND_ONLY_FILES = (STEPS, WORKFLOWS, METRICS, TIMING_LOG, ENGINE_METRICS)
 
 WORKFLOW_COLUMNS = tuple(WorkflowRecord.model_fields)
 
@@ -258,6 +262,14 @@ class RunStore:
 
     def read_metrics(self) -> list[MetricRecord]:
         return _read_records(self.path(METRICS), METRIC_RECORD.validate_json)
+
+    def append_engine_metric(self, record: EngineMetricRecord) -> None:
+        """Called from the scraper's thread: that thread alone writes this file, and the store is closed
+        only after the scraper has stopped."""
+        self._append(ENGINE_METRICS, engine_metric_line(record))
+
+    def read_engine_metrics(self) -> list[EngineMetricRecord]:
+        return _read_records(self.path(ENGINE_METRICS), ENGINE_METRIC_RECORD.validate_json)
 
     def read_workflows(self) -> list[dict[str, str]]:
         lines = read_complete_lines(self.path(WORKFLOWS))

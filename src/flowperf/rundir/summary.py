@@ -20,6 +20,7 @@ import pandas as pd
 
 from flowperf.rundir.records import (
     RUN_SCHEMA_VERSION,
+    EngineMetricRecord,
     GpuInfoRecord,
     MetricRecord,
     MonitorErrorRecord,
@@ -52,6 +53,7 @@ from flowperf.rundir.summary_schema import (
     WorkflowBreakdown,
 )
 from flowperf.stats import describe
+from flowperf.telemetry.summarize import engine_state
 
 MetricRecords = list[MetricRecord]
 MIN_STEPS_FOR_LEAK_FIT = 100
@@ -387,7 +389,10 @@ def _phase_totals(records: MetricRecords) -> dict[str, PhaseTotal]:
 def build_summary(store: RunStore, status: RunStatus, context: SummaryContext) -> RunSummary:
     """The summary of the run directory behind `store`."""
     workflows = workflow_frame(store)
-    return summarize_run(workflows, step_frame(store, workflows), store.read_metrics(), status, context)
+    steps = step_frame(store, workflows)
+    return summarize_run(
+        workflows, steps, store.read_metrics(), status, context, engine_records=store.read_engine_metrics()
+    )
 
 
 def summarize_run(
@@ -396,8 +401,10 @@ def summarize_run(
     metrics: MetricRecords,
     status: RunStatus,
     context: SummaryContext,
+    engine_records: list[EngineMetricRecord] | None = None,
 ) -> RunSummary:
-    """The summary from a run directory's tables (counted workflows and their steps)."""
+    """The summary from a run directory's tables (counted workflows and their steps) and, where given,
+    the engines' own metrics (engine_metrics.jsonl)."""
     ok_workflows = workflows[workflows["status"] == "ok"] if not workflows.empty else workflows
     ok_steps = steps[steps["status"] == "ok"] if not steps.empty else steps
     ok_llm = llm_steps(ok_steps)
@@ -436,6 +443,7 @@ def summarize_run(
         load=load_summary(workflows, steps),
         resources=resource_summary(metrics),
         sessions=sessions_summary(workflows, ok_llm, window_ms / 1000.0, context.run.slo),
+        engine_state=engine_state(engine_records or [], ok_llm),
     )
 
 

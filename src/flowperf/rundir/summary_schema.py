@@ -306,6 +306,62 @@ class RunInfo(Part):
     slo: str | None = Field(default=None, description="the run's --slo objectives, as given")
 
 
+class HistogramEstimate(Part):
+    """Percentiles estimated from a server's Prometheus histogram: the bucket deltas of every scrape
+    in the window added up, and the rank's bucket interpolated linearly (telemetry/histogram.py). Each
+    estimate is within its bucket's width (`*_bucket_ms`) of the true percentile. ms, engine clock."""
+
+    count: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    p50_bucket_ms: float | None = None
+    p99_bucket_ms: float | None = None
+
+
+class ServerState(Part):
+    """One server's own view of the window (`engine_metrics.jsonl`), beside the client's numbers.
+
+    Gauges (running, waiting, KV usage) are the means and maxima over the samples read every
+    --server-metrics-interval; counters are summed over the window's intervals. `saturated_ms` is the
+    time the engine had requests waiting: the sum of the intervals whose closing sample says waiting > 0
+    (harness clock, to within one interval)."""
+
+    server: str
+    endpoint: int | None = None
+    vllm: bool | None = None
+    samples: int = 0
+    scrape_failures: int = 0
+    missing_series: list[str] = Field(default_factory=list)
+    running_mean: float | None = None
+    running_max: float | None = None
+    waiting_mean: float | None = None
+    waiting_max: float | None = None
+    kv_usage_max: float | None = Field(default=None, description="fraction of the KV cache in use, 0-1")
+    saturated_ms: float | None = None
+    saturated_share: float | None = Field(default=None, description="saturated_ms / the sampled time")
+    preemptions: float | None = None
+    prefix_cache_hit_ratio: float | None = Field(
+        default=None, description="prefix-cache hits / queries (tokens) as the engine counted them"
+    )
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    ttft_ms: HistogramEstimate = Field(
+        default_factory=HistogramEstimate, description="the server's TTFT: arrival to first token"
+    )
+    queue_ms: HistogramEstimate = Field(default_factory=HistogramEstimate, description="time in its queue")
+    client_minus_server_ttft_p50_ms: float | None = Field(
+        default=None,
+        description="the client's TTFT p50 (its steps on this server) minus the server's histogram p50: "
+        "front end, transport and client; a difference of percentiles, not a percentile of differences",
+    )
+    client_minus_server_ttft_p99_ms: float | None = None
+    burst_steps: int = Field(
+        default=0, description="steps on this server whose stream arrived in one burst (burst_delivered)"
+    )
+
+
 class RunSummary(Part):
     schema_version: int = Field(description=f"run-directory schema; {RUN_SCHEMA_VERSION} when written now")
     status: RunStatus
@@ -330,6 +386,9 @@ class RunSummary(Part):
     resources: Resources
     sessions: SessionResults | None = Field(
         default=None, description="a replayed session trace's job-level results; None for other runs"
+    )
+    engine_state: list[ServerState] = Field(
+        default_factory=list, description="per server, from its own metrics; empty when none were read"
     )
 
     @model_validator(mode="before")

@@ -76,6 +76,7 @@ class WorkerPool:
         self.group = worker_group(client)
         self._stopping = False
         self._started: int | None = None  # workers started, once `start` has run
+        self.window_start: float | None = None  # perf_counter, once the window opens (telemetry reads it)
 
     @property
     def flows(self) -> WorkflowSource:
@@ -115,7 +116,8 @@ class WorkerPool:
         try:
             if self._stopping:
                 return True
-            await self.group.go(time.perf_counter() + WINDOW_LEAD_S)
+            self.window_start = time.perf_counter() + WINDOW_LEAD_S
+            await self.group.go(self.window_start)
             return await self._take_records(self._started, sink) or self._stopping
         finally:
             await self.group.close()

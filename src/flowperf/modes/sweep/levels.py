@@ -94,6 +94,12 @@ class LevelRow(BaseModel):
     stopped_early: str | None = None
     objectives: dict[str, dict[str, float | bool | None]] = Field(default_factory=dict)
     finished_at: str | None = None
+    engine_waiting_mean: float | None = Field(
+        default=None, description="the engines' requests waiting, mean over the level's samples (all servers)"
+    )
+    engine_waiting_max: float | None = None
+    engine_kv_usage_max: float | None = Field(default=None, description="the fullest KV cache, 0-1")
+    engine_preemptions: float | None = None
 
     @property
     def load(self) -> float:

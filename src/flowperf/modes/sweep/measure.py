@@ -35,7 +35,7 @@ from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.slo import Objective, WorkflowSamples, evaluate
 from flowperf.rundir.summary import workflow_latency
-from flowperf.rundir.summary_schema import RunStatus, RunSummary
+from flowperf.rundir.summary_schema import RunStatus, RunSummary, ServerState
 
 CHECK_INTERVAL_S = 1.0
 
@@ -210,7 +210,29 @@ def level_row(
         wall_s=round(outcome.wall_s, 3), achieved_per_s=done / window_s if window_s > 0 else None,
         latency_p50_ms=latency.p50, latency_p95_ms=latency.p95, ttft_p50_ms=ttft.p50, ttft_p95_ms=ttft.p95,
         stopped_early=outcome.watch.reason, finished_at=dt.datetime.now(dt.UTC).isoformat(), **figures,
+        **engine_figures(summary.engine_state),
     )  # fmt: skip
+
+
+def engine_figures(servers: Sequence[ServerState]) -> dict[str, float | None]:
+    """What filled up at this level, from the engines' own metrics (summary.engine_state): requests
+    waiting (summed over servers: the deployment's queue; the max is the sum of each server's max, an
+    upper bound), the fullest KV cache, and preemptions; None where no server said."""
+
+    def values(field: str) -> list[float]:
+        return [value for server in servers if (value := getattr(server, field)) is not None]
+
+    def total(field: str) -> float | None:
+        found = values(field)
+        return float(sum(found)) if found else None
+
+    usage = values("kv_usage_max")
+    return {
+        "engine_waiting_mean": total("waiting_mean"),
+        "engine_waiting_max": total("waiting_max"),
+        "engine_kv_usage_max": max(usage) if usage else None,
+        "engine_preemptions": total("preemptions"),
+    }
 
 
 def slo_figures(

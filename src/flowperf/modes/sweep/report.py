@@ -48,6 +48,22 @@ def table_rows(document: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+ENGINE_HEADER = ("level", "offered", "p50 ms", "waiting mean", "waiting max", "KV max", "preemptions")
+
+
+def engine_rows(document: dict[str, Any]) -> list[list[str]]:
+    """Per level what filled up in the engines (their own metrics), beside the latency it explains;
+    empty when no level has any (engine metrics off, or an engine without them)."""
+    rows = rows_of(document)
+    if all(row.engine_waiting_max is None and row.engine_kv_usage_max is None for row in rows):
+        return []
+    return [
+        [row.name, row.offered, fmt(row.latency_p50_ms), fmt(row.engine_waiting_mean),
+         fmt(row.engine_waiting_max), _share(row.engine_kv_usage_max), fmt(row.engine_preemptions)]
+        for row in rows
+    ]  # fmt: skip
+
+
 def answer_lines(document: dict[str, Any]) -> list[str]:
     """The sweep's answers in words: the knee, the max sustainable load and how sure it is, early stops."""
     spec = document["spec"]
@@ -78,6 +94,9 @@ def print_sweep(console: Console, document: dict[str, Any]) -> None:
     title = f"sweep {document['sweep_id']} ({document['status']})"
     left = ("level", "most missed", "status")
     print_table(console, TableSpec(title, HEADER, table_rows(document), left=left))
+    if engine := engine_rows(document):
+        title = "engine state per level (the engines' own metrics)"
+        print_table(console, TableSpec(title, ENGINE_HEADER, engine, left=("level",)))
     for line in answer_lines(document):
         console.print(line, highlight=False)
 
@@ -148,4 +167,6 @@ def sweep_html(document: dict[str, Any]) -> str:
         {"title": "Levels", "header": list(HEADER), "rows": table_rows(document)},
         {"title": "Answers", "note": " | ".join(answer_lines(document))},
     ]
+    if engine := engine_rows(document):
+        sections.insert(1, {"title": "Engine state per level", "header": list(ENGINE_HEADER), "rows": engine})
     return render_page(f"flowperf sweep: {document['sweep_id']}", sections, figures)

@@ -1,0 +1,76 @@
+"""What reading the server's /metrics every 250 ms costs the client: a c=64 run against the mock server
+(in its own process) with scraping off, on, off, on (interleaved), side by side.
+
+Prints per run the client's TTFT p99, the client process's CPU time (getrusage) and the scraper thread's
+own CPU time (timing.log `server_metrics_cpu_ms`), then: the p99 change on vs off against the noise
+between the two off runs, and the scraper's share of the client's CPU.
+
+    PYTHONPATH=src python benchmarks/server_metrics_overhead.py [--flows 256] [--tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from flowperf.config import RunConfig  # noqa: E402
+from flowperf.diagnostics.mockserver import MockConfig, spawn  # noqa: E402
+from flowperf.run.benchmark import RunHooks, run_benchmark  # noqa: E402
+from flowperf.run.timing import parse_timing_line  # noqa: E402
+
+
+def one_run(url: str, out: Path, name: str, scrape: bool, flows: int, tokens: int) -> dict[str, float]:
+    config = RunConfig.model_validate(
+        {
+            "flows_dir": str(ROOT / "flows"), "fixtures_dir": str(ROOT / "fixtures"), "warmup": 0,
+            "num_flows": flows, "concurrency": 64, "max_tokens": tokens,
+            "monitor": {"sample_interval_s": 0, "server_metrics": scrape, "server_metrics_interval_s": 0.25},
+            "output": {"out_dir": str(out), "run_id": name}, "engine": {"kind": "openai", "base_url": url},
+        }
+    )  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = asyncio.run(run_benchmark(config, RunHooks(echo=lambda _: None, warn=lambda _: None)))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000.0
+    lines = (result.run_dir / "timing.log").read_text().splitlines()
+    scraper = [parse_timing_line(line) for line in lines if "server_metrics_cpu_ms" in line]
+    scraper_ms = float(scraper[0]["server_metrics_cpu_ms"]) if scraper else 0.0
+    return {"ttft_p99": result.summary.latency.ttft_ms.p99 or 0.0, "cpu_ms": cpu_ms, "scraper_ms": scraper_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--flows", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    runs: dict[str, dict[str, float]] = {}
+    with (
+        spawn(MockConfig(ttft_ms=20, itl_ms=5, lifetime_s=900)) as server,
+        tempfile.TemporaryDirectory() as out,
+    ):
+        for name, scrape in (("off1", False), ("on1", True), ("off2", False), ("on2", True)):
+            runs[name] = one_run(server.base_url, Path(out), name, scrape, args.flows, args.tokens)
+            print(name, {key: round(value, 2) for key, value in runs[name].items()}, flush=True)
+    noise = abs(runs["off1"]["ttft_p99"] - runs["off2"]["ttft_p99"])
+    change = (
+        runs["on1"]["ttft_p99"]
+        + runs["on2"]["ttft_p99"]
+        - runs["off1"]["ttft_p99"]
+        - runs["off2"]["ttft_p99"]
+    ) / 2
+    share = sum(runs[n]["scraper_ms"] for n in ("on1", "on2")) / sum(
+        runs[n]["cpu_ms"] for n in ("on1", "on2")
+    )
+    print(f"TTFT p99 change on-off: {change:+.2f} ms; noise between the off runs: {noise:.2f} ms")
+    print(f"scraper CPU share of the client process: {share * 100:.2f}%")
+
+
+if __name__ == "__main__":
+    main()

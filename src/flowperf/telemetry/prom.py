@@ -1,0 +1,178 @@
+"""A Prometheus text page as numbers, and two successive pages as one interval's record.
+
+Parsing is prometheus_client's own text parser (the format's reference implementation). Counters and
+histograms are summed over their label sets (counts add up whatever the labels), keyed by the family
+name (a counter without `_total`). A gauge is summed only where that means something: vLLM's gauges,
+labelled by engine index and model name (or a waiting reason), whose sum is the deployment's running,
+waiting or KV usage; any other server's gauge keeps one series per label set, keyed `name{k="v",...}`
+(a sum of, say, per-GPU temperatures or per-pool sizes would be a number nobody measured).
+`_created` timestamps and info/state-set families carry no load and are skipped.
+
+Between two pages: a gauge is the later value; a counter is the increase, or, when it went down (the
+server restarted and counts from zero again), the later value itself: all that is known to have
+accrued since the restart. A histogram is the increase of each cumulative bucket and of its count and
+sum, with the same rule for a reset (its count went down).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from flowperf.rundir.records import HistogramDelta
+
+VLLM_PREFIX = "vllm:"
+VLLM_EXPECTED = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:e2e_request_latency_seconds",
+)
+"""The series flowperf reads from a vLLM server (names as vLLM 0.1x's v1 engine exposes them)."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts by upper bound (+Inf left out: it is `count`), count and sum."""
+
+    le: tuple[float, ...]
+    counts: tuple[float, ...]
+    count: float
+    sum: float
+
+
+@dataclass
+class Page:
+    """One scrape: every gauge, counter and histogram family, summed over label sets."""
+
+    gauges: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+
+    @property
+    def families(self) -> set[str]:
+        return set(self.gauges) | set(self.counters) | set(self.histograms)
+
+    def missing_vllm_series(self) -> list[str]:
+        return [name for name in VLLM_EXPECTED if name not in self.families]
+
+    @property
+    def looks_like_vllm(self) -> bool:
+        return any(name.startswith(VLLM_PREFIX) for name in self.families)
+
+
+def parse_page(text: str, keep_only_vllm: bool = False) -> Page:
+    """The families of a Prometheus text page; with `keep_only_vllm`, only `vllm:` ones (a vLLM server
+    also exposes dozens of process and HTTP-server series, which would only bloat the records).
+    A page that is not Prometheus text raises ValueError."""
+    page = Page()
+    for family in text_string_to_metric_families(text):
+        if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or family.name.endswith("_created"):
+            continue
+        if family.type == "gauge" and family.name.startswith(VLLM_PREFIX):
+            page.gauges[family.name] = _total(family.samples, family.name)
+        elif family.type == "gauge":
+            page.gauges.update(_per_label_set(family.samples, family.name))
+        elif family.type == "counter":
+            page.counters[family.name] = _total(family.samples, family.name + "_total")
+        elif family.type == "histogram":
+            page.histograms[family.name] = _histogram(family.samples, family.name)
+    return page
+
+
+def _total(samples: list, name: str) -> float:
+    return float(
+        sum(sample.value for sample in samples if sample.name == name and math.isfinite(sample.value))
+    )
+
+
+def _per_label_set(samples: list, name: str) -> dict[str, float]:
+    """One value per label set: `name` alone without labels, else `name{k="v",...}` (labels sorted)."""
+    values: dict[str, float] = {}
+    for sample in samples:
+        if sample.name != name or not math.isfinite(sample.value):
+            continue
+        labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+        values[f"{name}{{{labels}}}" if labels else name] = float(sample.value)
+    return values
+
+
+def _histogram(samples: list, name: str) -> Histogram:
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for sample in samples:
+        if sample.name == name + "_bucket":
+            bound = float(sample.labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        elif sample.name == name + "_count":
+            count += sample.value
+        elif sample.name == name + "_sum":
+            total += sample.value
+    bounds = sorted(bound for bound in buckets if math.isfinite(bound))
+    return Histogram(tuple(bounds), tuple(buckets[bound] for bound in bounds), count, total)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What happened between two pages: gauges now, counter and histogram increases, resets seen."""
+
+    gauges: dict[str, float]
+    counters: dict[str, float]
+    histograms: dict[str, HistogramDelta]
+    resets: list[str]
+
+
+def counter_delta(before: float | None, now: float) -> tuple[float, bool]:
+    """The increase of a counter, and whether it was reset (went down: the delta is then `now`)."""
+    if before is None:
+        return 0.0, False
+    if now < before:
+        return now, True
+    return now - before, False
+
+
+def histogram_delta(before: Histogram | None, now: Histogram) -> tuple[HistogramDelta | None, bool]:
+    """The interval's observations, None if there were none (or `before` is None: no baseline yet);
+    whether the histogram was reset (its count went down: the interval then holds all of `now`)."""
+    if before is None:
+        return None, False
+    reset = now.count < before.count
+    if reset or before.le != now.le:
+        counts, count, total = list(now.counts), now.count, now.sum
+    else:
+        counts = [later - earlier for later, earlier in zip(now.counts, before.counts, strict=True)]
+        count, total = now.count - before.count, now.sum - before.sum
+    if count <= 0:
+        return None, reset
+    return HistogramDelta(le=list(now.le), counts=counts, count=count, sum=total), reset
+
+
+def interval(before: Page | None, now: Page) -> Interval:
+    """`now` against the page before it (None: the first page, which only sets the baseline)."""
+    counters: dict[str, float] = {}
+    histograms: dict[str, HistogramDelta] = {}
+    resets: list[str] = []
+    for name, value in now.counters.items():
+        delta, reset = counter_delta(None if before is None else before.counters.get(name, 0.0), value)
+        counters[name] = delta
+        if reset:
+            resets.append(name)
+    for name, histogram in now.histograms.items():
+        empty = Histogram(histogram.le, tuple(0.0 for _ in histogram.le), 0.0, 0.0)
+        previous = None if before is None else before.histograms.get(name, empty)
+        change, reset = histogram_delta(previous, histogram)
+        if change is not None:
+            histograms[name] = change
+        if reset:
+            resets.append(name)
+    return Interval(dict(now.gauges), counters if before is not None else {}, histograms, resets)
