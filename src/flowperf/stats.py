@@ -1,12 +1,37 @@
-"""Summary statistics over samples: pure functions of arrays, shared by run summaries and the simulator."""
+"""Summary statistics over samples: pure functions of arrays, shared by run summaries and the simulator.
+
+One definition of each number every command reports:
+
+- Percentile: `percentile` (linear interpolation between the two nearest order statistics, numpy's
+  default method): what `numpy.percentile`, pandas, Excel's PERCENTILE.INC and most users' own scripts
+  compute, so a reported p95 can be reproduced from the raw records. Summaries, sweep rows, SLO level
+  values and the client-ceiling check all use it; an SLO's per-workflow verdict is a share of samples
+  within the limit, not a percentile (rundir/slo.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+
+
+def percentile(samples: Iterable[float] | np.ndarray, q: float | Sequence[float]) -> Any:
+    """The `q`-th percentile(s) (0-100) of `samples`, linear interpolation (numpy's default method); NaN
+    samples are dropped; None when none are left. A float for one `q`, a list of floats for several."""
+    values = _finite(samples)
+    if values.size == 0:
+        return None if np.ndim(q) == 0 else [None] * len(q)  # type: ignore[arg-type]
+    result = np.percentile(values, q)
+    return float(result) if np.ndim(q) == 0 else [float(value) for value in result]
+
+
+def _finite(samples: Iterable[float] | np.ndarray) -> np.ndarray:
+    values = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=float)
+    return values[~np.isnan(values)]
 
 
 def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | None]:
@@ -14,13 +39,12 @@ def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | N
 
     Percentiles use numpy's default linear interpolation so figures match what users compute themselves.
     """
-    values = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=float)
-    values = values[~np.isnan(values)]
+    values = _finite(samples)
     if values.size == 0:
         return {"count": 0, "mean": None, "std": None, "min": None, "max": None} | {
             f"p{p}": None for p in PERCENTILES
         }
-    quantiles = np.percentile(values, PERCENTILES)
+    quantiles = percentile(values, PERCENTILES)
     return {
         "count": int(values.size),
         "mean": float(values.mean()),
