@@ -11,6 +11,7 @@ One definition of each number every command reports:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -52,6 +53,16 @@ def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | N
         "min": float(values.min()),
         "max": float(values.max()),
     } | {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles, strict=True)}
+
+
+def percent_change(base: float, new: float) -> float:
+    """`new` relative to `base`, in % (new / base - 1): 0 when they are equal (two zero medians are no
+    change), plus or minus infinity when only `base` is zero."""
+    if new == base:
+        return 0.0
+    if base == 0:
+        return math.copysign(math.inf, new)
+    return (new / base - 1.0) * 100.0
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:

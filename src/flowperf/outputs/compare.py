@@ -41,7 +41,7 @@ from flowperf.outputs import plots
 from flowperf.outputs.report import data_uri, fmt, metric_samples, render_page
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
-from flowperf.stats import holm_adjusted
+from flowperf.stats import holm_adjusted, percent_change
 
 BOOTSTRAP_RESAMPLES = 2000
 MAX_RESAMPLES = 20_000
@@ -192,7 +192,7 @@ def judge(
     if n_base == 0 or n_new == 0:
         return Comparison(metric, n_base, n_new, None, None, None, None, None, "no data", gated)
     base_median, new_median = float(np.median(base.values)), float(np.median(new.values))
-    delta = (new_median / base_median - 1.0) * 100.0 if base_median else math.inf
+    delta = percent_change(base_median, new_median)
     worse = delta < 0 if higher_is_better else delta > 0
     change = ("regression" if worse else "improvement") if abs(delta) >= threshold_pct else None
     common = {"metric": metric, "base": base_median, "new": new_median, "delta_pct": delta, "change": change}
