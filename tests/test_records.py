@@ -29,7 +29,7 @@ from flowperf.rundir.records import (
     WorkflowRecord,
     column_kinds,
 )
-from flowperf.rundir.rundata import STEP_KINDS, load_run, workflow_frame
+from flowperf.rundir.rundata import STEP_KINDS, counted_frame, load_run, workflow_frame
 from flowperf.rundir.store import CONFIG, STEPS, WORKFLOWS, RunStore, recorded_config
 from flowperf.rundir.summary_schema import RunSummary
 from helpers import run_bench
@@ -88,7 +88,9 @@ def test_records_read_back_as_written(tmp_path: Path) -> None:
     assert store.read_metrics() == [sample]
     header = (tmp_path / "r" / WORKFLOWS).read_text().splitlines()[0]
     assert header.split(",") == list(WorkflowRecord.model_fields)
-    (row,) = workflow_frame(store).to_dict(orient="records")
+    both_steps = {(3, 1, 0), (3, 1, 1)}  # the row accounts for its ok step and its failed one
+    (row,) = counted_frame(store.read_workflows(), both_steps).to_dict(orient="records")
+    assert workflow_frame(store).empty  # its failed step was never written: not counted
     assert row["error_message"] == "line one line two"  # one line in a CSV cell
     assert row["workflow_ms"] == 30.0 and row["flow_index"] == 3
 

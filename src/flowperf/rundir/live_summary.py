@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -33,8 +33,17 @@ import numpy as np
 import pandas as pd
 
 from flowperf.rundir.records import METRIC_RECORD, MetricRecord
-from flowperf.rundir.rundata import WORKFLOW_KINDS, has_int_keys, parse_step_line, step_table, typed
-from flowperf.rundir.store import METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.rundata import counted_frame, parse_step_line, step_table
+from flowperf.rundir.store import (
+    METRICS,
+    STEPS,
+    SUMMARY,
+    WORKFLOWS,
+    RunStore,
+    StepKey,
+    complete_rows,
+    parse_records,
+)
 from flowperf.rundir.summary import SummaryContext, summarize_run
 from flowperf.rundir.summary_schema import RunStatus, RunSummary
 
@@ -88,6 +97,7 @@ class StepTable:
     def __init__(self) -> None:
         self._chunks: list[pd.DataFrame] = []
         self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
+        self.key_set: set[StepKey] = set()  # what `counted_workflows` checks rows against
 
     def add(self, lines: list[str]) -> None:
         parsed = [row for row in map(parse_step_line, lines) if row is not None]
@@ -95,6 +105,7 @@ class StepTable:
             keys, rows, gaps = zip(*parsed, strict=True)
             self._chunks.append(step_table(list(rows), list(gaps)))
             self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
+            self.key_set.update(keys)
 
     def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
         """Steps of counted workflows, from the session that completed each, the first line of each step:
@@ -117,40 +128,20 @@ class StepTable:
 
 
 class WorkflowTable:
-    """Every workflows.csv row read so far, tabled once per batch of new lines."""
+    """Every complete workflows.csv row read so far."""
 
     def __init__(self) -> None:
         self._header: list[str] | None = None
-        self._chunks: list[pd.DataFrame] = []
+        self._rows: list[dict[str, str]] = []
 
     def add(self, lines: list[str]) -> None:
         if self._header is None and lines:
             self._header, lines = next(csv.reader(lines[:1])), lines[1:]
-        rows = [
-            row
-            for row in csv.DictReader(lines, fieldnames=self._header)
-            if None not in row and all(value is not None for value in row.values()) and has_int_keys(row)
-        ]
-        if rows:
-            self._chunks.append(typed(pd.DataFrame(rows), WORKFLOW_KINDS))
+        self._rows += complete_rows(csv.DictReader(lines, fieldnames=self._header))
 
-    def frame(self) -> pd.DataFrame:
-        """Counted workflows, as `rundata.workflow_frame` returns them."""
-        if not self._chunks:
-            return pd.DataFrame()
-        if len(self._chunks) > 1:
-            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
-        return self._chunks[0].drop_duplicates(subset=["flow_index"], keep="first")
-
-
-def _parse_metrics(lines: list[str]) -> list[MetricRecord]:
-    records = []
-    for line in lines:
-        try:
-            records.append(METRIC_RECORD.validate_json(line))
-        except ValueError:
-            continue
-    return records
+    def frame(self, step_keys: Collection[StepKey]) -> pd.DataFrame:
+        """Counted workflows, as `rundata.workflow_frame` returns them: the same rule, on these rows."""
+        return counted_frame(self._rows, step_keys)
 
 
 class RunTables:
@@ -178,12 +169,12 @@ class RunTables:
         lines, restarted = self._files[METRICS].new_lines()
         if restarted:
             self._metrics = []
-        self._metrics.extend(_parse_metrics(lines))
+        self._metrics.extend(parse_records(lines, METRIC_RECORD.validate_json))
 
     def summary(self, status: RunStatus, context: SummaryContext) -> RunSummary:
         """What `summary.build_summary` computes from the directory now."""
         self.refresh()
-        workflows = self._workflows.frame()
+        workflows = self._workflows.frame(self._steps.key_set)
         return summarize_run(workflows, self._steps.frame(workflows), list(self._metrics), status, context)
 
 

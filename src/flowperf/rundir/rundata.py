@@ -1,12 +1,14 @@
 """A run directory read back into tables: what summaries, reports and comparisons are computed from.
 
-Only what a directory proves is counted: a workflow once it has its row in workflows.csv (the first row,
-should a damaged directory hold two), its steps only from the session that completed it.
+Only what a directory proves is counted, by the rule resume uses (`store.counted_workflows`): a workflow
+once it has its row in workflows.csv and every step that row accounts for, its steps only from the session
+that completed it. `live_summary` applies the same functions to the lines it tails.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from flowperf.rundir.records import (
     check_schema_version,
     column_kinds,
 )
-from flowperf.rundir.store import CONFIG, STEPS, SUMMARY, RunStore
+from flowperf.rundir.store import CONFIG, STEPS, SUMMARY, RunStore, StepKey, counted_workflows
 
 TEXT_FIELDS = {"prompt_text", "output_text"}  # kept in the file, never loaded into tables
 KEY_COLUMNS = {"flow_index", "session", "step_index"}
@@ -45,15 +47,17 @@ def typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
 
 
 def workflow_frame(store: RunStore) -> pd.DataFrame:
-    """Counted workflows: one row per flow_index (the first, should a damaged directory hold two)."""
-    rows = [row for row in store.read_workflows() if has_int_keys(row)]
-    if not rows:
-        return pd.DataFrame()
-    frame = typed(pd.DataFrame(rows), WORKFLOW_KINDS)
-    return frame.drop_duplicates(subset=["flow_index"], keep="first")
+    """Counted workflows: one row per flow_index (see `counted_frame`)."""
+    return counted_frame(store.read_workflows(), store.step_keys())
 
 
-StepKey = tuple[int, int, int]  # flow_index, session, step_index
+def counted_frame(rows: list[dict[str, str]], step_keys: Collection[StepKey]) -> pd.DataFrame:
+    """The rows `store.counted_workflows` counts (those whose steps are all in `step_keys`, the first of
+    each flow_index), as a typed table: the one rule for resume, summaries, reports and compare."""
+    counted = counted_workflows(rows, step_keys)
+    return typed(pd.DataFrame(counted), WORKFLOW_KINDS) if counted else pd.DataFrame()
+
+
 StepRow = tuple[StepKey, tuple[Any, ...], np.ndarray]
 
 
@@ -101,15 +105,6 @@ def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
         gaps.append(step_gaps)
     return step_table(rows, gaps)
-
-
-def has_int_keys(row: dict[str, str]) -> bool:
-    """A workflow row whose flow index and session read as numbers (a damaged row does not count)."""
-    try:
-        int(row["flow_index"]), int(row["session"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return True
 
 
 @dataclass(frozen=True)
