@@ -99,6 +99,13 @@ def ttft_beyond_engine(steps: pd.DataFrame) -> pd.Series:
     return (steps["ttft_ms"] - steps["engine_ttft_ms"]).dropna()
 
 
+def connect_waits(steps: pd.DataFrame) -> pd.Series:
+    """Each step's wait for a client connection (NaN where none was measured: in-process)."""
+    if steps.empty or "connect_wait_ms" not in steps:
+        return pd.Series(dtype=float)
+    return steps["connect_wait_ms"]
+
+
 def llm_steps(steps: pd.DataFrame) -> pd.DataFrame:
     """The LLM steps of a table: kind llm, or no kind at all (schema 1 and 2 recorded LLM steps only)."""
     if steps.empty or "kind" not in steps:
@@ -423,6 +430,7 @@ def summarize_run(
                 workflow_latency(ok_workflows) if not ok_workflows.empty else []
             ),
             ttft_beyond_engine_ms=distribution(ttft_beyond_engine(ok_llm)),
+            connect_wait_ms=distribution(connect_waits(ok_llm)),
             **_latencies(ok_llm if not ok_llm.empty else pd.DataFrame()),
         ),
         latency_by_step=_by_step(ok_steps),
