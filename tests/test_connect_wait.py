@@ -26,10 +26,11 @@ def write_run(tmp_path: Path, waits: list[float | None]) -> RunSummary:
                           max_tokens=4, inflight_at_start=1, start_offset_ms=flow * 100.0, status="ok",
                           step_ms=50.0, ttft_ms=20.0, output_tokens=4, connect_wait_ms=wait)  # fmt: skip
         store.append_step(step)
-        store.append_workflow(WorkflowRecord(flow_index=flow, flow_id=f"f{flow}", session=0, status="ok",
-                                             workflow_ms=50.0, step_ms_sum=50.0, steps=1, steps_ok=1,
-                                             prompt_tokens=8, output_tokens=4, cached_prompt_tokens=0,
-                                             start_offset_ms=flow * 100.0, end_offset_ms=flow * 100.0 + 50))  # fmt: skip
+        start = flow * 100.0
+        row = WorkflowRecord(flow_index=flow, flow_id=f"f{flow}", session=0, status="ok", workflow_ms=50.0,
+                             step_ms_sum=50.0, steps=1, steps_ok=1, prompt_tokens=8, output_tokens=4,
+                             cached_prompt_tokens=0, start_offset_ms=start, end_offset_ms=start + 50)  # fmt: skip
+        store.append_workflow(row)
     store.close()
     context = SummaryContext(planned_workflows=len(waits), run=RunInfo(run_id="run", flow="synthetic"))
     return build_summary(store, "complete", context)
