@@ -29,7 +29,8 @@ def write_run(tmp_path: Path, waits: list[float | None]) -> RunSummary:
         start = flow * 100.0
         row = WorkflowRecord(flow_index=flow, flow_id=f"f{flow}", session=0, status="ok", workflow_ms=50.0,
                              step_ms_sum=50.0, steps=1, steps_ok=1, prompt_tokens=8, output_tokens=4,
-                             cached_prompt_tokens=0, start_offset_ms=start, end_offset_ms=start + 50)  # fmt: skip
+                             cached_prompt_tokens=0, start_offset_ms=start,
+                             end_offset_ms=start + 50)  # fmt: skip
         store.append_workflow(row)
     store.close()
     context = SummaryContext(planned_workflows=len(waits), run=RunInfo(run_id="run", flow="synthetic"))
