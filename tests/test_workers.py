@@ -26,9 +26,9 @@ from flowperf.config import RunConfig
 from flowperf.diagnostics.mockserver import MockConfig, MockOpenAIServer, serve_in_thread
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.run.benchmark import RunResult
-from flowperf.run.runner import poisson_arrivals
 from flowperf.rundir.durable import DurableLog, read_complete_lines
 from flowperf.rundir.store import TIMING_LOG, RunStore
+from flowperf.stats import poisson_arrivals
 from flowperf.workers.clock import align
 from flowperf.workers.plan import share_out, slot_share
 from helpers import run_bench, run_in_process

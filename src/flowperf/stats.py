@@ -55,6 +55,15 @@ def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | N
     } | {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles, strict=True)}
 
 
+def poisson_arrivals(rate: float, count: int, rng: int | np.random.Generator) -> np.ndarray:
+    """`count` arrival times (s from the window start) of a Poisson process at `rate` per second: gaps
+    exponential with mean 1/rate, cumulated. `rng` is a seed (a run's `--seed`: the schedule is drawn
+    from it alone, so a run can be replayed) or a generator (the simulator's named streams). The one
+    draw of arrivals for runs, sweeps, client workers and the stress simulator."""
+    generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return np.cumsum(generator.exponential(1.0 / rate, count))
+
+
 def percent_change(base: float, new: float) -> float:
     """`new` relative to `base`, in % (new / base - 1): 0 when they are equal (two zero medians are no
     change), plus or minus infinity when only `base` is zero."""

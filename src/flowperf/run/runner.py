@@ -35,6 +35,7 @@ from flowperf.run.critical_path import critical_path
 from flowperf.run.sinks import RecordSink
 from flowperf.run.workflow_state import WorkflowState
 from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.stats import poisson_arrivals
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,6 @@ def generation_params(
         ignore_eos=step.ignore_eos,
         seed=(config.seed * 1_000_003 + flow.index * 97 + position) % (2**31),
     )
-
-
-def poisson_arrivals(rate: float, count: int, seed: int) -> np.ndarray:
-    """`count` arrival times (s from the window start) of a Poisson process at `rate` per second: gaps
-    are exponential with mean 1/rate, drawn from `seed` alone so a run's schedule can be replayed."""
-    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, count))
 
 
 class Runner:
