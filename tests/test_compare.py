@@ -143,4 +143,4 @@ def test_piped_output_is_a_plain_table_with_every_cell_whole(runs: dict[str, Pat
     assert header[:2] == ["metric", "n"] and header[-3:] == ["verdict", "gated", "note"]
     workflow = next(line for line in lines if line.startswith("workflow_ms "))
     assert workflow.split()[1] == "3/3" and workflow.endswith("too few samples to reach alpha 0.01")
-    assert any(line.startswith("itl_ms (per-request mean) ") for line in lines)
+    assert any(line.startswith("itl_ms (every gap) ") for line in lines)

@@ -7,6 +7,17 @@ One definition of each number every command reports:
   compute, so a reported p95 can be reproduced from the raw records. Summaries, sweep rows, SLO level
   values and the client-ceiling check all use it; an SLO's per-workflow verdict is a share of samples
   within the limit, not a percentile (rundir/slo.py).
+- ITL: every gap between consecutive token events of a request, pooled over requests (`pooled_gaps`):
+  one sample per gap, harness clock. The summary, `bench compare` and SLOs all use the pooled gaps (a
+  per-request mean of gaps is TPOT, below, not ITL). Several tokens in one event make one gap.
+- TPOT: per request, (step time - TTFT) / (output tokens - 1) (`tpot_ms`): the mean time per output
+  token after the first, counted in tokens, not events, so multi-token events do not shorten it. Every
+  reader takes the recorded `tpot_ms` column; `bench ab` gates on a block's median TPOT (a per-request
+  decode speed that a few long gaps do not dominate, as they do pooled ITL's tail).
+- Output tokens/s: `tokens_per_s`, output tokens over the time that produced them. The run's throughput
+  divides every ok LLM step's tokens by the measured window; a step id's request rate by the sum of its
+  steps' times; `bench compare` takes each request's own rate (its tokens over its step time), one sample
+  per request for the block bootstrap.
 """
 
 from __future__ import annotations
@@ -53,6 +64,24 @@ def describe(samples: Iterable[float] | np.ndarray) -> dict[str, float | int | N
         "min": float(values.min()),
         "max": float(values.max()),
     } | {f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles, strict=True)}
+
+
+def pooled_gaps(per_request: Iterable[Sequence[float] | np.ndarray]) -> np.ndarray:
+    """Every inter-token gap of every request, in one array: the ITL samples."""
+    arrays = [np.asarray(gaps, dtype=float) for gaps in per_request]
+    return np.concatenate(arrays) if arrays else np.empty(0)
+
+
+def tpot_ms(step_ms: float, ttft_ms: float | None, output_tokens: int) -> float | None:
+    """Mean time per output token after the first: (step - TTFT) / (tokens - 1); None below 2 tokens."""
+    if ttft_ms is None or output_tokens < 2:
+        return None
+    return (step_ms - ttft_ms) / (output_tokens - 1)
+
+
+def tokens_per_s(tokens: Any, ms: Any) -> Any:
+    """Output tokens over the milliseconds that produced them, per second (numbers or arrays)."""
+    return tokens / (ms / 1000.0)
 
 
 def poisson_arrivals(rate: float, count: int, rng: int | np.random.Generator) -> np.ndarray:

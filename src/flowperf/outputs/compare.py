@@ -41,7 +41,7 @@ from flowperf.outputs import plots
 from flowperf.outputs.report import data_uri, fmt, metric_samples, render_page
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
-from flowperf.stats import holm_adjusted, percent_change
+from flowperf.stats import holm_adjusted, percent_change, pooled_gaps, tokens_per_s
 
 BOOTSTRAP_RESAMPLES = 2000
 MAX_RESAMPLES = 20_000
@@ -267,12 +267,18 @@ def _step_metric(
     return samples
 
 
-def _per_request_itl(steps: pd.DataFrame) -> pd.Series:
-    return steps["itl_ms"].map(lambda gaps: float(np.mean(gaps)) if len(gaps) else np.nan).astype(float)
+def _pooled_itl(run: RunData) -> Samples:
+    """ITL as the summary defines it (stats.pooled_gaps): every gap of every ok LLM step, each gap
+    belonging to its workflow for the block bootstrap."""
+    steps = llm_steps(run.ok_steps)
+    if steps.empty:
+        return Samples.of([])
+    counts = steps["itl_ms"].map(len).to_numpy()
+    return Samples(pooled_gaps(steps["itl_ms"]), np.repeat(steps["flow_index"].to_numpy(), counts))
 
 
 def _tokens_per_s(steps: pd.DataFrame) -> pd.Series:
-    return steps["output_tokens"] / (steps["step_ms"] / 1000.0)
+    return tokens_per_s(steps["output_tokens"], steps["step_ms"])
 
 
 def _peak_rss(run: RunData) -> Samples:
@@ -312,7 +318,7 @@ def metric_extractors(base: RunData, new: RunData) -> list[Extractor]:
     return [
         *metrics,
         ("ttft_ms", "ttft_ms", _step_metric(lambda s: s["ttft_ms"]), False),
-        ("itl_ms (per-request mean)", "itl_ms", _step_metric(_per_request_itl), False),
+        ("itl_ms (every gap)", "itl_ms", _pooled_itl, False),
         ("tokens_per_s (per step)", "tokens_per_s", _step_metric(_tokens_per_s), True),
         ("peak_rss_mb", "peak_rss_mb", _peak_rss, False),
     ]

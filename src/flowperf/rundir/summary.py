@@ -49,7 +49,7 @@ from flowperf.rundir.summary_schema import (
     Timings,
     WorkflowBreakdown,
 )
-from flowperf.stats import describe
+from flowperf.stats import describe, pooled_gaps, tokens_per_s
 
 MetricRecords = list[MetricRecord]
 MIN_STEPS_FOR_LEAK_FIT = 100
@@ -83,7 +83,7 @@ def measured_window_ms(workflows: pd.DataFrame) -> float:
 def _itl_samples(steps: pd.DataFrame) -> np.ndarray:
     if "itl_ms" not in steps or steps.empty:
         return np.array([])
-    return np.concatenate([np.asarray(gaps, dtype=float) for gaps in steps["itl_ms"]])
+    return pooled_gaps(steps["itl_ms"])
 
 
 def _latencies(steps: pd.DataFrame) -> dict[str, Distribution]:
@@ -124,8 +124,10 @@ def _by_step(ok_steps: pd.DataFrame) -> dict[str, StepIdLatencies]:
         return by_step
     for step_id, group in ok_steps.groupby("step_id", sort=False):
         kind = _step_kind(group)
-        step_seconds = group["step_ms"].sum() / 1000.0
-        rate = float(group["output_tokens"].sum() / step_seconds) if step_seconds and kind == "llm" else None
+        step_ms = group["step_ms"].sum()
+        rate = (
+            float(tokens_per_s(group["output_tokens"].sum(), step_ms)) if step_ms and kind == "llm" else None
+        )
         by_step[str(step_id)] = StepIdLatencies(
             **_latencies(group), kind=kind, request_output_tokens_per_s=rate
         )
@@ -450,7 +452,7 @@ def _throughput(ok_llm: pd.DataFrame, ok_workflows: int, window_s: float) -> Thr
         return Throughput(output_tokens=output_tokens)
     return Throughput(
         output_tokens=output_tokens,
-        output_tokens_per_s=output_tokens / window_s,
+        output_tokens_per_s=tokens_per_s(output_tokens, window_s * 1000.0),
         steps_per_s=len(ok_llm) / window_s,
         workflows_per_s=ok_workflows / window_s,
     )
