@@ -25,7 +25,6 @@ from flowperf.outputs.compare import (
     bootstrap_p_value,
     comparability_problems,
     compare_runs,
-    holm_verdicts,
     judge,
     metric_extractors,
     parse_gate,
@@ -34,7 +33,7 @@ from flowperf.outputs.compare import (
     smallest_detectable_p,
 )
 from flowperf.rundir.rundata import RunData
-from flowperf.stats import holm_adjusted, percent_change
+from flowperf.stats import holm_adjusted, holm_verdicts, percent_change
 
 
 def latencies(seed: int, n: int, scale: float = 100.0) -> np.ndarray:

@@ -22,9 +22,10 @@ One definition of each number every command reports:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -115,3 +116,34 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * float(p_values[index])))
         adjusted[index] = running
     return adjusted
+
+
+NO_CHANGE = "no significant change"
+
+
+class Judged(Protocol):
+    """A metric's verdict as `bench compare` and `bench ab` both keep it."""
+
+    gated: bool
+    p_value: float | None
+    testable: bool
+    change: str | None
+
+
+J = TypeVar("J", bound=Judged)
+
+
+def holm_verdicts(results: list[J], alpha: float) -> list[J]:
+    """Gated, tested metrics judged on Holm-adjusted p-values, so over all of them the chance of any
+    false verdict stays at alpha (the family is every gated metric with a p-value, those with too few
+    samples included: they are tests too, which can never pass); ungated ones keep their own verdict.
+    The one rule for `bench compare` (bootstrap p-values) and `bench ab` (signed-rank ones)."""
+    family = [index for index, result in enumerate(results) if result.gated and result.p_value is not None]
+    adjusted = holm_adjusted([results[index].p_value or 1.0 for index in family])
+    judged = list(results)
+    for index, p_holm in zip(family, adjusted, strict=True):
+        result = results[index]
+        significant = result.testable and p_holm <= alpha
+        verdict = result.change if significant and result.change else NO_CHANGE
+        judged[index] = dataclasses.replace(result, p_holm=p_holm, verdict=verdict)  # type: ignore[type-var]
+    return judged

@@ -51,7 +51,9 @@ from flowperf.engines.base import EngineError
 from flowperf.errors import UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
+from flowperf.modes.ab.run import DEFAULT_GATE as AB_GATE
 from flowperf.modes.sweep.store import is_sweep_dir
+from flowperf.outputs.compare import DEFAULT_GATE as COMPARE_GATE
 from flowperf.outputs.report import print_run_table
 from flowperf.run.benchmark import RunHooks, RunResult, run_benchmark
 from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted, run_with_interrupts
@@ -521,7 +523,7 @@ def compare(
             help="Metrics whose regression fails the command, e.g. workflow_ms,ttft_ms. "
             "Holm-corrected over all gated metrics. workflow_latency_ms (from scheduled arrival) and "
             "start_delay_ms (slot wait) exist for open-loop runs. "
-            "[default: workflow_ms,workflow_latency_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
+            f"[default: {','.join(COMPARE_GATE)}]",
         ),
     ] = None,
     seed: Annotated[
@@ -605,7 +607,7 @@ def ab(
         typer.Option(
             "--gate",
             help="Metrics whose regression fails the command; also step_p50_ms. "
-            "[default: workflow_p50_ms,workflow_mean_ms,ttft_p50_ms,tpot_p50_ms]",
+            f"[default: {','.join(AB_GATE)}]",
         ),
     ] = None,
     as_json: Annotated[

@@ -19,7 +19,6 @@ with every difference listed, unless --force.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from flowperf.outputs import plots
 from flowperf.outputs.report import data_uri, fmt, metric_samples, render_page
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
-from flowperf.stats import holm_adjusted, percent_change, pooled_gaps, tokens_per_s
+from flowperf.stats import NO_CHANGE, holm_verdicts, percent_change, pooled_gaps, tokens_per_s
 
 BOOTSTRAP_RESAMPLES = 2000
 MAX_RESAMPLES = 20_000
@@ -170,7 +169,7 @@ class Comparison:
 
 
 def _verdict(change: str | None, significant: bool) -> str:
-    return change if significant and change else "no significant change"
+    return change if significant and change else NO_CHANGE
 
 
 def judge(
@@ -220,19 +219,6 @@ def judge(
         p_value=p_value,
         testable=testable,
     )
-
-
-def holm_verdicts(results: list[Comparison], alpha: float) -> list[Comparison]:
-    """Gated, tested metrics judged on Holm-adjusted p-values (the family is every gated metric with a
-    p-value, those with too few samples included: they are tests too, which can never pass)."""
-    family = [index for index, result in enumerate(results) if result.gated and result.p_value is not None]
-    adjusted = holm_adjusted([results[index].p_value or 1.0 for index in family])
-    judged = list(results)
-    for index, p_holm in zip(family, adjusted, strict=True):
-        result = results[index]
-        verdict = _verdict(result.change, result.testable and p_holm <= alpha)
-        judged[index] = dataclasses.replace(result, p_holm=p_holm, verdict=verdict)
-    return judged
 
 
 def _by_workflow(frame: pd.DataFrame, values: pd.Series | np.ndarray) -> Samples:
