@@ -45,10 +45,13 @@ from flowperf.cli.options import (
     only,
     with_options,
 )
+from flowperf.cli.outcome import engine_and_interrupt_exits, session_exit
+from flowperf.cli.outcome import error as _error
+from flowperf.cli.outcome import warn as _warn
 from flowperf.cli.sweep import compare_sweep_dirs, sweep
 from flowperf.config import RunConfig, load_run_config
 from flowperf.engines.base import EngineError
-from flowperf.errors import UserError
+from flowperf.errors import EXIT_ENGINE_FAILED, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USER_ERROR, UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import expand_with_cache
 from flowperf.modes.ab.run import DEFAULT_GATE as AB_GATE
@@ -56,14 +59,11 @@ from flowperf.modes.sweep.store import is_sweep_dir
 from flowperf.outputs.compare import DEFAULT_GATE as COMPARE_GATE
 from flowperf.outputs.report import print_run_table
 from flowperf.run.benchmark import RunHooks, RunResult, run_benchmark
-from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted, run_with_interrupts
+from flowperf.run.interrupts import RunInterrupted, run_with_interrupts
 from flowperf.run.timing import TimingLog
 from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.store import recorded_config
 from flowperf.stress.cli import stress
-
-EXIT_USER_ERROR = 2
-EXIT_ENGINE_FAILED = 1
 
 app = typer.Typer(
     name="bench",
@@ -95,14 +95,6 @@ def _show_help_without_command(ctx: typer.Context) -> None:
 
 out_console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _warn(message: str) -> None:
-    err_console.print(Text.assemble(("warning:", "yellow"), " ", message))
-
-
-def _error(message: str) -> None:
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message))
 
 
 def _echo(line: str) -> None:
@@ -210,15 +202,8 @@ def _execute(config: RunConfig, resume: Path | None, progress: bool) -> None:
     bar = _WorkflowBar(enabled=progress)
     hooks = RunHooks(echo=_echo, warn=_warn, on_start=bar.on_start, on_workflow_done=bar.on_done)
     try:
-        result = _run_with_interrupts(config, hooks, resume)
-    except EngineError as error:
-        bar.stop()
-        _error(str(error))
-        raise typer.Exit(EXIT_ENGINE_FAILED) from None
-    except RunInterrupted:
-        bar.stop()
-        _warn("interrupted before the run started; nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        with engine_and_interrupt_exits("run", bar.stop):
+            result = _run_with_interrupts(config, hooks, resume)
     finally:
         bar.stop()
     _report_run(result)
@@ -639,13 +624,8 @@ def ab(
     bar = _WorkflowBar(enabled=progress)
     hooks = AbHooks(warn=_warn, started=lambda total: bar.on_start(total, 0), workflow_done=bar.on_done)
     try:
-        document = run_ab_with_interrupts(plan, hooks)
-    except EngineError as error:
-        _error(str(error))
-        raise typer.Exit(EXIT_ENGINE_FAILED) from None
-    except RunInterrupted:
-        _warn("interrupted before the session started; nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        with engine_and_interrupt_exits("session", bar.stop):
+            document = run_ab_with_interrupts(plan, hooks)
     finally:
         bar.stop()
     if as_json:
@@ -659,19 +639,13 @@ def ab(
 
 def _ab_exit(document: dict[str, Any], ab_dir: Path) -> int:
     """The exit code, and the one line that explains anything but 0."""
-    if document["status"] == "interrupted":
-        _warn(f"interrupted; finished blocks are kept in {ab_dir} (each arm resumes with bench run --resume)")
-        return EXIT_INTERRUPTED
-    if document["regressed"]:
+    if document["regressed"] and document["status"] != "interrupted":
         regressed = ", ".join(document["regressed"])
         err_console.print(Text(f"regression in gated metric(s): {regressed}", style="bold red"))
-        return 1
+        return EXIT_REGRESSION
     failed = sum(block["workflows_failed"] for block in document["blocks"])
-    if failed or document["status"] != "complete":
-        _error(f"{failed} workflow(s) failed ({document['status']}); see {ab_dir}")
-        return 3
-    err_console.print(f"results: {ab_dir}")
-    return 0
+    hint = f"finished blocks are kept in {ab_dir} (each arm resumes with bench run --resume)"
+    return session_exit(document["status"], failed, ab_dir, hint)
 
 
 app.command("stress")(stress)
