@@ -8,6 +8,7 @@ unified (git 83cef5c); its summary.json is that version's own.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -153,10 +154,23 @@ def test_a_version_1_summary_parses_with_its_own_version_and_names() -> None:
         assert parsed.latency_by_step[step_id].request_output_tokens_per_s == block["output_tokens_per_s"]
 
 
-def test_a_version_1_directory_compares_with_itself() -> None:
-    run = load_run(RUN_V1)
-    rows = compare_runs(run, run, alpha=0.05, threshold_pct=5.0, gate=parse_gate(None), seed=0)
-    assert rows and not any(row.regressed for row in rows)
+def test_a_version_1_directory_compares_with_a_slower_copy(tmp_path: Path) -> None:
+    """Compare reads a version 1 directory's figures: against a copy whose workflows all took twice as
+    long, the workflow_ms medians are the recorded ones and the change is +100%."""
+    slower = _copy_v1(tmp_path)
+    rows = list(csv.DictReader(slower.path(WORKFLOWS).read_text().splitlines()))
+    for row in rows:
+        row["workflow_ms"] = str(2 * float(row["workflow_ms"]))
+    with slower.path(WORKFLOWS).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    base = load_run(RUN_V1)
+    results = compare_runs(base, load_run(slower.run_dir), alpha=0.05, threshold_pct=5.0,
+                           gate=parse_gate(None), seed=0)  # fmt: skip
+    workflow = next(result for result in results if result.metric == "workflow_ms")
+    assert workflow.base == pytest.approx(float(base.workflows["workflow_ms"].median()))
+    assert workflow.delta_pct == pytest.approx(100.0) and workflow.change == "regression"
 
 
 def test_a_directory_from_a_newer_flowperf_is_refused(tmp_path: Path) -> None:
