@@ -29,11 +29,10 @@ from collections.abc import Callable, Collection
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from flowperf.rundir.records import METRIC_RECORD, MetricRecord
-from flowperf.rundir.rundata import counted_frame, parse_step_line, step_table
+from flowperf.rundir.rundata import StepTable, counted_frame
 from flowperf.rundir.store import (
     METRICS,
     STEPS,
@@ -89,42 +88,6 @@ class TailedFile:
         self._offset += complete
         text = data[:complete].decode("utf-8", errors="replace")
         return [line for line in text.split("\n") if line], restarted
-
-
-class StepTable:
-    """Every step line read so far, tabled once, with the keys `rundata.step_frame` selects by."""
-
-    def __init__(self) -> None:
-        self._chunks: list[pd.DataFrame] = []
-        self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
-        self.key_set: set[StepKey] = set()  # what `counted_workflows` checks rows against
-
-    def add(self, lines: list[str]) -> None:
-        parsed = [row for row in map(parse_step_line, lines) if row is not None]
-        if parsed:
-            keys, rows, gaps = zip(*parsed, strict=True)
-            self._chunks.append(step_table(list(rows), list(gaps)))
-            self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
-            self.key_set.update(keys)
-
-    def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
-        """Steps of counted workflows, from the session that completed each, the first line of each step:
-        what `rundata.step_frame` returns for the same lines."""
-        if counted.empty:
-            return pd.DataFrame()
-        if len(self._chunks) > 1:  # merged once, so each summary concatenates only what is new
-            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
-            self._keys = [np.concatenate(self._keys)]
-        if not self._chunks:
-            return step_table([], [])
-        keys = self._keys[0]
-        wanted = pd.MultiIndex.from_arrays([counted["flow_index"], counted["session"]])
-        counted_rows = np.flatnonzero(pd.MultiIndex.from_arrays([keys[:, 0], keys[:, 1]]).isin(wanted))
-        first = ~pd.DataFrame(keys[counted_rows][:, [0, 2]]).duplicated(keep="first").to_numpy()
-        chosen = counted_rows[first]
-        if chosen.size == 0:
-            return step_table([], [])
-        return self._chunks[0].iloc[chosen].reset_index(drop=True)
 
 
 class WorkflowTable:

@@ -26,7 +26,7 @@ from flowperf.rundir.records import (
     PhaseRecord,
     ResourceSample,
 )
-from flowperf.rundir.rundata import step_frame, workflow_frame
+from flowperf.rundir.rundata import read_tables
 from flowperf.rundir.store import RunStore
 from flowperf.rundir.summary_schema import (
     AchievedConcurrency,
@@ -393,8 +393,8 @@ def _phase_totals(records: MetricRecords) -> dict[str, PhaseTotal]:
 
 def build_summary(store: RunStore, status: RunStatus, context: SummaryContext) -> RunSummary:
     """The summary of the run directory behind `store`."""
-    workflows = workflow_frame(store)
-    return summarize_run(workflows, step_frame(store, workflows), store.read_metrics(), status, context)
+    workflows, steps = read_tables(store)
+    return summarize_run(workflows, steps, store.read_metrics(), status, context)
 
 
 def summarize_run(
