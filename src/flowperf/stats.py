@@ -18,6 +18,10 @@ One definition of each number every command reports:
   divides every ok LLM step's tokens by the measured window; a step id's request rate by the sum of its
   steps' times; `bench compare` takes each request's own rate (its tokens over its step time), one sample
   per request for the block bootstrap.
+- Arrivals: `poisson_arrivals`, the one open-loop schedule (runs, sweep watches, client workers, the
+  simulator), exponential gaps drawn from a seed or a named stream.
+- Connection wait (`connect_wait_ms`, summarised like any latency): submission to the request leaving on
+  a connection, harness clock, outside TTFT and step time (engines/streaming.StreamTimer).
 """
 
 from __future__ import annotations
