@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from flowperf.modes.ab.stats import (
-    NO_CHANGE,
     balanced_orders,
     hodges_lehmann,
-    holm_verdicts,
     paired_comparison,
     signed_rank_null,
     signed_rank_p_value,
     smallest_p,
 )
 from flowperf.outputs.compare import judge
+from flowperf.stats import NO_CHANGE, holm_verdicts
 
 
 def brute_force_p(differences: np.ndarray) -> float:

@@ -128,14 +128,23 @@ def test_branches_run_side_by_side_and_the_makespan_follows_the_critical_path(tm
     for flow_index in (0, 1):
         steps = {s.step_id: s for s in steps_of(result) if s.flow_index == flow_index}
         billing, technical = steps["billing"], steps["technical"]
-        assert abs(billing.start_offset_ms - technical.start_offset_ms) < 30
+        # side by side on the harness's own clock: both start once classify has ended, and each starts
+        # before the other ends (run one after the other, they would be ~150 ms apart, not overlapping)
+        classify_end = steps["classify"].end_offset_ms
+        assert classify_end is not None and billing.end_offset_ms and technical.end_offset_ms
+        assert min(billing.start_offset_ms, technical.start_offset_ms) >= classify_end
+        assert max(billing.start_offset_ms, technical.start_offset_ms) < min(
+            billing.end_offset_ms, technical.end_offset_ms
+        )
         assert billing.needs == technical.needs == [steps["classify"].step_index]
         assert sorted(steps["merge"].needs) == sorted([billing.step_index, technical.step_index])
     rows = {int(row["flow_index"]): row for row in RunStore(result.run_dir).read_workflows()}
     for row in rows.values():
         makespan, summed = float(row["workflow_ms"]), float(row["step_ms_sum"])
         assert 3 * 150 < makespan < summed - 100
-        assert 0 <= makespan - float(row["critical_path_ms"]) < 30
+        # what the critical path leaves out is scheduling gaps; a wrong path (a branch's call missing or
+        # counted twice) is off by a whole call, 150 ms: the margin is two thirds of that
+        assert 0 <= makespan - float(row["critical_path_ms"]) < 100
         assert float(row["llm_ms"]) == pytest.approx(float(row["critical_path_ms"]))
     messages = {log.request_id.rsplit("-", 1)[-1]: log.body["messages"] for log in logs
                 if "agent-000000" in log.request_id}  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from flowperf.outputs.compare import (
     bootstrap_p_value,
     comparability_problems,
     compare_runs,
-    holm_verdicts,
     judge,
     metric_extractors,
     parse_gate,
@@ -33,7 +33,7 @@ from flowperf.outputs.compare import (
     smallest_detectable_p,
 )
 from flowperf.rundir.rundata import RunData
-from flowperf.stats import holm_adjusted
+from flowperf.stats import holm_adjusted, holm_verdicts, percent_change
 
 
 def latencies(seed: int, n: int, scale: float = 100.0) -> np.ndarray:
@@ -109,6 +109,16 @@ def test_single_values_use_the_threshold_alone() -> None:
     result = judge("peak_rss_mb", np.array([100.0]), np.array([120.0]), higher_is_better=False, alpha=0.05,
                    threshold_pct=5.0, seed=0, gated=False)  # fmt: skip
     assert result.verdict == "regression" and "no significance test" in result.note and not result.regressed
+
+
+def test_two_zero_medians_are_no_change() -> None:
+    """A metric that is zero in both runs (no slot wait in either) did not regress infinitely."""
+    zeros = np.zeros(40)
+    for gated in (True, False):
+        result = judge("start_delay_ms (slot wait)", zeros, zeros, higher_is_better=False, alpha=0.05,
+                       threshold_pct=5.0, seed=0, gated=gated)  # fmt: skip
+        assert result.delta_pct == 0.0 and result.verdict == "no significant change" and not result.regressed
+    assert percent_change(0.0, 2.0) == math.inf and percent_change(4.0, 5.0) == pytest.approx(25.0)
 
 
 def test_gate_names_are_checked() -> None:

@@ -13,11 +13,11 @@ from faults import FaultyEngine
 from flowperf.config import RunConfig
 from flowperf.outputs.report import workflow_text
 from flowperf.run.benchmark import RunHooks, run_benchmark
-from flowperf.run.runner import poisson_arrivals
 from flowperf.rundir.records import StepRecord, WorkflowRecord
 from flowperf.rundir.rundata import workflow_frame
 from flowperf.rundir.store import SUMMARY, RunStore
 from flowperf.rundir.summary_schema import RunSummary
+from flowperf.stats import poisson_arrivals
 from helpers import ROOT
 
 pytestmark = pytest.mark.engine

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from flowperf.rundir.live_summary import RunTables
 from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.rundir.rundata import load_run
 from flowperf.rundir.store import METRICS, STEPS, WORKFLOWS, RunStore, counted_workflows
+from flowperf.rundir.summary import SummaryContext
+from flowperf.rundir.summary_schema import RunInfo
 
 FLOWS = 12
 STEPS_PER_FLOW = 3
@@ -169,3 +173,28 @@ def test_a_row_whose_steps_were_lost_is_not_counted(tmp_path: Path) -> None:
     assert reopened.drop_unfinished_steps(set()) == 2
     assert reopened.read_workflows() == [] and reopened.read_steps() == []
     assert reopened.next_session() == 0
+
+
+def test_every_reader_leaves_out_a_row_whose_steps_were_lost(tmp_path: Path) -> None:
+    """Reports, compare and live summaries count what resume counts: a row whose last step a power loss
+    took is not a finished workflow (workflow 1), whichever reader looks (`load_run` feeds report,
+    compare and the final summary; `RunTables` the periodic ones)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}\n")
+    store = RunStore(run_dir)
+    for flow in (0, 1):
+        for index in range(STEPS_PER_FLOW):
+            store.append_step(step(flow, 0, index))
+        store.append_workflow(workflow(flow, 0, STEPS_PER_FLOW, False))
+    store.close()
+    lines = (run_dir / STEPS).read_text().splitlines(keepends=True)
+    (run_dir / STEPS).write_text("".join(lines[:-1]))  # workflow 1's last step lost
+    assert RunStore(run_dir).completed_flow_indices() == {0}
+    run = load_run(run_dir)
+    assert run.workflows["flow_index"].tolist() == [0]
+    assert sorted(run.steps["flow_index"].tolist()) == [0] * STEPS_PER_FLOW
+    tables = RunTables(RunStore(run_dir))
+    context = SummaryContext(planned_workflows=2, run=RunInfo(run_id="run", flow="synthetic"))
+    summary = tables.summary("interrupted", context)
+    assert summary.counts.workflows_done == 1

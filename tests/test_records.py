@@ -8,6 +8,7 @@ unified (git 83cef5c); its summary.json is that version's own.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ from flowperf.rundir.records import (
     WorkflowRecord,
     column_kinds,
 )
-from flowperf.rundir.rundata import STEP_KINDS, load_run, workflow_frame
+from flowperf.rundir.rundata import STEP_KINDS, counted_frame, load_run, workflow_frame
 from flowperf.rundir.store import CONFIG, STEPS, WORKFLOWS, RunStore, recorded_config
 from flowperf.rundir.summary_schema import RunSummary
 from helpers import run_bench
@@ -88,7 +89,9 @@ def test_records_read_back_as_written(tmp_path: Path) -> None:
     assert store.read_metrics() == [sample]
     header = (tmp_path / "r" / WORKFLOWS).read_text().splitlines()[0]
     assert header.split(",") == list(WorkflowRecord.model_fields)
-    (row,) = workflow_frame(store).to_dict(orient="records")
+    both_steps = {(3, 1, 0), (3, 1, 1)}  # the row accounts for its ok step and its failed one
+    (row,) = counted_frame(store.read_workflows(), both_steps).to_dict(orient="records")
+    assert workflow_frame(store).empty  # its failed step was never written: not counted
     assert row["error_message"] == "line one line two"  # one line in a CSV cell
     assert row["workflow_ms"] == 30.0 and row["flow_index"] == 3
 
@@ -151,10 +154,23 @@ def test_a_version_1_summary_parses_with_its_own_version_and_names() -> None:
         assert parsed.latency_by_step[step_id].request_output_tokens_per_s == block["output_tokens_per_s"]
 
 
-def test_a_version_1_directory_compares_with_itself() -> None:
-    run = load_run(RUN_V1)
-    rows = compare_runs(run, run, alpha=0.05, threshold_pct=5.0, gate=parse_gate(None), seed=0)
-    assert rows and not any(row.regressed for row in rows)
+def test_a_version_1_directory_compares_with_a_slower_copy(tmp_path: Path) -> None:
+    """Compare reads a version 1 directory's figures: against a copy whose workflows all took twice as
+    long, the workflow_ms medians are the recorded ones and the change is +100%."""
+    slower = _copy_v1(tmp_path)
+    rows = list(csv.DictReader(slower.path(WORKFLOWS).read_text().splitlines()))
+    for row in rows:
+        row["workflow_ms"] = str(2 * float(row["workflow_ms"]))
+    with slower.path(WORKFLOWS).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    base = load_run(RUN_V1)
+    results = compare_runs(base, load_run(slower.run_dir), alpha=0.05, threshold_pct=5.0,
+                           gate=parse_gate(None), seed=0)  # fmt: skip
+    workflow = next(result for result in results if result.metric == "workflow_ms")
+    assert workflow.base == pytest.approx(float(base.workflows["workflow_ms"].median()))
+    assert workflow.delta_pct == pytest.approx(100.0) and workflow.change == "regression"
 
 
 def test_a_directory_from_a_newer_flowperf_is_refused(tmp_path: Path) -> None:

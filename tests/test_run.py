@@ -43,10 +43,15 @@ def test_25_flows_reuse_the_one_engine(engine, engine_loop, tmp_path: Path) -> N
     assert all(r["status"] == "ok" and r["output_tokens"] == "48" for r in rows)
     counts = result.summary.counts
     assert counts.workflows_ok == 25 and counts.steps_ok == 75
-    # sequential: a workflow's steps account for (nearly) all of its time
+    # sequential: a workflow's steps account for all of its time but the harness's between-step work,
+    # which is less than any one step (a step missing from the sum, or steps overlapping, would be off
+    # by a whole step); the overhead's size is a benchmark figure (benchmarks/agentic.py), not a test's
+    step_ms = {}
+    for step in RunStore(result.run_dir).read_steps():
+        step_ms.setdefault(step.flow_index, []).append(step.step_ms)
     for row in rows:
-        assert float(row["step_ms_sum"]) <= float(row["workflow_ms"])
-        assert float(row["step_ms_sum"]) >= 0.98 * float(row["workflow_ms"])
+        between = float(row["workflow_ms"]) - float(row["step_ms_sum"])
+        assert 0 <= between < min(step_ms[int(row["flow_index"])])
 
 
 def test_cli_run_end_to_end(tmp_path: Path, tiny_model: Path) -> None:

@@ -150,3 +150,18 @@ def test_a_sweep_level_says_what_filled_up_in_the_engines() -> None:
         and empty[3:] == ["-"] * 4
     )
     assert engine_rows({"levels": [quiet.model_dump()]}) == []
+
+
+def test_a_levels_timing_line_is_in_the_one_timing_format() -> None:
+    """The line `bench sweep` prints per level parses as any [TIMING] line, floats to one decimal."""
+    from flowperf.cli.sweep import _level_line
+    from flowperf.run.timing import parse_timing_line
+
+    spec = LevelSpec("listed", rate=2.5)
+    level = row(0, spec, achieved=2.4567, passes=False, stopped="duration").model_copy(
+        update={"wall_s": 7.25}
+    )
+    pairs = parse_timing_line(_level_line(level))
+    assert pairs == {f"{level.name}_ms": "7250.0", "offered": "2.5/s", "achieved_per_s": "2.5",
+                     "workflows": "0", "status": "complete", "attainment_pct": "50.0",
+                     "stopped_early": "true"}  # fmt: skip

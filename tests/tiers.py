@@ -69,6 +69,7 @@ SUBPROCESS = (
 )
 
 SERVER = (
+    "tests/test_sweep.py::test_a_duration_window_counts_from_the_windows_own_start",
     "tests/test_engine_metrics.py::test_every_vllm_series_is_read_and_counters_match_what_the_server_sent",
     "tests/test_engine_metrics.py::test_a_counter_reset_gives_the_new_value_as_the_delta",
     "tests/test_engine_metrics.py::test_a_failing_scrape_is_a_gap_and_the_run_goes_on",

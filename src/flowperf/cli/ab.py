@@ -10,11 +10,9 @@ import typer
 from rich.text import Text
 
 from flowperf.cli.common import (
-    EXIT_ENGINE_FAILED,
     WorkflowBar,
     err_console,
     out_console,
-    print_error,
     print_warning,
 )
 from flowperf.cli.options import (
@@ -34,8 +32,9 @@ from flowperf.cli.options import (
     only,
     with_options,
 )
-from flowperf.engines.base import EngineError
-from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted
+from flowperf.cli.outcome import engine_and_interrupt_exits, session_exit
+from flowperf.errors import EXIT_REGRESSION
+from flowperf.modes.ab.run import DEFAULT_GATE as AB_GATE
 
 NUM_FLOWS_HELP = "Workflows per arm in all, instead of --pairs: pairs = N / --block-workflows, rounded up."
 
@@ -64,7 +63,7 @@ def ab(
         typer.Option(
             "--gate",
             help="Metrics whose regression fails the command; also step_p50_ms. "
-            "[default: workflow_p50_ms,workflow_mean_ms,ttft_p50_ms,tpot_p50_ms]",
+            f"[default: {','.join(AB_GATE)}]",
         ),
     ] = None,
     as_json: Annotated[
@@ -99,13 +98,8 @@ def ab(
         warn=print_warning, started=lambda total: bar.on_start(total, 0), workflow_done=bar.on_done
     )
     try:
-        document = run_ab_with_interrupts(plan, hooks)
-    except EngineError as error:
-        print_error(str(error))
-        raise typer.Exit(EXIT_ENGINE_FAILED) from None
-    except RunInterrupted:
-        print_warning("interrupted before the session started; nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        with engine_and_interrupt_exits("session", bar.stop):
+            document = run_ab_with_interrupts(plan, hooks)
     finally:
         bar.stop()
     if as_json:
@@ -119,21 +113,13 @@ def ab(
 
 def _ab_exit(document: dict[str, Any], ab_dir: Path) -> int:
     """The exit code, and the one line that explains anything but 0."""
-    if document["status"] == "interrupted":
-        print_warning(
-            f"interrupted; finished blocks are kept in {ab_dir} (each arm resumes with bench run --resume)"
-        )
-        return EXIT_INTERRUPTED
-    if document["regressed"]:
+    if document["regressed"] and document["status"] != "interrupted":
         regressed = ", ".join(document["regressed"])
         err_console.print(Text(f"regression in gated metric(s): {regressed}", style="bold red"))
-        return 1
+        return EXIT_REGRESSION
     failed = sum(block["workflows_failed"] for block in document["blocks"])
-    if failed or document["status"] != "complete":
-        print_error(f"{failed} workflow(s) failed ({document['status']}); see {ab_dir}")
-        return 3
-    err_console.print(f"results: {ab_dir}")
-    return 0
+    hint = f"finished blocks are kept in {ab_dir} (each arm resumes with bench run --resume)"
+    return session_exit(document["status"], failed, ab_dir, hint)
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ from flowperf.cli.options import (
 from flowperf.cli.sweep import compare_sweep_dirs
 from flowperf.errors import UserError
 from flowperf.modes.sweep.store import is_sweep_dir
+from flowperf.outputs.compare import DEFAULT_GATE as COMPARE_GATE
 
 
 def report(
@@ -90,7 +91,7 @@ def compare(
             help="Metrics whose regression fails the command, e.g. workflow_ms,ttft_ms. "
             "Holm-corrected over all gated metrics. workflow_latency_ms (from scheduled arrival) and "
             "start_delay_ms (slot wait) exist for open-loop runs. "
-            "[default: workflow_ms,workflow_latency_ms,step_ms,ttft_ms,itl_ms,tokens_per_s]",
+            f"[default: {','.join(COMPARE_GATE)}]",
         ),
     ] = None,
     seed: Annotated[

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from flowperf.cli.common import (
-    EXIT_ENGINE_FAILED,
     WorkflowBar,
     echo_line,
     err_console,
@@ -36,11 +35,11 @@ from flowperf.cli.options import (
     only,
     with_options,
 )
+from flowperf.cli.outcome import engine_and_interrupt_exits
 from flowperf.config import RunConfig
-from flowperf.engines.base import EngineError
 from flowperf.outputs.report import print_run_table
 from flowperf.run.benchmark import RunHooks, RunResult, run_benchmark
-from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted, run_with_interrupts
+from flowperf.run.interrupts import run_with_interrupts
 
 
 def _run_with_interrupts(config: RunConfig, hooks: RunHooks, resume: Path | None) -> RunResult:
@@ -76,15 +75,8 @@ def _execute(config: RunConfig, resume: Path | None, progress: bool) -> None:
     bar = WorkflowBar(enabled=progress)
     hooks = RunHooks(echo=echo_line, warn=print_warning, on_start=bar.on_start, on_workflow_done=bar.on_done)
     try:
-        result = _run_with_interrupts(config, hooks, resume)
-    except EngineError as error:
-        bar.stop()
-        print_error(str(error))
-        raise typer.Exit(EXIT_ENGINE_FAILED) from None
-    except RunInterrupted:
-        bar.stop()
-        print_warning("interrupted before the run started; nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        with engine_and_interrupt_exits("run", bar.stop):
+            result = _run_with_interrupts(config, hooks, resume)
     finally:
         bar.stop()
     _report_run(result)

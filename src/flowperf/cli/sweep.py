@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
+from flowperf.cli.common import err_console, out_console, print_warning
 from flowperf.cli.options import (
     CLIENT,
     ENDPOINT,
@@ -29,35 +29,28 @@ from flowperf.cli.options import (
     only,
     with_options,
 )
-from flowperf.engines.base import EngineError
+from flowperf.cli.outcome import engine_and_interrupt_exits, session_exit
 from flowperf.modes.sweep.levels import LevelRow, LevelSpec
-from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted
+from flowperf.run.timing import timing_line
 
 SWEEP_PANEL = "Sweep"
-EXIT_ENGINE_FAILED = 1
-EXIT_SOME_FAILED = 3
-
-out_console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _level_line(row: LevelRow) -> str:
-    attained = "" if row.attainment is None else f" attainment={row.attainment:.3f}"
-    return (
-        f"[TIMING] {row.name}_ms={row.wall_s * 1000:.1f} offered={row.offered} "
-        f"achieved_per_s={row.achieved_per_s or 0:.3f} workflows={row.workflows} status={row.status}"
-        + attained
-        + (" stopped_early=true" if row.stopped_early else "")
-    )
+    """The level's [TIMING] line, in the one format (`timing.timing_line`: floats to one decimal, so
+    attainment is given in percent)."""
+    fields: dict[str, object] = {"offered": row.offered, "achieved_per_s": float(row.achieved_per_s or 0),
+                                 "workflows": row.workflows, "status": row.status}  # fmt: skip
+    if row.attainment is not None:
+        fields["attainment_pct"] = row.attainment * 100.0
+    if row.stopped_early:
+        fields["stopped_early"] = True
+    return timing_line(f"{row.name}_ms", row.wall_s * 1000.0, **fields)
 
 
 def _level_started(index: int, spec: LevelSpec) -> None:
     load = f"rate {spec.rate:g}/s" if spec.rate is not None else f"concurrency {spec.concurrency}"
     err_console.print(f"level {index}: {spec.role}, {load}")
-
-
-def _warn(message: str) -> None:
-    err_console.print(Text.assemble(("warning:", "yellow"), " ", message))
 
 
 def _option(*decls: str, help: str, **bounds: float) -> typer.models.OptionInfo:
@@ -187,17 +180,11 @@ def sweep(
                            find_max, tolerance, max_search_levels)  # fmt: skip
     plan = build_plan(config_file, flags, request, resume)
     rows_to = sys.stderr if as_json else sys.stdout  # --json: stdout is the document alone
-    hooks = SweepHooks(echo=lambda line: print(line, flush=True), warn=_warn,
+    hooks = SweepHooks(echo=lambda line: print(line, flush=True), warn=print_warning,
                        level_started=_level_started if progress else lambda index, spec: None,
                        level_done=lambda row: print(_level_line(row), file=rows_to, flush=True))  # fmt: skip
-    try:
+    with engine_and_interrupt_exits("sweep"):
         document = run_sweep_with_interrupts(plan, hooks)
-    except EngineError as error:
-        err_console.print(Text.assemble(("error:", "bold red"), " ", str(error)))
-        raise typer.Exit(EXIT_ENGINE_FAILED) from None
-    except RunInterrupted:
-        _warn("interrupted before the sweep started; nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         print(json.dumps(document, indent=2))
     else:
@@ -208,16 +195,9 @@ def sweep(
 
 
 def _exit_code(document: dict[str, object], sweep_dir: Path) -> int:
-    if document["status"] == "interrupted":
-        _warn(f"interrupted; continue with: bench sweep --resume {sweep_dir}")
-        return EXIT_INTERRUPTED
     failed = sum(level["failed"] for level in document["levels"])  # type: ignore[attr-defined]
-    if failed or document["status"] != "complete":
-        message = f"{failed} workflow(s) failed ({document['status']}); see {sweep_dir}"
-        err_console.print(Text.assemble(("error:", "bold red"), " ", message))
-        return EXIT_SOME_FAILED
-    err_console.print(f"results: {sweep_dir}")
-    return 0
+    hint = f"continue with: bench sweep --resume {sweep_dir}"
+    return session_exit(str(document["status"]), failed, sweep_dir, hint)
 
 
 def compare_sweep_dirs(
@@ -251,7 +231,7 @@ def compare_sweep_dirs(
         raise UserError(f"the sweeps' levels are not comparable: {problems} (--force to compare anyway)")
     print_sweep_comparison(out_console, base_run, new_run, comparison, alpha, threshold)
     for message in [*comparison.problems, *(f"no partner level: {name}" for name in comparison.unmatched)]:
-        _warn(message)
+        print_warning(message)
     if page := write_requested_html(
         html, new_run / "compare.html", lambda: sweep_compare_html(comparison, alpha)
     ):

@@ -27,6 +27,7 @@ from flowperf.diagnostics.mockserver import MockConfig, SpawnedServer, spawn
 from flowperf.engines.base import GenerationParams, StepResult
 from flowperf.engines.openai_http import HttpClientConfig, OpenAIHttpEngine
 from flowperf.paths import flowperf_home
+from flowperf.stats import percentile
 
 ERROR_LIMIT_MS = 5.0
 MAX_TOKENS = 32
@@ -80,7 +81,7 @@ async def _drive(base_url: str, concurrency: int, requests: int, prefix: str) ->
 def _percentiles(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
-    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    p50, p99 = percentile(values, [50, 99])
     return round(float(p50), 3), round(float(p99), 3)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from flowperf.stats import tpot_ms
+
 ChatMessage = dict[str, str]
 """One message of a transcript: `role` (system, user, assistant, tool), `content`, and for a tool
 result the `tool_call_id` it answers."""
@@ -74,10 +76,8 @@ class StepResult:
 
     @property
     def tpot_ms(self) -> float | None:
-        """Mean time per output token after the first."""
-        if self.ttft_ms is None or self.output_tokens < 2:
-            return None
-        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+        """Mean time per output token after the first (`stats.tpot_ms`)."""
+        return tpot_ms(self.e2e_ms, self.ttft_ms, self.output_tokens)
 
 
 @dataclass(frozen=True)

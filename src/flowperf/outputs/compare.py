@@ -19,7 +19,6 @@ with every difference listed, unless --force.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.session_summary import THINK_BUCKETS_MS
 from flowperf.rundir.summary import llm_steps, resource_summary, start_delay, workflow_latency
-from flowperf.stats import holm_adjusted
+from flowperf.stats import NO_CHANGE, holm_verdicts, percent_change, pooled_gaps, tokens_per_s
 
 BOOTSTRAP_RESAMPLES = 2000
 MAX_RESAMPLES = 20_000
@@ -171,7 +170,7 @@ class Comparison:
 
 
 def _verdict(change: str | None, significant: bool) -> str:
-    return change if significant and change else "no significant change"
+    return change if significant and change else NO_CHANGE
 
 
 def judge(
@@ -193,7 +192,7 @@ def judge(
     if n_base == 0 or n_new == 0:
         return Comparison(metric, n_base, n_new, None, None, None, None, None, "no data", gated)
     base_median, new_median = float(np.median(base.values)), float(np.median(new.values))
-    delta = (new_median / base_median - 1.0) * 100.0 if base_median else math.inf
+    delta = percent_change(base_median, new_median)
     worse = delta < 0 if higher_is_better else delta > 0
     change = ("regression" if worse else "improvement") if abs(delta) >= threshold_pct else None
     common = {"metric": metric, "base": base_median, "new": new_median, "delta_pct": delta, "change": change}
@@ -221,19 +220,6 @@ def judge(
         p_value=p_value,
         testable=testable,
     )
-
-
-def holm_verdicts(results: list[Comparison], alpha: float) -> list[Comparison]:
-    """Gated, tested metrics judged on Holm-adjusted p-values (the family is every gated metric with a
-    p-value, those with too few samples included: they are tests too, which can never pass)."""
-    family = [index for index, result in enumerate(results) if result.gated and result.p_value is not None]
-    adjusted = holm_adjusted([results[index].p_value or 1.0 for index in family])
-    judged = list(results)
-    for index, p_holm in zip(family, adjusted, strict=True):
-        result = results[index]
-        verdict = _verdict(result.change, result.testable and p_holm <= alpha)
-        judged[index] = dataclasses.replace(result, p_holm=p_holm, verdict=verdict)
-    return judged
 
 
 def _by_workflow(frame: pd.DataFrame, values: pd.Series | np.ndarray) -> Samples:
@@ -268,12 +254,18 @@ def _step_metric(
     return samples
 
 
-def _per_request_itl(steps: pd.DataFrame) -> pd.Series:
-    return steps["itl_ms"].map(lambda gaps: float(np.mean(gaps)) if len(gaps) else np.nan).astype(float)
+def _pooled_itl(run: RunData) -> Samples:
+    """ITL as the summary defines it (stats.pooled_gaps): every gap of every ok LLM step, each gap
+    belonging to its workflow for the block bootstrap."""
+    steps = llm_steps(run.ok_steps)
+    if steps.empty:
+        return Samples.of([])
+    counts = steps["itl_ms"].map(len).to_numpy()
+    return Samples(pooled_gaps(steps["itl_ms"]), np.repeat(steps["flow_index"].to_numpy(), counts))
 
 
 def _tokens_per_s(steps: pd.DataFrame) -> pd.Series:
-    return steps["output_tokens"] / (steps["step_ms"] / 1000.0)
+    return tokens_per_s(steps["output_tokens"], steps["step_ms"])
 
 
 def _peak_rss(run: RunData) -> Samples:
@@ -313,7 +305,7 @@ def metric_extractors(base: RunData, new: RunData) -> list[Extractor]:
     return [
         *metrics,
         ("ttft_ms", "ttft_ms", _step_metric(lambda s: s["ttft_ms"]), False),
-        ("itl_ms (per-request mean)", "itl_ms", _step_metric(_per_request_itl), False),
+        ("itl_ms (every gap)", "itl_ms", _pooled_itl, False),
         ("tokens_per_s (per step)", "tokens_per_s", _step_metric(_tokens_per_s), True),
         *session_extractors(base, new),
         ("peak_rss_mb", "peak_rss_mb", _peak_rss, False),

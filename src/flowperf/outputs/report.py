@@ -294,6 +294,23 @@ def beyond_engine_text(summary: RunSummary) -> str | None:
     return f"p50/p95/p99 {_percentiles(beyond)} ms of TTFT outside the engine (front end, transport, client)"
 
 
+CONNECT_WAIT_MATERIAL = 0.1  # of the TTFT p50: the client's pool then moves what users see
+
+
+def connect_wait_warning(summary: RunSummary) -> str | None:
+    """A line when requests waited for a client connection long enough to matter (p95 at least a tenth
+    of the TTFT p50, and 1 ms): that wait is outside TTFT and step time, so without this line client-side
+    pool queueing (an uncapped open loop beyond the pool's connections) would be invisible."""
+    wait, ttft = summary.latency.connect_wait_ms, summary.latency.ttft_ms
+    if not wait.count or wait.p95 is None or wait.p95 < max(1.0, CONNECT_WAIT_MATERIAL * (ttft.p50 or 0.0)):
+        return None
+    return (
+        f"requests waited for a client connection before they were sent: p50/p95/p99/max "
+        f"{_percentiles(wait)}/{fmt(wait.max)} ms, outside TTFT and step time (the client's pool, "
+        f"not the server; lower the load per client or use --workers)"
+    )
+
+
 def _table(title: str, columns: tuple[str, ...], rows: list[Any], right: tuple[str, ...] = ()) -> TableSpec:
     return TableSpec(title, columns, rows, left=tuple(column for column in columns if column not in right))
 
@@ -361,6 +378,7 @@ def print_report(run: RunData, summary: RunSummary, console: Console) -> None:
         *_agentic_parts(summary),
         f"[bold]workflows[/] {workflow_text(summary)}",
         *([f"[bold]TTFT[/] {text}"] if (text := beyond_engine_text(summary)) else []),
+        *([f"[bold yellow]warning[/] {text}"] if (text := connect_wait_warning(summary)) else []),
         f"[bold]throughput[/] {throughput_text(summary)}",
         _table(
             "prefix cache by step position",

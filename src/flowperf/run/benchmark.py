@@ -30,14 +30,14 @@ from flowperf.engines.presets import build_preset_model
 from flowperf.engines.server import ManagedServerEngine
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import get_vllm_engine
-from flowperf.errors import UserError
+from flowperf.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, UserError
 from flowperf.flows import resolve_flow
 from flowperf.flows.cache import Expansion, expand_with_cache
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.filler import DEFAULT_TOKENS_PER_WORD, tokens_per_word
 from flowperf.flows.source import WorkflowSource
 from flowperf.run.deferred import DeferredSink
-from flowperf.run.interrupts import EXIT_INTERRUPTED, InterruptController, RunInterrupted
+from flowperf.run.interrupts import InterruptController, RunInterrupted
 from flowperf.run.monitor import ResourceMonitor
 from flowperf.run.runner import ExecutionConfig, Runner, WindowRunner
 from flowperf.run.sinks import MeasuredSink, WarmupSink
@@ -66,8 +66,6 @@ from flowperf.telemetry.session import start_scraper, stop_scraper
 from flowperf.workers.pool import WorkerPool
 from flowperf.workers.ray_cluster import check_available
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 3
 HTTP_POOL_WITHOUT_CAP = 256  # connections kept for an open-loop run with no --concurrency cap
 
 

@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 
 import psutil
 
-EXIT_INTERRUPTED = 130
+from flowperf.errors import EXIT_INTERRUPTED
+
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ABANDONED_THREAD_WAIT_S = 1.0
 

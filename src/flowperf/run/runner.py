@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from flowperf.run.critical_path import critical_path
 from flowperf.run.sinks import RecordSink
 from flowperf.run.workflow_state import WorkflowState
 from flowperf.rundir.records import StepRecord, WorkflowRecord
+from flowperf.stats import poisson_arrivals
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,16 @@ class MeasuredWindow:
     arrivals_s: np.ndarray
 
 
+WindowListener = Callable[[float, np.ndarray | None], None]
+"""Told as a measured window opens: its start (perf_counter) and, open loop, the arrivals (s from it)."""
+
+
 class WindowRunner(Protocol):
-    """What runs a measured window: a Runner in this process, or a pool of client workers."""
+    """What runs a measured window: a Runner in this process, or a pool of client workers. Its
+    `window_opened`, when set, is called once the window's clock starts (after templates compiled, when
+    workers are told to go), so whoever watches the window counts from the same moment the offsets do."""
+
+    window_opened: WindowListener | None
 
     async def run(self, workflows: Iterable[ExpandedFlow], sink: Any) -> bool: ...
 
@@ -88,12 +97,6 @@ def generation_params(
     )
 
 
-def poisson_arrivals(rate: float, count: int, seed: int) -> np.ndarray:
-    """`count` arrival times (s from the window start) of a Poisson process at `rate` per second: gaps
-    are exponential with mean 1/rate, drawn from `seed` alone so a run's schedule can be replayed."""
-    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, count))
-
-
 class Runner:
     """Drives workflows through an engine; every finished step and workflow goes to the sink of the call
     (the run directory for measured workflows, only the timing log for warm-up)."""
@@ -108,6 +111,7 @@ class Runner:
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self.filler = FillerText(config.filler_tokens_per_word)
+        self.window_opened: WindowListener | None = None
 
     def request_stop(self) -> None:
         """Start no new workflow; cancel what is still running after the grace period."""
@@ -205,7 +209,7 @@ class Runner:
                 if not self._stopping:
                     await self._run_and_count(flow, arrival_ms, sink)
 
-        self._begin_window(start)
+        self._begin_window(start, arrivals)
         for flow, arrival_s in zip(workflows, arrivals, strict=True):
             await self._wait_until(self._window_start + float(arrival_s))
             if self._stopping:
@@ -221,11 +225,13 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
 
-    def _begin_window(self, start: float | None) -> None:
+    def _begin_window(self, start: float | None, arrivals: np.ndarray | None = None) -> None:
         """Offsets count from `start` (perf_counter) when the coordinator of several workers set it."""
         self.flows.compile_templates()
         self._workers = []
         self._window_start = time.perf_counter() if start is None else start
+        if self.window_opened is not None:
+            self.window_opened(self._window_start, arrivals)
 
     async def _gather_workers(self) -> None:
         """Wait for every worker; `request_stop` cancels the same list after the grace period."""

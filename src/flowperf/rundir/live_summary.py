@@ -25,16 +25,25 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from flowperf.rundir.records import ENGINE_METRIC_RECORD, METRIC_RECORD, EngineMetricRecord, MetricRecord
-from flowperf.rundir.rundata import WORKFLOW_KINDS, has_int_keys, parse_step_line, step_table, typed
-from flowperf.rundir.store import ENGINE_METRICS, METRICS, STEPS, SUMMARY, WORKFLOWS, RunStore
+from flowperf.rundir.rundata import StepTable, counted_frame
+from flowperf.rundir.store import (
+    ENGINE_METRICS,
+    METRICS,
+    STEPS,
+    SUMMARY,
+    WORKFLOWS,
+    RunStore,
+    StepKey,
+    complete_rows,
+    parse_records,
+)
 from flowperf.rundir.summary import SummaryContext, summarize_run
 from flowperf.rundir.summary_schema import RunStatus, RunSummary
 
@@ -82,87 +91,21 @@ class TailedFile:
         return [line for line in text.split("\n") if line], restarted
 
 
-class StepTable:
-    """Every step line read so far, tabled once, with the keys `rundata.step_frame` selects by."""
-
-    def __init__(self) -> None:
-        self._chunks: list[pd.DataFrame] = []
-        self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
-
-    def add(self, lines: list[str]) -> None:
-        parsed = [row for row in map(parse_step_line, lines) if row is not None]
-        if parsed:
-            keys, rows, gaps = zip(*parsed, strict=True)
-            self._chunks.append(step_table(list(rows), list(gaps)))
-            self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
-
-    def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
-        """Steps of counted workflows, from the session that completed each, the first line of each step:
-        what `rundata.step_frame` returns for the same lines."""
-        if counted.empty:
-            return pd.DataFrame()
-        if len(self._chunks) > 1:  # merged once, so each summary concatenates only what is new
-            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
-            self._keys = [np.concatenate(self._keys)]
-        if not self._chunks:
-            return step_table([], [])
-        keys = self._keys[0]
-        wanted = pd.MultiIndex.from_arrays([counted["flow_index"], counted["session"]])
-        counted_rows = np.flatnonzero(pd.MultiIndex.from_arrays([keys[:, 0], keys[:, 1]]).isin(wanted))
-        first = ~pd.DataFrame(keys[counted_rows][:, [0, 2]]).duplicated(keep="first").to_numpy()
-        chosen = counted_rows[first]
-        if chosen.size == 0:
-            return step_table([], [])
-        return self._chunks[0].iloc[chosen].reset_index(drop=True)
-
-
 class WorkflowTable:
-    """Every workflows.csv row read so far, tabled once per batch of new lines."""
+    """Every complete workflows.csv row read so far."""
 
     def __init__(self) -> None:
         self._header: list[str] | None = None
-        self._chunks: list[pd.DataFrame] = []
+        self._rows: list[dict[str, str]] = []
 
     def add(self, lines: list[str]) -> None:
         if self._header is None and lines:
             self._header, lines = next(csv.reader(lines[:1])), lines[1:]
-        rows = [
-            row
-            for row in csv.DictReader(lines, fieldnames=self._header)
-            if None not in row and all(value is not None for value in row.values()) and has_int_keys(row)
-        ]
-        if rows:
-            self._chunks.append(typed(pd.DataFrame(rows), WORKFLOW_KINDS))
+        self._rows += complete_rows(csv.DictReader(lines, fieldnames=self._header))
 
-    def frame(self) -> pd.DataFrame:
-        """Counted workflows, as `rundata.workflow_frame` returns them."""
-        if not self._chunks:
-            return pd.DataFrame()
-        if len(self._chunks) > 1:
-            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
-        return self._chunks[0].drop_duplicates(subset=["flow_index"], keep="first")
-
-
-def _parse_metrics(lines: list[str]) -> list[MetricRecord]:
-    records = []
-    for line in lines:
-        try:
-            records.append(METRIC_RECORD.validate_json(line))
-        except ValueError:
-            continue
-    return records
-
-
-def _parse_engine_metrics(lines: list[str]) -> list[EngineMetricRecord]:
-    """The engines' own metrics (telemetry/), read as they are appended: the live summary's
-    engine_state is the final one's over the window so far, at the cost of one parse per line."""
-    records = []
-    for line in lines:
-        try:
-            records.append(ENGINE_METRIC_RECORD.validate_json(line))
-        except ValueError:
-            continue
-    return records
+    def frame(self, step_keys: Collection[StepKey]) -> pd.DataFrame:
+        """Counted workflows, as `rundata.workflow_frame` returns them: the same rule, on these rows."""
+        return counted_frame(self._rows, step_keys)
 
 
 class RunTables:
@@ -193,16 +136,16 @@ class RunTables:
         lines, restarted = self._files[METRICS].new_lines()
         if restarted:
             self._metrics = []
-        self._metrics.extend(_parse_metrics(lines))
+        self._metrics.extend(parse_records(lines, METRIC_RECORD.validate_json))
         lines, restarted = self._files[ENGINE_METRICS].new_lines()
         if restarted:
             self._engine_metrics = []
-        self._engine_metrics.extend(_parse_engine_metrics(lines))
+        self._engine_metrics.extend(parse_records(lines, ENGINE_METRIC_RECORD.validate_json))
 
     def summary(self, status: RunStatus, context: SummaryContext) -> RunSummary:
         """What `summary.build_summary` computes from the directory now."""
         self.refresh()
-        workflows = self._workflows.frame()
+        workflows = self._workflows.frame(self._steps.key_set)
         steps = self._steps.frame(workflows)
         return summarize_run(
             workflows, steps, list(self._metrics), status, context, list(self._engine_metrics)

@@ -1,12 +1,14 @@
 """A run directory read back into tables: what summaries, reports and comparisons are computed from.
 
-Only what a directory proves is counted: a workflow once it has its row in workflows.csv (the first row,
-should a damaged directory hold two), its steps only from the session that completed it.
+Only what a directory proves is counted, by the rule resume uses (`store.counted_workflows`): a workflow
+once it has its row in workflows.csv and every step that row accounts for, its steps only from the session
+that completed it. `live_summary` applies the same functions to the lines it tails.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from flowperf.rundir.records import (
     check_schema_version,
     column_kinds,
 )
-from flowperf.rundir.store import CONFIG, STEPS, SUMMARY, RunStore
+from flowperf.rundir.store import CONFIG, STEPS, SUMMARY, RunStore, StepKey, counted_workflows
 
+READ_BATCH_LINES = 10_000
 TEXT_FIELDS = {"prompt_text", "output_text"}  # kept in the file, never loaded into tables
 KEY_COLUMNS = {"flow_index", "session", "step_index"}
 WORKFLOW_KINDS = column_kinds(WorkflowRecord)
@@ -46,15 +49,17 @@ def typed(frame: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
 
 
 def workflow_frame(store: RunStore) -> pd.DataFrame:
-    """Counted workflows: one row per flow_index (the first, should a damaged directory hold two)."""
-    rows = [row for row in store.read_workflows() if has_int_keys(row)]
-    if not rows:
-        return pd.DataFrame()
-    frame = typed(pd.DataFrame(rows), WORKFLOW_KINDS)
-    return frame.drop_duplicates(subset=["flow_index"], keep="first")
+    """Counted workflows: one row per flow_index (see `counted_frame`)."""
+    return counted_frame(store.read_workflows(), store.step_keys())
 
 
-StepKey = tuple[int, int, int]  # flow_index, session, step_index
+def counted_frame(rows: list[dict[str, str]], step_keys: Collection[StepKey]) -> pd.DataFrame:
+    """The rows `store.counted_workflows` counts (those whose steps are all in `step_keys`, the first of
+    each flow_index), as a typed table: the one rule for resume, summaries, reports and compare."""
+    counted = counted_workflows(rows, step_keys)
+    return typed(pd.DataFrame(counted), WORKFLOW_KINDS) if counted else pd.DataFrame()
+
+
 StepRow = tuple[StepKey, tuple[Any, ...], np.ndarray]
 
 
@@ -77,40 +82,67 @@ def step_table(rows: list[tuple[Any, ...]], gaps: list[np.ndarray]) -> pd.DataFr
     return frame
 
 
+class StepTable:
+    """Step lines tabled once, batch by batch, with their keys: how both a run directory read whole
+    (`read_tables`) and the live summary's tailed lines become the steps of counted workflows."""
+
+    def __init__(self) -> None:
+        self._chunks: list[pd.DataFrame] = []
+        self._keys: list[np.ndarray] = []  # per chunk: flow_index, session, step_index (n x 3)
+        self.key_set: set[StepKey] = set()  # what `counted_workflows` checks rows against
+
+    def add(self, lines: list[str]) -> None:
+        parsed = [row for row in map(parse_step_line, lines) if row is not None]
+        if parsed:
+            keys, rows, gaps = zip(*parsed, strict=True)
+            self._chunks.append(step_table(list(rows), list(gaps)))
+            self._keys.append(np.asarray(keys, dtype=np.int64).reshape(-1, 3))
+            self.key_set.update(keys)
+
+    def frame(self, counted: pd.DataFrame) -> pd.DataFrame:
+        """Steps of counted workflows, from the session that completed each, the first line of each step."""
+        if counted.empty:
+            return pd.DataFrame()
+        if len(self._chunks) > 1:  # merged once, so each summary concatenates only what is new
+            self._chunks = [pd.concat(self._chunks, ignore_index=True)]
+            self._keys = [np.concatenate(self._keys)]
+        if not self._chunks:
+            return step_table([], [])
+        keys = self._keys[0]
+        wanted = pd.MultiIndex.from_arrays([counted["flow_index"], counted["session"]])
+        counted_rows = np.flatnonzero(pd.MultiIndex.from_arrays([keys[:, 0], keys[:, 1]]).isin(wanted))
+        first = ~pd.DataFrame(keys[counted_rows][:, [0, 2]]).duplicated(keep="first").to_numpy()
+        chosen = counted_rows[first]
+        if chosen.size == 0:
+            return step_table([], [])
+        return self._chunks[0].iloc[chosen].reset_index(drop=True)
+
+
 def step_frame(store: RunStore, counted: pd.DataFrame) -> pd.DataFrame:
-    """Steps of counted workflows, from the session that completed each: every StepRecord field but the
-    texts, with the inter-token gaps as one float array per step.
+    """Steps of counted workflows (`StepTable.frame`) from the whole of steps.jsonl."""
+    return read_steps(store).frame(counted)
 
-    The file is read a line at a time and each record cut down at once, so the memory this takes is a
-    small fraction of the file, whatever its length (a summary is recomputed during long runs, and must
-    not make the harness grow with them).
-    """
-    if counted.empty:
-        return pd.DataFrame()
-    wanted = set(zip(counted["flow_index"], counted["session"], strict=True))
-    seen: set[tuple[int, int]] = set()
-    rows: list[tuple[Any, ...]] = []
-    gaps: list[np.ndarray] = []
+
+def read_steps(store: RunStore) -> StepTable:
+    """steps.jsonl tabled, a batch of lines at a time: each line is cut down to its table fields as it
+    is read, so the memory this takes is a small fraction of the file (a summary is recomputed during
+    long runs, and must not make the harness grow with them)."""
+    table = StepTable()
+    batch: list[str] = []
     for line in iter_complete_lines(store.path(STEPS)):
-        parsed = parse_step_line(line)
-        if parsed is None:
-            continue
-        (flow, session, step), row, step_gaps = parsed
-        if (flow, session) not in wanted or (flow, step) in seen:
-            continue
-        seen.add((flow, step))
-        rows.append(row)
-        gaps.append(step_gaps)
-    return step_table(rows, gaps)
+        batch.append(line)
+        if len(batch) == READ_BATCH_LINES:
+            table.add(batch)
+            batch = []
+    table.add(batch)
+    return table
 
 
-def has_int_keys(row: dict[str, str]) -> bool:
-    """A workflow row whose flow index and session read as numbers (a damaged row does not count)."""
-    try:
-        int(row["flow_index"]), int(row["session"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return True
+def read_tables(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The counted workflows and their steps, steps.jsonl read once."""
+    steps = read_steps(store)
+    workflows = counted_frame(store.read_workflows(), steps.key_set)
+    return workflows, steps.frame(workflows)
 
 
 @dataclass(frozen=True)
@@ -147,13 +179,13 @@ def load_run(run_dir: Path, flag: str = "RUN_DIR") -> RunData:
     config = store.read_json(CONFIG)
     check_schema_version(config, f"{flag} {run_dir}")
     summary = store.read_json(SUMMARY) if store.path(SUMMARY).is_file() else None
-    workflows = workflow_frame(store)
+    workflows, steps = read_tables(store)
     return RunData(
         run_dir=run_dir,
         config=config,
         summary=summary,
         workflows=workflows,
-        steps=step_frame(store, workflows),
+        steps=steps,
         metrics=store.read_metrics(),
         engine_metrics=store.read_engine_metrics(),
     )

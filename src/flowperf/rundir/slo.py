@@ -9,8 +9,8 @@ are within `limit` ms". Its metric is either per workflow or per step:
 - `ttft`, `step`, `tpot`: one sample per LLM step of the workflow; `itl`: one per inter-token gap of any
   of its LLM steps.
 
-A workflow *meets* an objective when at least NN% of its own samples are within the limit: the
-nearest-rank NN-th percentile of its samples is at most the limit (`max`: every sample). With one sample
+A workflow *meets* an objective when at least NN% of its own samples are within the limit (`max`: every
+sample): a share of samples, counted, not a percentile interpolated between samples. With one sample
 (`workflow`) that is simply "its latency is within the limit"; for `ttft_p99_ms` over a three-step
 workflow it means every step's TTFT (99% of 3 samples rounds up to all 3); for `itl_p99_ms` over 189 gaps
 it allows one gap above the limit. A workflow without samples of a metric (no gaps: one-token steps)
@@ -20,7 +20,8 @@ Per level: attainment is the share of the level's workflows that meet every obje
 ones still unfinished when a saturated level was stopped, count in the denominator); goodput is how many
 such workflows finished per second of measured window; the objective failed most is the one the most
 workflows missed. Each objective is also checked over the whole level (the level's own NN-th percentile
-against the limit), the figure a per-request SLO would report.
+against the limit), the figure a per-request SLO would report: `stats.percentile`, the one percentile
+every summary and sweep row uses, so a row's `ttft_p95_ms` and `ttft_p95_ms`'s level value agree.
 
 Pure: numbers in, numbers out, so every definition here has tests with answers worked out by hand.
 """
@@ -32,6 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from flowperf import stats
 from flowperf.errors import UserError
 
 WORKFLOW_METRICS = ("workflow", "session")  # a replayed session trace's workflow is a session
@@ -85,12 +87,9 @@ def parse_slos(text: str, flag: str = "--slo") -> tuple[Objective, ...]:
     return objectives
 
 
-def nearest_rank(values: Sequence[float], percentile: float) -> float:
-    """The smallest value with at least `percentile`% of `values` at or below it (nearest rank: an
-    actual sample, so "meets pNN" means "at least NN% of the samples are within the limit")."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(percentile / 100.0 * len(ordered) - 1e-9))
-    return ordered[rank - 1]
+def share_within(values: Sequence[float], limit_ms: float) -> float:
+    """The share of `values` at or below `limit_ms` (1.0 when there are none: nothing to miss)."""
+    return sum(value <= limit_ms for value in values) / len(values) if values else 1.0
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def meets(objective: Objective, workflow: WorkflowSamples) -> bool:
     if not workflow.ok:
         return False
     values = workflow.samples.get(objective.metric) or ()
-    return not values or nearest_rank(values, objective.percentile) <= objective.limit_ms
+    return share_within(values, objective.limit_ms) * 100.0 >= objective.percentile - 1e-9
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ def evaluate(
     for objective in objectives:
         missed = unfinished + sum(not meets(objective, workflow) for workflow in workflows)
         pooled = [value for w in workflows if w.ok for value in w.samples.get(objective.metric) or ()]
-        level = nearest_rank(pooled, objective.percentile) if pooled else None
+        level = stats.percentile(pooled, objective.percentile)
         results.append(
             ObjectiveResult(
                 objective.name, missed, level, None if level is None else level <= objective.limit_ms

@@ -258,10 +258,10 @@ class RunStore:
 
     def read_steps(self) -> list[StepRecord]:
         """Every readable step line (tests and tools; statistics read lean tables through `rundata`)."""
-        return _read_records(self.path(STEPS), StepRecord.model_validate_json)
+        return parse_records(read_complete_lines(self.path(STEPS)), StepRecord.model_validate_json)
 
     def read_metrics(self) -> list[MetricRecord]:
-        return _read_records(self.path(METRICS), METRIC_RECORD.validate_json)
+        return parse_records(read_complete_lines(self.path(METRICS)), METRIC_RECORD.validate_json)
 
     def append_engine_metric(self, record: EngineMetricRecord) -> None:
         """Called from the scraper's thread: that thread alone writes this file, and the store is closed
@@ -269,14 +269,15 @@ class RunStore:
         self._append(ENGINE_METRICS, engine_metric_line(record))
 
     def read_engine_metrics(self) -> list[EngineMetricRecord]:
-        return _read_records(self.path(ENGINE_METRICS), ENGINE_METRIC_RECORD.validate_json)
+        return parse_records(
+            read_complete_lines(self.path(ENGINE_METRICS)), ENGINE_METRIC_RECORD.validate_json
+        )
 
     def read_workflows(self) -> list[dict[str, str]]:
         lines = read_complete_lines(self.path(WORKFLOWS))
         if not lines:
             return []
-        rows = list(csv.DictReader(lines))
-        return [row for row in rows if None not in row and all(v is not None for v in row.values())]
+        return complete_rows(csv.DictReader(lines))
 
     def close(self) -> None:
         for log in self._logs.values():
@@ -285,10 +286,16 @@ class RunStore:
         self._logs.clear()
 
 
-def _read_records(path: Path, parse: Callable[[str], T]) -> list[T]:
-    """The lines of `path` that parse as records; a damaged or foreign line is skipped, not fatal."""
+def complete_rows(rows: Iterable[dict[str, str]]) -> list[dict[str, str]]:
+    """The CSV rows with every cell of the header (a row cut short or run long is damaged: skipped)."""
+    return [row for row in rows if None not in row and all(value is not None for value in row.values())]
+
+
+def parse_records(lines: Iterable[str], parse: Callable[[str], T]) -> list[T]:
+    """The `lines` that parse as records; a damaged or foreign line is skipped, not fatal: the one
+    reading of metrics.jsonl, for `read_metrics` and for the live summary's tailed lines."""
     records = []
-    for line in read_complete_lines(path):
+    for line in lines:
         with contextlib.suppress(ValueError):
             records.append(parse(line))
     return records

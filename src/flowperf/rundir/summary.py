@@ -27,7 +27,7 @@ from flowperf.rundir.records import (
     PhaseRecord,
     ResourceSample,
 )
-from flowperf.rundir.rundata import step_frame, workflow_frame
+from flowperf.rundir.rundata import read_tables
 from flowperf.rundir.session_summary import is_session_replay, session_results
 from flowperf.rundir.store import RunStore
 from flowperf.rundir.summary_schema import (
@@ -52,7 +52,7 @@ from flowperf.rundir.summary_schema import (
     Timings,
     WorkflowBreakdown,
 )
-from flowperf.stats import describe
+from flowperf.stats import describe, pooled_gaps, tokens_per_s
 from flowperf.telemetry.summarize import engine_state
 
 MetricRecords = list[MetricRecord]
@@ -87,7 +87,7 @@ def measured_window_ms(workflows: pd.DataFrame) -> float:
 def _itl_samples(steps: pd.DataFrame) -> np.ndarray:
     if "itl_ms" not in steps or steps.empty:
         return np.array([])
-    return np.concatenate([np.asarray(gaps, dtype=float) for gaps in steps["itl_ms"]])
+    return pooled_gaps(steps["itl_ms"])
 
 
 def _latencies(steps: pd.DataFrame) -> dict[str, Distribution]:
@@ -101,6 +101,13 @@ def ttft_beyond_engine(steps: pd.DataFrame) -> pd.Series:
     if steps.empty:
         return pd.Series(dtype=float)
     return (steps["ttft_ms"] - steps["engine_ttft_ms"]).dropna()
+
+
+def connect_waits(steps: pd.DataFrame) -> pd.Series:
+    """Each step's wait for a client connection (NaN where none was measured: in-process)."""
+    if steps.empty or "connect_wait_ms" not in steps:
+        return pd.Series(dtype=float)
+    return steps["connect_wait_ms"]
 
 
 def llm_steps(steps: pd.DataFrame) -> pd.DataFrame:
@@ -121,8 +128,10 @@ def _by_step(ok_steps: pd.DataFrame) -> dict[str, StepIdLatencies]:
         return by_step
     for step_id, group in ok_steps.groupby("step_id", sort=False):
         kind = _step_kind(group)
-        step_seconds = group["step_ms"].sum() / 1000.0
-        rate = float(group["output_tokens"].sum() / step_seconds) if step_seconds and kind == "llm" else None
+        step_ms = group["step_ms"].sum()
+        rate = (
+            float(tokens_per_s(group["output_tokens"].sum(), step_ms)) if step_ms and kind == "llm" else None
+        )
         by_step[str(step_id)] = StepIdLatencies(
             **_latencies(group), kind=kind, request_output_tokens_per_s=rate
         )
@@ -388,8 +397,7 @@ def _phase_totals(records: MetricRecords) -> dict[str, PhaseTotal]:
 
 def build_summary(store: RunStore, status: RunStatus, context: SummaryContext) -> RunSummary:
     """The summary of the run directory behind `store`."""
-    workflows = workflow_frame(store)
-    steps = step_frame(store, workflows)
+    workflows, steps = read_tables(store)
     return summarize_run(
         workflows, steps, store.read_metrics(), status, context, engine_records=store.read_engine_metrics()
     )
@@ -432,6 +440,7 @@ def summarize_run(
                 workflow_latency(ok_workflows) if not ok_workflows.empty else []
             ),
             ttft_beyond_engine_ms=distribution(ttft_beyond_engine(ok_llm)),
+            connect_wait_ms=distribution(connect_waits(ok_llm)),
             **_latencies(ok_llm if not ok_llm.empty else pd.DataFrame()),
         ),
         latency_by_step=_by_step(ok_steps),
@@ -462,7 +471,7 @@ def _throughput(ok_llm: pd.DataFrame, ok_workflows: int, window_s: float) -> Thr
         return Throughput(output_tokens=output_tokens)
     return Throughput(
         output_tokens=output_tokens,
-        output_tokens_per_s=output_tokens / window_s,
+        output_tokens_per_s=tokens_per_s(output_tokens, window_s * 1000.0),
         steps_per_s=len(ok_llm) / window_s,
         workflows_per_s=ok_workflows / window_s,
     )

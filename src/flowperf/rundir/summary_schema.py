@@ -60,6 +60,12 @@ class RunLatencies(StepLatencies):
         "durations on their own clocks; the time the engine does not see (its HTTP front end, tokenising "
         "and detokenising, transport, the client)",
     )
+    connect_wait_ms: Distribution = Field(
+        default_factory=Distribution,
+        description="over HTTP, per ok LLM step: waiting for a pooled connection (or a new one to open) "
+        "before the request was submitted, harness clock; outside ttft_ms and step_ms, so client-side "
+        "pool queueing shows here and nowhere else (empty in-process)",
+    )
 
 
 class StepIdLatencies(StepLatencies):

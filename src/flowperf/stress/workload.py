@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowperf.errors import UserError
+from flowperf.stats import poisson_arrivals
 from flowperf.stress.traces import BURSTGPT, SHIPPED, Trace, load_trace
 
 SYNTHETIC = "synthetic"
@@ -170,7 +171,7 @@ def build_workload(spec: WorkloadSpec, trace: Trace | None) -> Workload:
         lengths = stream(spec.seed, "synthetic-lengths")
         input_tokens = _lognormal_tokens(lengths, n, *_SYNTHETIC_INPUT)
         output_tokens = _lognormal_tokens(lengths, n, *_SYNTHETIC_OUTPUT)
-        arrival = _poisson_arrivals(spec.seed, spec.rate, n)
+        arrival = poisson_arrivals(spec.rate, n, stream(spec.seed, "arrivals"))
     else:
         rows = np.arange(n) % trace.size
         input_tokens = trace.prompt_tokens[rows]
@@ -178,7 +179,7 @@ def build_workload(spec: WorkloadSpec, trace: Trace | None) -> Workload:
         if spec.use_real_timestamps and spec.rps_scaling is not None:
             arrival = _tiled_timestamps(trace.arrival_s, n) / spec.rps_scaling
         elif spec.rate is not None:
-            arrival = _poisson_arrivals(spec.seed, spec.rate, n)
+            arrival = poisson_arrivals(spec.rate, n, stream(spec.seed, "arrivals"))
         else:
             raise ValueError("a workload needs either a rate or real timestamps with a scaling")
     predicted = output_tokens
@@ -195,10 +196,6 @@ def build_workload(spec: WorkloadSpec, trace: Trace | None) -> Workload:
 def cached_workload(spec: WorkloadSpec) -> Workload:
     """`build_workload`, built once per process and key."""
     return build_workload(spec, source_trace(spec.source))
-
-
-def _poisson_arrivals(seed: int, rate: float, n: int) -> np.ndarray:
-    return np.cumsum(stream(seed, "arrivals").exponential(1.0 / rate, n))
 
 
 def _tiled_timestamps(stamps: np.ndarray, n: int) -> np.ndarray:

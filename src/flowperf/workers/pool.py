@@ -13,12 +13,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
+import numpy as np
+
 from flowperf.config import ClientConfig
 from flowperf.engines.base import EngineError
 from flowperf.engines.openai_http import OpenAIHttpEngine
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.source import WorkflowSource
-from flowperf.run.runner import Runner
+from flowperf.run.runner import Runner, WindowListener
 from flowperf.run.sinks import MeasuredSink
 from flowperf.run.timing import TimingLog
 from flowperf.rundir.records import WorkflowRecord
@@ -77,6 +79,8 @@ class WorkerPool:
         self._stopping = False
         self._started: int | None = None  # workers started, once `start` has run
         self.window_start: float | None = None  # perf_counter, once the window opens (telemetry reads it)
+        self._arrivals: np.ndarray | None = None
+        self.window_opened: WindowListener | None = None
 
     @property
     def flows(self) -> WorkflowSource:
@@ -92,7 +96,7 @@ class WorkerPool:
         window opens, so that a sweep's --duration counts from the window, not from Ray's start-up."""
         todo = list(workflows)
         config = self.runner.config
-        arrivals = self.runner.arrivals(todo) if self.runner.open_loop else None
+        arrivals = self._arrivals = self.runner.arrivals(todo) if self.runner.open_loop else None
         shares = share_out(todo, arrivals, self.client.workers, config.concurrency)
         run_dir = self.store.run_dir if self.group.writes_records else None
         http = replace(self.engine.settings, model=self.engine.model)  # as started: its URLs, its model
@@ -118,6 +122,8 @@ class WorkerPool:
                 return True
             self.window_start = time.perf_counter() + WINDOW_LEAD_S
             await self.group.go(self.window_start)
+            if self.window_opened is not None:
+                self.window_opened(self.window_start, self._arrivals)
             return await self._take_records(self._started, sink) or self._stopping
         finally:
             await self.group.close()

@@ -38,7 +38,7 @@ from flowperf.cli.options import ENDPOINT, ENGINE, FLOW, MEASUREMENT, MODEL, Con
 from flowperf.config import RunConfig, differences, load_run_config
 from flowperf.engines.base import Engine
 from flowperf.errors import UserError
-from flowperf.modes.ab.stats import PairedResult, balanced_orders, holm_verdicts, paired_comparison
+from flowperf.modes.ab.stats import PairedResult, balanced_orders, paired_comparison
 from flowperf.outputs.compare import parse_gate as compare_gate
 from flowperf.run.benchmark import (
     CheckedInput,
@@ -58,6 +58,7 @@ from flowperf.run.timing import TimingLog
 from flowperf.rundir.durable import atomic_write_text
 from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.rundata import load_run
+from flowperf.stats import holm_verdicts
 
 AB_FILE = "ab.json"
 AB_SCHEMA_VERSION = 1

@@ -17,16 +17,13 @@ as in `bench compare`. A change counts only if significant *and* at least `thres
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from flowperf.stats import holm_adjusted
-
-NO_CHANGE = "no significant change"
+from flowperf.stats import NO_CHANGE
 
 
 def balanced_orders(pairs: int, seed: int) -> list[str]:
@@ -179,17 +176,3 @@ def paired_comparison(
         testable=testable,
         note=note,
     )
-
-
-def holm_verdicts(results: list[PairedResult], alpha: float) -> list[PairedResult]:
-    """Gated metrics judged on Holm-adjusted p-values, so over all of them the chance of any false verdict
-    stays at alpha; ungated ones keep their own p-value (shown, never gating)."""
-    family = [index for index, result in enumerate(results) if result.gated and result.p_value is not None]
-    adjusted = holm_adjusted([results[index].p_value or 1.0 for index in family])
-    judged = list(results)
-    for index, p_holm in zip(family, adjusted, strict=True):
-        result = results[index]
-        significant = result.testable and p_holm <= alpha
-        verdict = result.change if significant and result.change else NO_CHANGE
-        judged[index] = dataclasses.replace(result, p_holm=p_holm, verdict=verdict)
-    return judged

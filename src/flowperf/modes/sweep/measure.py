@@ -30,7 +30,7 @@ from flowperf.engines.base import Engine
 from flowperf.modes.sweep.levels import LevelRow, LevelSpec, saturation_reason
 from flowperf.run.benchmark import RunHooks, execute, finalize, prepare, release
 from flowperf.run.interrupts import InterruptController
-from flowperf.run.runner import WindowRunner, poisson_arrivals
+from flowperf.run.runner import WindowRunner
 from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.rundata import RunData, load_run
 from flowperf.rundir.slo import Objective, WorkflowSamples, evaluate
@@ -45,7 +45,6 @@ class LevelWatch:
     """Counts a level's finished workflows and stops its measured window at --duration or saturation."""
 
     rate: float | None
-    seed: int
     duration_s: float | None
     reason: str | None = None
     finished: int = 0
@@ -56,11 +55,12 @@ class LevelWatch:
     _task: asyncio.Task[None] | None = None
     _in_flight: list[int] = field(default_factory=list)
 
-    def start(self, runner: WindowRunner, workflows: int) -> None:
-        """Called as the measured window opens (the run's on_start hook, on its event loop)."""
-        self._started = time.perf_counter()
-        if self.rate is not None:
-            self._arrivals = poisson_arrivals(self.rate, workflows, self.seed)
+    def start(self, runner: WindowRunner, window_start: float, arrivals: np.ndarray | None) -> None:
+        """Called as the measured window opens (its `window_opened`, on its event loop) with the window's
+        own start and schedule: not the on_start hook's moment, before templates compiled and workers
+        were told to go, which ran --duration windows short and counted arrivals before the window."""
+        self._started = window_start
+        self._arrivals = arrivals if self.rate is not None else None
         if self.rate is not None or self.duration_s is not None:
             self._task = asyncio.get_running_loop().create_task(self._watch(runner))
 
@@ -129,11 +129,12 @@ async def run_level(
 ) -> LevelOutcome:
     """Measure one level into its run directory (new, or `resume` reopened); the engine stays up."""
     started = time.perf_counter()
-    watch = LevelWatch(spec.rate, config.seed, duration_s)
+    watch = LevelWatch(spec.rate, duration_s)
     holder: dict[str, Any] = {}
 
     def on_start(total: int, done: int) -> None:
-        watch.start(holder["run"].window, total - done)
+        window = holder["run"].window
+        window.window_opened = lambda start, arrivals: watch.start(window, start, arrivals)
 
     def on_workflow_done(record: WorkflowRecord) -> None:
         watch.workflow_done(record)
