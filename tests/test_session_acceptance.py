@@ -72,3 +72,27 @@ def test_the_shipped_weka_sample_replays_sub_agents_and_shared_prefixes(
     assert all((step.cached_prompt_tokens or 0) > 0 for step in later), [
         (s.request_id, s.cached_prompt_tokens) for s in later
     ]
+
+
+def test_a_declared_sessions_join_after_a_fan_out_needs_every_branch() -> None:
+    """map_reduce's shape through the proxy: three map calls sent together (no content match), then the
+    reduce call after all ended needs all three (the frontier), the next call only the reduce; a call sent
+    while one branch is still running needs only what had ended."""
+    from flowperf.sessions.inference import Observed, SessionInference
+
+    infer = SessionInference()
+
+    def place(rid: str, start: float, end: float) -> tuple[list[str], float]:
+        placed = infer.place(Observed(rid, start, end, "s", None, None))
+        return placed.needs, placed.think_ms
+
+    assert place("m1", 0, 50) == ([], 0.0)
+    assert place("m2", 1, 70) == ([], 1.0)
+    assert place("m3", 2, 60) == ([], 2.0)
+    assert place("reduce", 75, 90) == (["m1", "m3", "m2"], 5.0)
+    assert place("next", 100, 110) == (["reduce"], 10.0)
+    assert place("early", 105, 130) == (["reduce"], 15.0)
+    other = SessionInference()
+    other.place(Observed("a", 0, 10, "t", None, None))
+    other.place(Observed("b", 11, 50, "t", None, None))
+    assert other.place(Observed("c", 20, 30, "t", None, None)).needs == ["a"]  # b still running
