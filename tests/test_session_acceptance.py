@@ -5,16 +5,19 @@ in-process engine with the same requests, dependencies, prompt lengths, cache re
 
 from __future__ import annotations
 
+import signal
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from flowperf.config import RunConfig
 from flowperf.run.benchmark import RunHooks, run_benchmark
 from flowperf.rundir.records import StepRecord
 from flowperf.rundir.store import RunStore
+from flowperf.sessions.format import SessionTrace, read_trace
 from flowperf.sessions.importers import import_trace
 from flowperf.sessions.shipped import shipped_session_trace
 from helpers import ROOT
@@ -96,3 +99,131 @@ def test_a_declared_sessions_join_after_a_fan_out_needs_every_branch() -> None:
     other.place(Observed("a", 0, 10, "t", None, None))
     other.place(Observed("b", 11, 50, "t", None, None))
     assert other.place(Observed("c", 20, 30, "t", None, None)).needs == ["a"]  # b still running
+
+
+def short_coding_agent(tmp_path: Path) -> Path:
+    """The shipped coding_agent flow with 3 or 4 act/observe turns instead of 8-16, so every session
+    fits the tiny model's 10,240-token context (the flow is otherwise unchanged)."""
+    text = (ROOT / "flows" / "coding_agent.yaml").read_text()
+    assert "repeat: {uniform: [8, 16]}" in text and "../fixtures/" in text
+    text = text.replace("repeat: {uniform: [8, 16]}", "repeat: {uniform: [3, 4]}")
+    path = tmp_path / "flows" / "coding_agent.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text.replace("../fixtures/", f"{ROOT / 'fixtures'}/"))
+    return path
+
+
+def llm_needs(step: StepRecord, by_index: dict[int, StepRecord]) -> set[int]:
+    """The LLM steps a step waited for, through any tool or think steps between them."""
+    found: set[int] = set()
+    for need in step.needs or ():
+        prior = by_index[need]
+        found |= {need} if prior.kind == "llm" else llm_needs(prior, by_index)
+    return found
+
+
+def recorded_steps(run_dir: Path, trace: SessionTrace) -> dict[str, tuple[StepRecord, set[str]]]:
+    """Each answered LLM step of a recorded run by the trace request it became, with the trace ids of
+    the LLM steps it waited for in the run. Steps and requests are matched per session in start order
+    among equal prompt and output lengths (parallel map steps reach the proxy in any order)."""
+    matched: dict[str, tuple[StepRecord, set[str]]] = {}
+    steps = RunStore(run_dir).read_steps()
+    sessions = {s.id: sorted(s.requests, key=lambda r: r.start_ms) for s in trace.sessions}
+    for flow_id in sorted({s.flow_id for s in steps}):
+        flow = {s.step_index: s for s in steps if s.flow_id == flow_id}
+        waiting = list(sessions[f"{run_dir.name}-{flow_id}"])
+        ids: dict[int, str] = {}
+        for step in sorted((s for s in flow.values() if s.kind == "llm"), key=lambda s: s.start_offset_ms):
+            assert step.status == "ok", step
+            request = next(
+                r
+                for r in waiting
+                if (r.prompt_tokens, r.output_tokens) == (step.prompt_tokens, step.output_tokens)
+            )
+            waiting.remove(request)
+            ids[step.step_index] = request.id
+            matched[request.id] = (step, {ids[n] for n in llm_needs(step, flow)})
+        assert not waiting, waiting
+    return matched
+
+
+def replayed_needs(run_dir: Path) -> dict[str, set[str]]:
+    """Each replayed request's LLM needs by trace id, through its think step."""
+    steps = RunStore(run_dir).read_steps()
+    found = {}
+    for step in steps:
+        if step.kind == "llm":
+            flow = {s.step_index: s for s in steps if s.flow_index == step.flow_index}
+            found[step.request_id] = {flow[n].request_id for n in llm_needs(step, flow)}
+    return found
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_recorded_agent_replays_on_the_engine_as_it_ran(
+    engine: Any, engine_loop: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    """coding_agent (chat, a chain with tool pauses) and map_reduce (completions, a fan-out and a join),
+    2 workflows each, through `bench record --block-size 32` (the engine's KV block) in front of a real
+    vLLM server, then `bench replay` of the recording on the in-process engine. Per request: the run's
+    LLM dependencies are the trace's and the replay's; the replay's prompt is the recorded prompt's
+    length (within a block; it is exact) and its output too; its cached share of the prompt is within 10
+    points of the recorded run's (the server's usage); and its submission comes the recorded think time
+    after its needs ended (harness clock) within 5 ms."""
+    from flowperf.config import EngineConfig
+    from flowperf.engines.server import ServerRegistry
+    from helpers import run_in_process
+    from test_record_proxy import bench_record
+
+    registry = ServerRegistry()
+    server, reused = registry.acquire(
+        EngineConfig(), tiny_model, port=None, max_servers=3, start_timeout_s=600
+    )
+    out, runs = tmp_path / "recorded.jsonl", tmp_path / "runs"
+    flows = {"coding_agent": str(short_coding_agent(tmp_path)), "map_reduce": "map_reduce"}
+    try:
+        with bench_record(server.base_url, out, "--block-size", "32") as (process, url):
+            for run_id, flow in flows.items():
+                # through the proxy the run's own reset gets a 404: empty the server's cache directly
+                assert httpx.post(server.base_url + "/reset_prefix_cache", timeout=30).status_code == 200
+                result = run_in_process(
+                    runs, run_id, {"kind": "openai", "base_url": url}, flow=flow, num_flows=2
+                )
+                assert result.summary.counts.workflows_ok == 2, run_id
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+    finally:
+        if not reused:  # a server this test started (another test's is left to it)
+            registry.stop(server.id)
+    trace = read_trace(out)
+    assert len(trace.sessions) == 4 and trace.header.block_size == 32
+    recorded = {rid: found for run_id in flows for rid, found in recorded_steps(runs / run_id, trace).items()}
+    requests = {r.id: r for r in trace.requests()}
+    assert set(recorded) == set(requests)
+    assert all(set(requests[rid].needs) == needs for rid, (_, needs) in recorded.items())
+    assert any(len(r.needs) >= 4 for r in requests.values())  # a map_reduce join: every branch
+
+    run_dir = replay(engine, engine_loop, tmp_path, "replayed", source=str(out))
+    replayed, needs = llm_steps(run_dir), replayed_needs(run_dir)
+    assert set(replayed) == set(requests)
+    shares, gaps = [], []
+    for rid, (before, _) in recorded.items():
+        after, request = replayed[rid], requests[rid]
+        assert needs[rid] == set(request.needs), rid
+        assert (
+            abs(after.prompt_tokens - before.prompt_tokens) < 32
+            and after.output_tokens == before.output_tokens
+        )
+        shares.append(
+            (
+                (after.cached_prompt_tokens or 0) / after.prompt_tokens,
+                (before.cached_prompt_tokens or 0) / before.prompt_tokens,
+            )
+        )
+        if request.needs:
+            ended = max(replayed[need].end_offset_ms for need in request.needs)
+            gaps.append((after.start_offset_ms - ended, request.think_ms))
+    assert all(abs(a - b) <= 0.10 for a, b in shares), shares
+    assert sum(b for _, b in shares) > 1.0  # the recorded run did reuse its prefixes
+    assert all(abs(gap - think) <= 5.0 for gap, think in gaps), gaps
