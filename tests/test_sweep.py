@@ -312,8 +312,8 @@ def session_trace(tmp_path: Path, count: int) -> Path:
     for k in range(count):
         first = TraceRequest(session=f"s{k}", id=f"s{k}-1", start_ms=0, prompt_tokens=40, output_tokens=4,
                              hash_ids=[1, k])  # fmt: skip
-        second = first.model_copy(update={"id": f"s{k}-2", "needs": [f"s{k}-1"], "think_ms": 5.0, "prompt_tokens": 70,
-                                          "hash_ids": [1, k, 2]})  # fmt: skip
+        second = first.model_copy(update={"id": f"s{k}-2", "needs": [f"s{k}-1"], "think_ms": 5.0,
+                                          "prompt_tokens": 70, "hash_ids": [1, k, 2]})  # fmt: skip
         requests += [first, second]
     path = tmp_path / "sessions.jsonl"
     write_trace(path, TraceHeader(block_size=32, hash_scope="global", source="synthetic"), requests)
