@@ -419,14 +419,14 @@ RESULTS = (
         "grace_s", "--grace-s", panel=RESULTS_PANEL, help="On Ctrl-C, how long in-flight steps may finish."
     ),
 )
-SWEEP_TRACE = (
+SESSION_TRACE = (
     option(
         "trace.source",
         "--trace",
         panel=SESSIONS_PANEL,
-        help="Sweep the replay of a session trace (a file or a shipped sample's name) instead of a flow: "
-        "--concurrency levels are sessions in flight (closed loop), --rates sessions arriving per second; "
-        "each level's latency is session latency.",
+        help="Replay a session trace (a file or a shipped sample's name) instead of the --flow, one "
+        "workflow per session: bench sweep's --concurrency levels are sessions in flight, --rates "
+        "sessions per second; bench ab's blocks are the next --block-workflows sessions.",
         unset="none: the --flow's workflows",
     ),
 )

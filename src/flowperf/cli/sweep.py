@@ -23,8 +23,8 @@ from flowperf.cli.options import (
     MODEL,
     MONITOR,
     RESULTS,
+    SESSION_TRACE,
     SESSIONS,
-    SWEEP_TRACE,
     TRACE,
     ConfigFileOption,
     ConfigFlags,
@@ -145,7 +145,7 @@ Progress = Annotated[
 
 @with_options(FLOW, MODEL, ENDPOINT, ENGINE,
               only(MEASUREMENT, "--max-tokens", "--step-timeout-s", "--warmup", "--reset-prefix-cache"),
-              CLIENT, MONITOR, RESULTS, SWEEP_TRACE, only(TRACE, "--time-scale", "--token-scale"),
+              CLIENT, MONITOR, RESULTS, SESSION_TRACE, only(TRACE, "--time-scale", "--token-scale"),
               only(SESSIONS, "--think-time", "--max-sessions"))  # fmt: skip
 def sweep(
     config_file: ConfigFileOption = None,

@@ -228,6 +228,18 @@ def session_trace_path(source: str) -> Path | None:
         return None  # the request-trace loader names what is wrong with it
 
 
+def require_session_trace(settings: TraceConfig, why: str) -> int:
+    """How many sessions a load mode (`bench sweep`, `bench ab`) will replay from a session trace (after
+    --max-sessions); a request trace is a UserError naming --trace and `why` it cannot be used."""
+    path = session_trace_path(settings.source)
+    if path is None:
+        raise UserError(
+            f"--trace {settings.source}: not a session trace (a flowperf-sessions, Weka or OpenTelemetry "
+            f"file, or a shipped sample's name); {why}"
+        )
+    return len(import_trace(path).sessions[: settings.max_sessions])
+
+
 def trace_sha256(path: Path) -> str:
     """A trace's content digest (a Weka directory's: its files' in name order), for resume checks."""
     digest = hashlib.sha256()

@@ -144,14 +144,10 @@ def base_config(config_file: Path | None, flags: ConfigFlags, spec: SweepSpec) -
 def check_session_trace(config: RunConfig) -> None:
     """A sweep replays session traces only: its levels are sessions in flight or arriving per second
     (a request trace is replayed open loop on its own timestamps by `bench replay`)."""
-    from flowperf.sessions.source import session_trace_path
+    from flowperf.sessions.source import require_session_trace
 
     assert config.trace is not None
-    if session_trace_path(config.trace.source) is None:
-        raise UserError(
-            f"--trace {config.trace.source}: not a session trace (a flowperf-sessions, Weka or "
-            "OpenTelemetry file, or a shipped sample's name); replay request traces with bench replay"
-        )
+    require_session_trace(config.trace, "replay request traces with bench replay")
     if config.trace.sessions is not None:
         raise UserError("trace.sessions: sessions in flight are the sweep's --concurrency levels")
 
