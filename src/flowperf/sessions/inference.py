@@ -15,6 +15,8 @@ The recording proxy sees requests, not agents. Its rule, applied when a request'
 3. Without a declared session, a request with a parent joins the parent's session and one without starts
    a new one (`inferred-N`). So a conversation that resends its history is one chain; requests that
    extend the same turn (parallel tool calls, forked sub-agents) are siblings with the same parent.
+   "Ended before" allows `END_SLACK_MS` (5 ms): the proxy stamps an end after its last write returned,
+   and the client's next request can be received first.
 4. `think_ms` is this start minus the end of the last of its needs (floor 0); without needs, this
    start minus the session's start (the earliest start among its requests placed so far).
 
@@ -37,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _END = b"\x1e"
+# A response's end is stamped once the proxy's last write returned; a client that acts on the last event
+# can have its next request received a moment before that. "Ended before it started" allows this much.
+END_SLACK_MS = 5.0
 
 
 def _content_text(content: Any) -> str:
@@ -190,7 +195,7 @@ class SessionInference:
         def accept(owner: str) -> bool:
             placed = self._placed[owner]
             same = request.declared_session is None or placed.session == request.declared_session
-            return same and placed.end_ms <= request.start_ms
+            return same and placed.end_ms <= request.start_ms + END_SLACK_MS
 
         return self._index.longest(request.transcript, accept, _END if request.chat else None)
 
@@ -200,7 +205,7 @@ class SessionInference:
         ended = sorted(
             (self._placed[member].end_ms, member)
             for member in self._members.get(session, [])
-            if self._placed[member].end_ms <= before_ms
+            if self._placed[member].end_ms <= before_ms + END_SLACK_MS
         )
         needed = {need for _, member in ended for need in self._needs[member]}
         return [member for _, member in ended if member not in needed]
