@@ -258,3 +258,26 @@ def test_a_recorded_agent_replays_on_the_engine_as_it_ran(
     late = np.array([gap - think for gap, think in gaps])
     assert late.min() >= -0.5 and np.median(late) <= 5.0 and np.mean(late <= 5.0) >= 0.8, gaps
     assert late.max() <= 25.0, gaps
+
+
+def test_replay_names_shipped_samples_and_reads_weka_and_otel_files() -> None:
+    """`bench replay coding-agent-weka` (a name), a Weka file and an OTLP file by path are session
+    traces read through the importers; a request trace stays one; an unknown name lists every sample."""
+    from flowperf.errors import UserError
+    from flowperf.sessions.source import SessionSource, load_trace_workflows
+
+    def loaded(source: str) -> Any:
+        return load_trace_workflows(
+            RunConfig.model_validate({"trace": {"source": source, "token_scale": 0.01}}), None
+        )
+
+    by_name = loaded("coding-agent-weka")
+    assert isinstance(by_name, SessionSource) and len(by_name) == 20
+    for name in ("coding-agent-weka", "coding-agent-otel", "coding-agent"):
+        source = loaded(str(shipped_session_trace(name)))
+        assert isinstance(source, SessionSource) and len(source) == len(
+            import_trace(shipped_session_trace(name)).sessions
+        )
+    assert not isinstance(loaded("mooncake"), SessionSource)
+    with pytest.raises(UserError, match=r"shipped: .*coding-agent-weka"):
+        loaded("coding-agnet")

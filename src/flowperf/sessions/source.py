@@ -29,6 +29,7 @@ from flowperf.sessions import shipped as shipped_sessions
 from flowperf.sessions.format import Session, SessionTrace, TraceRequest, is_session_trace
 from flowperf.sessions.importers import detect_format, import_trace
 from flowperf.sessions.synthesis import block_keys, mix, prompt_tokens, unique_keys
+from flowperf.stress.traces import SHIPPED
 
 LLM_STEP = "request"
 THINK_STEP = "think"
@@ -284,6 +285,9 @@ def load_trace_workflows(config: RunConfig, model_dir: Path | None) -> WorkflowS
     path = session_trace_path(config.trace.source)
     if path is not None:
         return load_sessions(config, path, model_dir)
+    if config.trace.source not in SHIPPED and not Path(config.trace.source).exists():
+        known = ", ".join(sorted([*SHIPPED, *shipped_sessions.SHIPPED_SESSIONS]))
+        raise UserError(f"TRACE {config.trace.source}: no such trace file (shipped: {known})")
     if config.trace.sessions is not None or config.trace.max_sessions is not None:
         raise UserError(
             f"TRACE {config.trace.source}: --sessions and --max-sessions need a session trace; "
