@@ -211,3 +211,44 @@ def test_ctrl_c_keeps_every_finished_block_and_exits_130(tmp_path: Path) -> None
         ]
         assert sum(block["workflows_ok"] for block in ran) == len(run.ok_workflows) > 0
         assert run.summary is not None and run.summary["status"] in ("complete", "interrupted")
+
+
+@pytest.mark.server
+def test_both_arms_replay_the_same_sessions_of_a_session_trace(tmp_path: Path) -> None:
+    """`bench ab --trace SESSIONS --sessions 2`: a block is the next 2 sessions, the same ones in both
+    arms of a pair, replayed closed loop; arm B's server streams 3x slower, so session latency (the
+    workflow metrics) regresses and the first token (the same 5 ms) does not."""
+    from flowperf.rundir.store import RunStore
+    from test_sweep import session_trace
+
+    trace = session_trace(tmp_path, 16)
+    fast, slow = (
+        MockConfig(ttft_ms=5, itl_ms=2, lifetime_s=120),
+        MockConfig(ttft_ms=5, itl_ms=6, lifetime_s=120),
+    )
+    with serve_in_thread(fast) as a_server, serve_in_thread(slow) as b_server:
+        plan = make_plan(
+            tmp_path,
+            f"--engine openai --base-url http://127.0.0.1:{a_server.port}",
+            f"--engine openai --base-url http://127.0.0.1:{b_server.port}",
+            block_workflows=2,
+            **{"trace.source": str(trace), "trace.sessions": 2},
+        )
+        document = asyncio.run(run_ab(plan, AbHooks()))
+    check_arm_directories(plan, document)
+    blocks = {}
+    for arm in plan.arms:
+        assert arm.config.effective_concurrency == 2 and not arm.config.open_loop
+        for step in RunStore(arm.run_dir).read_steps():
+            blocks.setdefault((arm.label, step.session), set()).add(step.request_id)
+    assert all(blocks[("A", pair)] == blocks[("B", pair)] for pair in range(plan.pairs))
+    assert len(set().union(*blocks.values())) == 32  # 16 sessions of 2 requests, each once per arm
+    assert {"workflow_p50_ms", "workflow_mean_ms"} <= set(document["regressed"])
+    assert "ttft_p50_ms" not in document["regressed"]
+
+
+def test_an_arm_needs_as_many_sessions_as_its_blocks(tmp_path: Path) -> None:
+    from test_sweep import session_trace
+
+    with pytest.raises(UserError, match="3 sessions, fewer than the 8 an arm needs"):
+        make_plan(tmp_path, **{"trace.source": str(session_trace(tmp_path, 3))})

@@ -302,3 +302,51 @@ def test_a_duration_window_counts_from_the_windows_own_start(tmp_path: Path, mon
     (row,) = read_rows(tmp_path / "runs" / "dur")
     assert row.stopped_early is not None and row.stopped_early.startswith("duration")
     assert 1.5 <= row.window_s < 4.0, row.window_s
+
+
+def session_trace(tmp_path: Path, count: int) -> Path:
+    """`count` sessions of two turns (the second after a 5 ms pause), all recorded at once."""
+    from flowperf.sessions.format import TraceHeader, TraceRequest, write_trace
+
+    requests = []
+    for k in range(count):
+        first = TraceRequest(session=f"s{k}", id=f"s{k}-1", start_ms=0, prompt_tokens=40, output_tokens=4,
+                             hash_ids=[1, k])  # fmt: skip
+        second = first.model_copy(update={"id": f"s{k}-2", "needs": [f"s{k}-1"], "think_ms": 5.0,
+                                          "prompt_tokens": 70, "hash_ids": [1, k, 2]})  # fmt: skip
+        requests += [first, second]
+    path = tmp_path / "sessions.jsonl"
+    write_trace(path, TraceHeader(block_size=32, hash_scope="global", source="synthetic"), requests)
+    return path
+
+
+@pytest.mark.server
+def test_a_sweep_of_a_session_trace_levels_sessions_in_flight(tmp_path: Path) -> None:
+    """`bench sweep --trace SESSIONS --concurrency 1,3`: each level replays every session closed loop
+    with that many in flight; its latency is the sessions' (the level's own `sessions` summary) and its
+    SLO attainment and goodput count sessions meeting `session_p95_ms`."""
+    trace = session_trace(tmp_path, 6)
+    with serve_in_thread(MockConfig(ttft_ms=5, itl_ms=1, lifetime_s=120)) as server:
+        flags = mock_flags(tmp_path, "sessions", server.port, **{"trace.source": str(trace)})
+        plan = plan_for(flags, concurrency="1,3", slo="session_p95_ms=60000")
+        document = asyncio.run(run_sweep(plan, QUIET))
+    assert document["status"] == "complete"
+    rows = read_rows(tmp_path / "runs" / "sessions")
+    assert [(row.mode, row.concurrency, row.workflows) for row in rows] == [
+        ("closed_loop", 1, 6),
+        ("closed_loop", 3, 6),
+    ]
+    for row in rows:
+        run = load_run(tmp_path / "runs" / "sessions" / row.name)
+        assert run.summary is not None and run.summary["run"]["concurrency"] == row.concurrency
+        assert run.config["config"]["trace"]["sessions"] == row.concurrency
+        sessions = run.summary["sessions"]
+        assert (sessions["sessions_ok"], sessions["requests"]) == (6, 12)
+        assert row.latency_p95_ms == pytest.approx(sessions["session_latency_ms"]["p95"], rel=1e-6)
+        assert row.attainment == 1.0 and row.goodput_per_s == pytest.approx(6 / row.window_s, rel=1e-3)
+    assert rows[1].achieved_per_s > rows[0].achieved_per_s  # three sessions at once, not one
+
+
+def test_a_sweep_refuses_a_request_trace(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--trace mooncake: not a session trace"):
+        plan_for(base_flags(tmp_path, "x", **{"trace.source": "mooncake"}), concurrency="1")

@@ -23,6 +23,9 @@ from flowperf.cli.options import (
     MODEL,
     MONITOR,
     RESULTS,
+    SESSION_TRACE,
+    SESSIONS,
+    TRACE,
     AlphaOption,
     ConfigFileOption,
     ConfigFlags,
@@ -40,7 +43,9 @@ NUM_FLOWS_HELP = "Workflows per arm in all, instead of --pairs: pairs = N / --bl
 
 
 @with_options(only(FLOW, "--flow", "--flows-dir"), MODEL, ENDPOINT, ENGINE, MEASUREMENT, MONITOR,
-              only(RESULTS, "--out", "--run-id", "--save-text", "--fail-fast", "--grace-s"))  # fmt: skip
+              only(RESULTS, "--out", "--run-id", "--save-text", "--fail-fast", "--grace-s"), SESSION_TRACE,
+              only(TRACE, "--time-scale", "--token-scale"),
+              only(SESSIONS, "--sessions", "--think-time", "--max-sessions"))  # fmt: skip
 def ab(
     config_file: ConfigFileOption = None,
     *,
@@ -82,6 +87,10 @@ def ab(
     override them. Arms with equal engine settings share one engine; otherwise each gets its own, both
     kept up (two in-process engines cannot be: use --engine server). Writes OUT/RUN_ID/{a,b} (ordinary
     run directories: report, compare and resume work on them) and ab.json; `--html` writes ab.html.
+
+    `--trace SESSIONS` runs both arms on a session trace's replay: a block is the next --block-workflows
+    sessions (the same ones for both arms of a pair), closed loop with --sessions (default 1) in flight,
+    and the workflow figures are session latency.
 
     Exit codes: 0 no gated regression, 1 a gated metric regressed (or the engine could not start),
     3 some workflows failed, 2 usage error, 130 interrupted.

@@ -419,6 +419,18 @@ RESULTS = (
         "grace_s", "--grace-s", panel=RESULTS_PANEL, help="On Ctrl-C, how long in-flight steps may finish."
     ),
 )
+SESSION_TRACE = (
+    option(
+        "trace.source",
+        "--trace",
+        panel=SESSIONS_PANEL,
+        help="Replay a session trace (a file or a shipped sample's name) instead of the --flow, one "
+        "workflow per session: bench sweep's --concurrency levels are sessions in flight, --rates "
+        "sessions per second; bench ab's blocks are the next --block-workflows sessions.",
+        unset="none: the --flow's workflows",
+    ),
+)
+
 GROUPS = {
     "flow": FLOW,
     "model": MODEL,
@@ -442,6 +454,8 @@ def only(group: tuple[ConfigOption, ...], *flags: str) -> tuple[ConfigOption, ..
 
 def default_text(entry: ConfigOption) -> str | None:
     """The field's default as `--help` shows it: a bool by the flag that selects it, None in words."""
+    if entry.field.is_required():  # a section's required field (trace.source): what leaving it out means
+        return entry.unset
     default = entry.field.get_default(call_default_factory=True)
     if default is None or default == {}:
         return entry.unset

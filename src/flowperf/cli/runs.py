@@ -95,7 +95,8 @@ def replay(
         typer.Argument(
             metavar="TRACE",
             help="A shipped trace (mooncake, azure-conv, azure-code), a Mooncake JSONL, Azure or "
-            "BurstGPT CSV file, or a session trace (flowperf-sessions JSONL).",
+            "BurstGPT CSV file, or a session trace: a flowperf-sessions JSONL, a Weka or OpenTelemetry "
+            "trace, or a shipped sample (coding-agent, coding-agent-weka, coding-agent-otel).",
         ),
     ],
     config_file: ConfigFileOption = None,

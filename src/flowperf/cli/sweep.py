@@ -23,6 +23,9 @@ from flowperf.cli.options import (
     MODEL,
     MONITOR,
     RESULTS,
+    SESSION_TRACE,
+    SESSIONS,
+    TRACE,
     ConfigFileOption,
     ConfigFlags,
     HtmlOption,
@@ -142,7 +145,8 @@ Progress = Annotated[
 
 @with_options(FLOW, MODEL, ENDPOINT, ENGINE,
               only(MEASUREMENT, "--max-tokens", "--step-timeout-s", "--warmup", "--reset-prefix-cache"),
-              CLIENT, MONITOR, RESULTS)  # fmt: skip
+              CLIENT, MONITOR, RESULTS, SESSION_TRACE, only(TRACE, "--time-scale", "--token-scale"),
+              only(SESSIONS, "--think-time", "--max-sessions"))  # fmt: skip
 def sweep(
     config_file: ConfigFileOption = None,
     *,
@@ -168,6 +172,7 @@ def sweep(
     Levels: --concurrency 1,2,4 (closed loop), --rates 0.5,1,2 (open loop), or --auto N. Each level runs
     -n workflows (or --duration seconds) after its own warm-up, with the prefix cache emptied first.
     `--resume SWEEP_DIR` continues an interrupted sweep; `--html` writes SWEEP_DIR/sweep.html.
+    `--trace SESSIONS` sweeps a session trace's replay: a level's workflows are its sessions.
 
     Exit codes: 0 done, 3 some workflows failed, 2 usage error, 130 interrupted, 1 the engine could not
     start.

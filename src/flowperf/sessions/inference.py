@@ -8,19 +8,25 @@ The recording proxy sees requests, not agents. Its rule, applied when a request'
    request's prompt, among requests that ended before this one started (and, with a declared session, of
    that session). For chat the prompt is the list of messages and the response one more assistant message
    (compared by role and whitespace-stripped text content, message by message); for completions it is the
-   prompt text followed by the output text. With a declared session and no such request, the parent is
-   the session's request that ended last before this one started (none for its first).
+   prompt text followed by the output text. With a declared session and no such request, the needs are
+   the session's frontier: its requests that ended before this one started and that no other of those
+   needs (none for its first). So a chain needs its last request, and a join after a fan-out (a reduce
+   step after parallel map steps) needs every branch.
 3. Without a declared session, a request with a parent joins the parent's session and one without starts
    a new one (`inferred-N`). So a conversation that resends its history is one chain; requests that
    extend the same turn (parallel tool calls, forked sub-agents) are siblings with the same parent.
-4. `think_ms` is this start minus the parent's end (floor 0); without a parent, this start minus the
-   session's start (the earliest start among its requests placed so far).
+   "Ended before" allows `END_SLACK_MS` (5 ms): the proxy stamps an end after its last write returned,
+   and the client's next request can be received first.
+4. `think_ms` is this start minus the end of the last of its needs (floor 0); without needs, this
+   start minus the session's start (the earliest start among its requests placed so far).
 
 Limits: an agent that rewrites its history (summarising or trimming old turns, editing the assistant's
 text, dropping reasoning) no longer extends the earlier prompt, so without a declared session its next
 request starts a new session; assistant tool calls are compared by their text content only; a sub-agent
 that starts a fresh conversation is its own session unless the client declares one; token-id prompts
-cannot be matched to text outputs. A request that waited for several others records one parent.
+cannot be matched to text outputs. A request matched by content records one parent, even if it also
+waited for others; the frontier of a declared session can name a branch the request did not wait for
+(one that happened to end before it started).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _END = b"\x1e"
+# A response's end is stamped once the proxy's last write returned; a client that acts on the last event
+# can have its next request received a moment before that. "Ended before it started" allows this much.
+END_SLACK_MS = 5.0
 
 
 def _content_text(content: Any) -> str:
@@ -152,6 +161,7 @@ class SessionInference:
     """Places answered requests into sessions, in the order their responses end (see the module doc)."""
 
     _placed: dict[str, _Placed] = field(default_factory=dict)
+    _needs: dict[str, list[str]] = field(default_factory=dict)
     _session_start: dict[str, float] = field(default_factory=dict)
     _members: dict[str, list[str]] = field(default_factory=dict)
     _index: PrefixIndex = field(default_factory=PrefixIndex)
@@ -159,22 +169,24 @@ class SessionInference:
 
     def place(self, request: Observed) -> Placement:
         parent = self._content_parent(request)
+        needs = [parent] if parent else []
         declared = request.declared_session
         if declared is not None:
             session = declared
-            parent = parent or self._last_ended(declared, request.start_ms)
+            needs = needs or self._frontier(declared, request.start_ms)
         elif parent is not None:
             session = self._placed[parent].session
         else:
             session = f"inferred-{next(self._numbers)}"
         start = min(self._session_start.get(session, request.start_ms), request.start_ms)
         self._session_start[session] = start
-        since = self._placed[parent].end_ms if parent else start
+        since = max((self._placed[need].end_ms for need in needs), default=start)
         self._placed[request.id] = _Placed(session, request.start_ms, request.end_ms)
+        self._needs[request.id] = needs
         self._members.setdefault(session, []).append(request.id)
         if request.continuation is not None:
             self._index.add(request.continuation, request.id)
-        return Placement(session, [parent] if parent else [], max(0.0, request.start_ms - since))
+        return Placement(session, needs, max(0.0, request.start_ms - since))
 
     def _content_parent(self, request: Observed) -> str | None:
         if request.transcript is None:
@@ -183,14 +195,17 @@ class SessionInference:
         def accept(owner: str) -> bool:
             placed = self._placed[owner]
             same = request.declared_session is None or placed.session == request.declared_session
-            return same and placed.end_ms <= request.start_ms
+            return same and placed.end_ms <= request.start_ms + END_SLACK_MS
 
         return self._index.longest(request.transcript, accept, _END if request.chat else None)
 
-    def _last_ended(self, session: str, before_ms: float) -> str | None:
-        ended = [
+    def _frontier(self, session: str, before_ms: float) -> list[str]:
+        """The session's requests ended by `before_ms` that none of the others ended by then needs, in
+        the order they ended."""
+        ended = sorted(
             (self._placed[member].end_ms, member)
             for member in self._members.get(session, [])
-            if self._placed[member].end_ms <= before_ms
-        ]
-        return max(ended)[1] if ended else None
+            if self._placed[member].end_ms <= before_ms + END_SLACK_MS
+        )
+        needed = {need for _, member in ended for need in self._needs[member]}
+        return [member for _, member in ended if member not in needed]

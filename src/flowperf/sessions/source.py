@@ -25,8 +25,11 @@ from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.plan import PlannedNode, StepSpec
 from flowperf.flows.source import WorkflowSource
 from flowperf.flows.trace_source import load_requests, token_range, vocab_size
-from flowperf.sessions.format import Session, SessionTrace, TraceRequest, is_session_trace, read_trace
+from flowperf.sessions import shipped as shipped_sessions
+from flowperf.sessions.format import Session, SessionTrace, TraceRequest, is_session_trace
+from flowperf.sessions.importers import detect_format, import_trace
 from flowperf.sessions.synthesis import block_keys, mix, prompt_tokens, unique_keys
+from flowperf.stress.traces import SHIPPED
 
 LLM_STEP = "request"
 THINK_STEP = "think"
@@ -208,10 +211,42 @@ class SessionSource:
         return None
 
 
+SESSION_FORMATS = ("weka", "otel")
+
+
 def session_trace_path(source: str) -> Path | None:
-    """The session trace `source` names, or None for a request trace (shipped name or other file)."""
-    path = Path(source)
-    return path if path.is_file() and is_session_trace(path) else None
+    """The session trace `source` names (a shipped sample's name, a flowperf-sessions file, or a Weka or
+    OpenTelemetry trace that the importers read), or None for a request trace (Mooncake, Azure,
+    BurstGPT: `flows.trace_source` replays those)."""
+    path = shipped_sessions.session_trace_path(source)
+    if not path.exists():
+        return None
+    if path.is_file() and is_session_trace(path):
+        return path
+    try:
+        return path if detect_format(path) in SESSION_FORMATS else None
+    except UserError:
+        return None  # the request-trace loader names what is wrong with it
+
+
+def require_session_trace(settings: TraceConfig, why: str) -> int:
+    """How many sessions a load mode (`bench sweep`, `bench ab`) will replay from a session trace (after
+    --max-sessions); a request trace is a UserError naming --trace and `why` it cannot be used."""
+    path = session_trace_path(settings.source)
+    if path is None:
+        raise UserError(
+            f"--trace {settings.source}: not a session trace (a flowperf-sessions, Weka or OpenTelemetry "
+            f"file, or a shipped sample's name); {why}"
+        )
+    return len(import_trace(path).sessions[: settings.max_sessions])
+
+
+def trace_sha256(path: Path) -> str:
+    """A trace's content digest (a Weka directory's: its files' in name order), for resume checks."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def load_sessions(config: RunConfig, path: Path, model_dir: Path | None) -> SessionSource:
@@ -219,8 +254,8 @@ def load_sessions(config: RunConfig, path: Path, model_dir: Path | None) -> Sess
     assert settings is not None
     source = SessionSource(
         settings,
-        read_trace(path),
-        hashlib.sha256(path.read_bytes()).hexdigest(),
+        import_trace(path),
+        trace_sha256(path),
         vocab_size(config, model_dir),
         config.seed,
     )
@@ -250,6 +285,9 @@ def load_trace_workflows(config: RunConfig, model_dir: Path | None) -> WorkflowS
     path = session_trace_path(config.trace.source)
     if path is not None:
         return load_sessions(config, path, model_dir)
+    if config.trace.source not in SHIPPED and not Path(config.trace.source).exists():
+        known = ", ".join(sorted([*SHIPPED, *shipped_sessions.SHIPPED_SESSIONS]))
+        raise UserError(f"TRACE {config.trace.source}: no such trace file (shipped: {known})")
     if config.trace.sessions is not None or config.trace.max_sessions is not None:
         raise UserError(
             f"TRACE {config.trace.source}: --sessions and --max-sessions need a session trace; "

@@ -142,7 +142,28 @@ def arm_config(
         common | own | {"num_flows": workflows, "output.out_dir": ab_dir, "output.run_id": label.lower()}
     )
     overrides["output"]["summary_every"] = workflows + 1
-    return load_run_config(config_file, overrides)
+    config = load_run_config(config_file, overrides)
+    if config.trace is not None:
+        session_trace_arm(config, workflows)
+    return config
+
+
+def session_trace_arm(config: RunConfig, workflows: int) -> None:
+    """An arm replaying a session trace: each block the next `--block-workflows` sessions, closed loop
+    (`--sessions`, else --concurrency, else 1 in flight: recorded start times mean nothing across
+    interleaved blocks) unless --rate makes session arrivals Poisson; both arms the same sessions in
+    the same order, so a pair's blocks replay the same sessions."""
+    from flowperf.sessions.source import require_session_trace
+
+    assert config.trace is not None
+    sessions = require_session_trace(config.trace, "bench ab replays session traces only")
+    if sessions < workflows:
+        raise UserError(
+            f"--trace {config.trace.source}: {sessions} sessions, fewer than the {workflows} an arm needs "
+            "(--pairs x --block-workflows)"
+        )
+    if config.trace.sessions is None and config.rate is None:
+        config.trace.sessions = config.concurrency or 1
 
 
 def engine_mode(a: RunConfig, b: RunConfig) -> str:

@@ -136,7 +136,20 @@ def base_config(config_file: Path | None, flags: ConfigFlags, spec: SweepSpec) -
         raise UserError(
             f"{config_file}: concurrency and rate are the sweep's levels; remove them from the file"
         )
+    if config.trace is not None:
+        check_session_trace(config)
     return config
+
+
+def check_session_trace(config: RunConfig) -> None:
+    """A sweep replays session traces only: its levels are sessions in flight or arriving per second
+    (a request trace is replayed open loop on its own timestamps by `bench replay`)."""
+    from flowperf.sessions.source import require_session_trace
+
+    assert config.trace is not None
+    require_session_trace(config.trace, "replay request traces with bench replay")
+    if config.trace.sessions is not None:
+        raise UserError("trace.sessions: sessions in flight are the sweep's --concurrency levels")
 
 
 def build_plan(
@@ -178,6 +191,9 @@ def flag_of(path: str) -> str:
 def level_config(plan: SweepPlan, spec: LevelSpec, name: str) -> RunConfig:
     settings = plan.base.model_dump(mode="json")
     settings |= {"concurrency": spec.concurrency, "rate": spec.rate}
+    if settings.get("trace") is not None:  # a session trace: a closed-loop level's slots are sessions
+        settings["trace"]["sessions"] = spec.concurrency
+        settings["concurrency"] = None
     settings["output"] |= {"out_dir": str(plan.sweep_dir), "run_id": name}
     return RunConfig.model_validate(settings)
 
@@ -230,7 +246,7 @@ def engine_for(plan: SweepPlan, hooks: SweepHooks) -> Engine:
     monitor = ResourceMonitor(lambda record: None, interval_s=0)
     checked = check_input(config, RunHooks(echo=lambda line: None, warn=hooks.warn), None,
                           TimingLog(lambda line: None), monitor)  # fmt: skip
-    width = checked.expansion.flows.program.parallel_width(checked.expansion.flows.records)
+    width = checked.expansion.flows.parallel_width()  # a flow's, or a session trace's widest session
     return make_engine(config, checked.model, plan.sweep_dir / "engine.log", width)
 
 
