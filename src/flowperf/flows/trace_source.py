@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from flowperf.engines.tiny import ARCHITECTURE as TINY_ARCHITECTURE
 from flowperf.errors import UserError
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.plan import PlannedNode, StepSpec
+from flowperf.flows.source import TokenIdSource
 from flowperf.stress.traces import SHIPPED, Trace, load_trace, shipped_path
 
 STEP_ID = "request"
@@ -71,7 +72,7 @@ def trace_path(source: str) -> Path:
     return path
 
 
-class TraceRequests:
+class TraceRequests(TokenIdSource):
     """The selected requests of a trace as a `flows.source.WorkflowSource`."""
 
     def __init__(self, settings: TraceConfig, trace: Trace, sha256: str, vocab_size: int, seed: int) -> None:
@@ -87,29 +88,8 @@ class TraceRequests:
     def steps(self) -> list[StepSpec]:
         return [StepSpec(id=STEP_ID)]
 
-    @property
-    def conversation(self) -> bool:
-        return False
-
     def __len__(self) -> int:
         return self.trace.size
-
-    def __getitem__(self, index: int) -> ExpandedFlow:
-        return ExpandedFlow(index=index, flow_id=f"{self.name}-{index:06d}", record_index=index)
-
-    def __iter__(self) -> Iterator[ExpandedFlow]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def warmup_flows(self, count: int) -> list[ExpandedFlow]:
-        """The first `count` requests again, under ids of their own."""
-        return [
-            ExpandedFlow(index=k, flow_id=f"{self.name}-warmup-{k:06d}", record_index=k % len(self))
-            for k in range(count)
-        ]
-
-    def compile_templates(self) -> None:
-        """Nothing to compile: prompts are token ids."""
 
     def parallel_width(self) -> int:
         return 1
@@ -133,9 +113,6 @@ class TraceRequests:
         self, flow: ExpandedFlow, node: PlannedNode, outputs: Mapping[str, Sequence[str]]
     ) -> str:
         return ""
-
-    def system_message(self, flow: ExpandedFlow) -> None:
-        return None
 
 
 def load_requests(config: RunConfig, model_dir: Path | None) -> TraceRequests:

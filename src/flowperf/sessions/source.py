@@ -12,7 +12,7 @@ traces (Mooncake, Azure, BurstGPT) keep their own source, `flows.trace_source`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from flowperf.engines.base import TokenPrompt
 from flowperf.errors import UserError
 from flowperf.flows.expand import ExpandedFlow
 from flowperf.flows.plan import PlannedNode, StepSpec
-from flowperf.flows.source import WorkflowSource
+from flowperf.flows.source import TokenIdSource, WorkflowSource
 from flowperf.flows.trace_source import load_requests, token_range, vocab_size
 from flowperf.sessions import shipped as shipped_sessions
 from flowperf.sessions.format import Session, SessionTrace, TraceRequest, is_session_trace
@@ -81,7 +81,7 @@ def execution_order(session: Session) -> list[TraceRequest]:
     return ordered
 
 
-class SessionSource:
+class SessionSource(TokenIdSource):
     """The selected sessions of a session trace as a `flows.source.WorkflowSource`."""
 
     def __init__(
@@ -106,29 +106,11 @@ class SessionSource:
     def steps(self) -> list[StepSpec]:
         return [StepSpec(id=LLM_STEP), StepSpec(id=THINK_STEP, kind="think")]
 
-    @property
-    def conversation(self) -> bool:
-        return False
-
     def __len__(self) -> int:
         return len(self.sessions)
 
-    def __getitem__(self, index: int) -> ExpandedFlow:
-        return ExpandedFlow(index=index, flow_id=f"{self.name}-{self.sessions[index].id}", record_index=index)
-
-    def __iter__(self) -> Iterator[ExpandedFlow]:
-        for index in range(len(self)):
-            yield self[index]
-
-    def warmup_flows(self, count: int) -> list[ExpandedFlow]:
-        """The first `count` sessions again, under ids of their own."""
-        return [
-            ExpandedFlow(index=k, flow_id=f"{self.name}-warmup-{k:06d}", record_index=k % len(self))
-            for k in range(count)
-        ]
-
-    def compile_templates(self) -> None:
-        """Nothing to compile: prompts are token ids."""
+    def flow_id(self, index: int) -> str:
+        return f"{self.name}-{self.sessions[index].id}"
 
     def parallel_width(self) -> int:
         """The most requests of one session on the same level of its dependency graph."""
@@ -206,9 +188,6 @@ class SessionSource:
         self, flow: ExpandedFlow, node: PlannedNode, outputs: Mapping[str, Sequence[str]]
     ) -> str:
         return ""
-
-    def system_message(self, flow: ExpandedFlow) -> None:
-        return None
 
 
 SESSION_FORMATS = ("weka", "otel")
