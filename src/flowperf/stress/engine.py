@@ -337,4 +337,35 @@ def _engine_loop(  # noqa: C901
                 run[kept] = r
                 kept += 1
             n_run = kept
+            # A decode-only stretch: while every running request decodes, nothing can be admitted (no one
+            # waits, or every slot is taken), no one finishes and the free blocks cannot run out, each
+            # iteration is the last one plus one token of context per request: step only the clock.
+            if n_run == 0 or n_run > budget_cap or (n_run < max_seqs and (n_again > 0 or head < tail)):
+                continue
+            left = (free // n_run) * block_size - 1  # no preemption: each request needs <= free // n_run
+            context = 0
+            for i in range(n_run):
+                r = run[i]
+                if generated[r] == 0 or prompt[r] + generated[r] - computed[r] != 1:
+                    left = 0
+                    break
+                left = min(left, output[r] - generated[r] - 1)
+                context += computed[r]
+            steps = 0
+            while steps < left and (n_run == max_seqs or tail >= mine or arrival[gpu + tail * n_gpus] > now):
+                took = c + d * n_run + e * context
+                took *= scale[iterations % scale.size]
+                now += took
+                busy += took
+                iterations += 1
+                occupancy += n_run
+                context += n_run
+                steps += 1
+            for i in range(n_run if steps > 0 else 0):
+                r = run[i]
+                computed[r] += steps
+                generated[r] += steps
+                grown = (computed[r] + block_size - 1) // block_size - shared[r] - held[r]
+                held[r] += grown
+                free -= grown
     return busy, iterations, occupancy, preemptions
