@@ -235,3 +235,12 @@ def test_a_calibrated_vllm_test_reports_bands_over_40_replicas_by_default(tmp_pa
     assert found["replicas"] == 40
     e2e = found["bands"]["e2e_p50_s"]
     assert e2e["p5"] < e2e["median"] < e2e["p95"]
+
+
+def test_think_steps_of_a_session_replay_are_skipped(tmp_path):
+    synthetic_run(tmp_path)
+    before = calibrate(tmp_path).fit.coefficients
+    think = IDENTITY | {"status": "ok", "step_ms": 250.0, "kind": "think", "step_id": "think"}
+    with (tmp_path / "steps.jsonl").open("a") as steps:
+        steps.write(json.dumps(think) + "\n")
+    assert calibrate(tmp_path).fit.coefficients == before
