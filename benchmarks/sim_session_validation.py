@@ -19,6 +19,7 @@ light and moderate targets of the request protocol, makespan p50 within 10% and 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def scaled_trace(out: Path, token_scale: float, time_scale: float) -> Path:
             )
     size = max(1, round(block * token_scale))
     path = out / "trace.jsonl"
+    path.unlink(missing_ok=True)  # the trace writer appends
     write_trace(path, trace.header.model_copy(update={"block_size": size}), requests)
     return path
 
@@ -80,6 +82,20 @@ def replay_sessions(trace: Path, out: Path, run_id: str, sessions: int, reuse: b
     print("$", " ".join(command), file=sys.stderr)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run_dir
+
+
+def engine_speed(run_dir: Path) -> str:
+    """The median and 90th percentile of the engine's decode-only step gaps (iterations.jsonl): how fast
+    the engine ran during this replay, to tell a slow calibration machine from a wrong model."""
+    gaps = []
+    for line in (run_dir / "iterations.jsonl").read_text(encoding="utf-8").splitlines():
+        step = json.loads(line) if line.strip() else {}
+        if step.get("prefills") == 0 and step.get("engine_gap_ms"):
+            gaps.append(float(step["engine_gap_ms"]))
+    if not gaps:
+        return f"{run_dir.name}: no decode-only steps logged"
+    p50, p90 = percentile(np.array(gaps), [50, 90])
+    return f"{run_dir.name}: decode-only step gap p50 {p50:.2f} ms, p90 {p90:.2f} ms ({len(gaps)} steps)"
 
 
 def depth_group(depth: np.ndarray) -> np.ndarray:
@@ -159,6 +175,7 @@ def session_protocol(args: Any) -> None:
     coefficients = ", ".join(f"{n} {v * 1000:.4g} ms" for n, v in fitted.fit.coefficients.items())
     noise = "" if fitted.noise is None else f"; phi {fitted.noise.phi:.2f}, sigma {fitted.noise.sigma:.3f}"
     print(f"calibration ({calibration_run.name}): {coefficients}{noise}")
+    print(engine_speed(calibration_run))
     lines = [
         "| sessions in flight | figure | predicted [5-95%] | measured | error | within target |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -166,5 +183,6 @@ def session_protocol(args: Any) -> None:
     for load in args.session_loads:
         run_dir = replay_sessions(trace, args.out, f"load{load}", load, args.reuse)
         truth = measured(run_dir, depth_of)
+        print(engine_speed(run_dir))
         lines += rows(load, predicted(trace, fitted, run_dir, load, args), truth)
     print("\n".join(lines))
