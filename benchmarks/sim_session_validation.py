@@ -85,7 +85,7 @@ def replay_sessions(trace: Path, out: Path, run_id: str, sessions: int, reuse: b
 
 
 def engine_speed(run_dir: Path) -> str:
-    """The median and 90th percentile of the engine's decode-only step gaps (iterations.jsonl): how fast
+    """The mean, median and 90th percentile of the engine's decode-only step gaps (iterations.jsonl): how fast
     the engine ran during this replay, to tell a slow calibration machine from a wrong model."""
     gaps = []
     for line in (run_dir / "iterations.jsonl").read_text(encoding="utf-8").splitlines():
@@ -95,7 +95,10 @@ def engine_speed(run_dir: Path) -> str:
     if not gaps:
         return f"{run_dir.name}: no decode-only steps logged"
     p50, p90 = percentile(np.array(gaps), [50, 90])
-    return f"{run_dir.name}: decode-only step gap p50 {p50:.2f} ms, p90 {p90:.2f} ms ({len(gaps)} steps)"
+    return (
+        f"{run_dir.name}: decode-only step gap mean {np.mean(gaps):.2f} ms, p50 {p50:.2f}, p90 {p90:.2f} "
+        f"({len(gaps)} steps)"
+    )
 
 
 def depth_group(depth: np.ndarray) -> np.ndarray:
