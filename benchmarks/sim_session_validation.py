@@ -5,7 +5,9 @@ simulator from a calibration made on a different replay.
 1. The shipped `coding-agent` trace is scaled once into `--out`/trace.jsonl (token lengths and blocks by
    --session-token-scale with `bench replay`'s own rule, think times and starts divided by
    --session-time-scale), so the engine and the simulator see exactly the same sessions.
-2. A calibration replay (`bench replay TRACE --sessions C`, C = --session-calibrate-load) is fitted as
+2. With --session-warmup, a replay at the calibration load first, discarded (in two rounds the first
+   replay ran 12-50% slower in mean decode step than those after it). A calibration replay
+   (`bench replay TRACE --sessions C`, C = --session-calibrate-load) is fitted as
    `bench stress --calibrate` does; the loads (--session-loads, sessions in flight) are replayed apart.
 3. Each load is simulated as `bench stress --sessions TRACE --calibrate RUN --concurrency N --gpus 1`
    would, on the engine limits the replay recorded (KV cache, block size, max_num_seqs, token budget),
@@ -171,6 +173,8 @@ def session_protocol(args: Any) -> None:
         request.id: int(workload.depth[i])
         for i, request in enumerate(r for s in read_trace(trace).sessions for r in s.requests)
     }
+    if args.session_warmup:  # a replay whose figures are discarded: the first replay of a round ran slow
+        replay_sessions(trace, args.out, "warmup", args.session_calibrate_load, args.reuse)
     calibration_run = replay_sessions(
         trace, args.out, f"calibration{args.session_calibrate_load}", args.session_calibrate_load, args.reuse
     )

@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--session-time-scale", type=float, default=10.0)
     parser.add_argument("--session-calibrate-load", type=int, default=4)
     parser.add_argument("--session-loads", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--session-warmup", action="store_true", help="a discarded replay first")
     args = parser.parse_args()
     if args.sessions:
         from sim_session_validation import session_protocol  # this script's neighbour
