@@ -3,7 +3,8 @@
 Each replica is the `vllm` scheduler's simulation of the same 1M requests on 100 GPUs with its own
 per-iteration cost multipliers (an AR(1) noise model fitted to a synthetic calibration, phi 0.7, sigma
 0.25); replicas are independent, so they run in `--workers` processes, each compiled and warmed before the
-clock starts. Prints the wall time for K replicas and the resulting 5-95% band of TTFT p95 and e2e p50.
+clock starts. Prints the wall time for K replicas, the resulting 5-95% band of TTFT p95 and e2e p50, and
+how much each band's width and median moved from the first K/2 replicas to all K (band stability).
 Target (issue 23): K replicas of 1M requests under 30 s warm on 2 cores.
 
 Run: python benchmarks/sim_replicas.py [--replicas 20] [--workers 2] [--requests 1000000] [--gpus 100]
@@ -64,13 +65,25 @@ def main() -> None:
         began = time.perf_counter()
         figures = np.array(list(pool.map(_replica, range(args.replicas))))
         wall = time.perf_counter() - began
-    ttft, e2e = band(figures[:, 0]), band(figures[:, 1])
     print(
         f"{args.replicas} replicas x {args.requests:,} requests x {args.gpus} GPUs on {args.workers} workers:"
     )
     print(f"  wall {wall:.1f} s ({wall / args.replicas:.2f} s per replica per worker-slot)")
-    print(f"  TTFT p95 median {ttft['median']:.4g} s, band {ttft['p5']:.4g}-{ttft['p95']:.4g}")
-    print(f"  e2e p50 median {e2e['median']:.4g} s, band {e2e['p5']:.4g}-{e2e['p95']:.4g}")
+    for column, name in enumerate(("TTFT p95", "e2e p50")):
+        _print_stability(name, figures[:, column])
+
+
+def _print_stability(name: str, values: np.ndarray) -> None:
+    """The band over all K replicas and how much its width and median moved from the first K/2: the
+    measure of whether K is enough for a stable 5-95% band."""
+    whole, half = band(values), band(values[: values.size // 2])
+    width, half_width = whole["p95"] - whole["p5"], half["p95"] - half["p5"]
+    print(
+        f"  {name} median {whole['median']:.4g} s, band {whole['p5']:.4g}-{whole['p95']:.4g} "
+        f"(width {width / whole['median']:.2%} of the median); first {values.size // 2} replicas: "
+        f"width {half_width / half['median']:.2%}, width change {(width - half_width) / width:+.1%}, "
+        f"median change {(whole['median'] - half['median']) / whole['median']:+.2%}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Coverage is reported as found, met or not. Run it under the engine lock (the rep
     flock /tmp/flowperf-engine.lock .venv/bin/python benchmarks/sim_validation.py --out DIR
     python benchmarks/sim_validation.py --out DIR --reuse      # re-fit and re-predict existing replays
     ... --rounds 2 --max-requests 100 --replicas 100           # a reduced run
+    ... --sessions --out DIR                                      # agent sessions (sim_session_validation.py)
 """
 
 from __future__ import annotations
@@ -171,7 +172,19 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=200)
     parser.add_argument("--reuse", action="store_true", help="keep replays already in --out")
+    parser.add_argument("--seed", type=int, default=0, help="--sessions: replica k's seed is seed + k")
+    parser.add_argument("--sessions", action="store_true", help="the session validation instead")
+    parser.add_argument("--session-token-scale", type=float, default=0.25)
+    parser.add_argument("--session-time-scale", type=float, default=10.0)
+    parser.add_argument("--session-calibrate-load", type=int, default=4)
+    parser.add_argument("--session-loads", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--session-warmup", action="store_true", help="a discarded replay first")
     args = parser.parse_args()
+    if args.sessions:
+        from sim_session_validation import session_protocol  # this script's neighbour
+
+        session_protocol(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     rate = trace_rate(args)
     rounds = [one_round(k, args, rate) for k in range(1, args.rounds + 1)]

@@ -31,10 +31,11 @@ class _Request:
 
 
 def reference_engine(
-    arrival, prompt, output, n_gpus, engine, service, blocks=None, block_tokens=0, known_hit=None
+    arrival, prompt, output, n_gpus, engine, service, blocks=None, block_tokens=0, known_hit=None, scale=None
 ):
-    """(start, first, finish, busy, iterations, preemptions) with request i on GPU i mod n_gpus."""
-    served = _serve(arrival, prompt, output, n_gpus, engine, service, blocks, block_tokens, known_hit)
+    """(start, first, finish, busy, iterations, preemptions) with request i on GPU i mod n_gpus; iteration
+    i (over all GPUs) costs the model's price times `scale[i % len(scale)]` when a scale is given."""
+    served = _serve(arrival, prompt, output, n_gpus, engine, service, blocks, block_tokens, known_hit, scale)
     requests, totals = served
     times = [np.array([r.times.get(key, np.nan) for r in requests]) for key in ("start", "first", "finish")]
     return (*times, *totals)
@@ -43,11 +44,11 @@ def reference_engine(
 def reference_token_times(arrival, prompt, output, engine, service, blocks=None, block_tokens=0):
     """Each request's start and the time each of its output tokens came out, on one GPU: what a run
     would record of the model's iterations, for the calibration round trip."""
-    requests, _ = _serve(arrival, prompt, output, 1, engine, service, blocks, block_tokens, None)
+    requests, _ = _serve(arrival, prompt, output, 1, engine, service, blocks, block_tokens, None, None)
     return [(r.times["start"], r.emitted) for r in requests]
 
 
-def _serve(arrival, prompt, output, n_gpus, engine, service, blocks, block_tokens, known_hit):
+def _serve(arrival, prompt, output, n_gpus, engine, service, blocks, block_tokens, known_hit, scale):
     n = len(arrival)
     blocks = blocks or [[] for _ in range(n)]
     known_hit = np.zeros(n, int) if known_hit is None else known_hit
@@ -57,11 +58,11 @@ def _serve(arrival, prompt, output, n_gpus, engine, service, blocks, block_token
     ]
     totals = [0.0, 0, 0]
     for gpu in range(n_gpus):
-        _one_gpu(requests[gpu::n_gpus], engine, service, block_tokens, totals)
+        _one_gpu(requests[gpu::n_gpus], engine, service, block_tokens, totals, scale)
     return requests, totals
 
 
-def _one_gpu(mine, engine, service, block_tokens, totals):  # noqa: C901
+def _one_gpu(mine, engine, service, block_tokens, totals, scale):  # noqa: C901
     capacity = (
         engine.kv_blocks * engine.block_size // block_tokens if engine.prefix_caching and block_tokens else 0
     )
@@ -153,6 +154,8 @@ def _one_gpu(mine, engine, service, block_tokens, totals):  # noqa: C901
             + service.decode_per_request_s * len(decoding)
             + service.decode_per_context_token_s * sum(r.computed for r in decoding)
         )
+        if scale is not None:
+            took *= scale[totals[1] % len(scale)]
         now += took
         totals[0] += took
         totals[1] += 1

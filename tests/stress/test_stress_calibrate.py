@@ -221,3 +221,26 @@ def test_a_run_without_token_gaps_is_refused(tmp_path):
 def test_calibrate_needs_a_directory(tmp_path):
     with pytest.raises(UserError, match="not a directory"):
         calibrate(tmp_path / "missing")
+
+
+def test_a_calibrated_vllm_test_reports_bands_over_40_replicas_by_default(tmp_path, bench_stress):
+    synthetic_run(tmp_path / "run", noise=0.05)
+    out = tmp_path / "out"
+    result = bench_stress(
+        "--calibrate", tmp_path / "run", "--num-requests", 300, "--scheduler", "vllm", "--gpus", 1,
+        "--out", out, "--workers", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads((out / "stress_replicas.json").read_text())
+    assert found["replicas"] == 40
+    e2e = found["bands"]["e2e_p50_s"]
+    assert e2e["p5"] < e2e["median"] < e2e["p95"]
+
+
+def test_think_steps_of_a_session_replay_are_skipped(tmp_path):
+    synthetic_run(tmp_path)
+    before = calibrate(tmp_path).fit.coefficients
+    think = IDENTITY | {"status": "ok", "step_ms": 250.0, "kind": "think", "step_id": "think"}
+    with (tmp_path / "steps.jsonl").open("a") as steps:
+        steps.write(json.dumps(think) + "\n")
+    assert calibrate(tmp_path).fit.coefficients == before

@@ -50,9 +50,10 @@ def prefixes_of(blocks, block_tokens):
     kv_factor=st.floats(1.0, 4.0),
     caching=st.booleans(),
     known=st.booleans(),
+    scaled=st.booleans(),
 )
 def test_engine_loop_matches_the_reference(
-    seed, n, n_gpus, max_seqs, budget, block_size, kv_factor, caching, known
+    seed, n, n_gpus, max_seqs, budget, block_size, kv_factor, caching, known, scaled
 ):
     rng = np.random.default_rng(seed)
     arrival = np.sort(np.round(rng.exponential(0.05, n).cumsum() / 0.01) * 0.01)
@@ -68,11 +69,13 @@ def test_engine_loop_matches_the_reference(
         prefix_caching=caching,
     )
     hit = rng.integers(0, 100, n) if known else None
+    scale = rng.uniform(0.5, 2.0, int(rng.integers(1, 50))) if scaled else None  # a replica's multipliers
+    prefixes = prefixes_of(blocks, block_tokens)
     outcome = simulate_engine(
-        arrival, prompt, output, n_gpus, engine, ODD_ENGINE_SERVICE, prefixes_of(blocks, block_tokens), hit
+        arrival, prompt, output, n_gpus, engine, ODD_ENGINE_SERVICE, prefixes, hit, scale=scale
     )
     *expected, busy, iterations, preemptions = reference_engine(
-        arrival, prompt, output, n_gpus, engine, ODD_ENGINE_SERVICE, blocks, block_tokens, hit
+        arrival, prompt, output, n_gpus, engine, ODD_ENGINE_SERVICE, blocks, block_tokens, hit, scale
     )
     got = np.stack([outcome.start, outcome.first_token, outcome.finish])
     np.testing.assert_allclose(got, np.stack(expected), rtol=1e-9, atol=1e-9)

@@ -223,8 +223,9 @@ def _separable(x: np.ndarray) -> np.ndarray:
 
 
 def read_steps(run_dir: Path) -> tuple[list[StepRecord], list[StepRecord]]:
-    """The successful steps of a run's steps.jsonl, each with every field the fit uses, and the others;
-    a torn last line from a crash is left out, any other bad line is an error."""
+    """The successful LLM steps of a run's steps.jsonl, each with every field the fit uses, and the other
+    LLM steps; tool and think steps are skipped; a torn last line from a crash is left out, any other bad
+    line is an error."""
     run_dir = Path(run_dir)
     path = run_dir / STEPS
     if not run_dir.is_dir():
@@ -239,6 +240,8 @@ def read_steps(run_dir: Path) -> tuple[list[StepRecord], list[StepRecord]]:
             first = error.errors()[0]
             field = ".".join(map(str, first["loc"]))
             raise UserError(f"{path}: line {number}: {field + ': ' if field else ''}{first['msg']}") from None
+        if record.kind != "llm":
+            continue  # a tool call or a session's think pause: no engine work to fit
         if record.status != "ok":
             others.append(record)
             continue

@@ -119,7 +119,7 @@ ReplicasOption = Annotated[
     int | None,
     typer.Option(
         help="Perturbed replicas (iteration costs times the calibration's multipliers) for each figure's "
-        "5-95% band: default 200 with --validate/--sessions, 0 (expectation only) for a vllm test."
+        "5-95% band: default 200 with --validate/--sessions, 40 for a vllm test with a calibration."
     ),
 ]
 SessionsOption = Annotated[
@@ -319,7 +319,8 @@ def _print_replicas(config: StressConfig, calibration: Calibration | None) -> No
     if not replicas or calibration is None or calibration.noise is None or config.steps != ("single",):
         return
     if scheduler is None or scheduler.kind != "vllm":
-        console.print("--replicas: bands are computed for --scheduler vllm tests only")
+        if config.replicas is not None:  # asked for, not the default
+            console.print("--replicas: bands are computed for --scheduler vllm tests only")
         return
     from flowperf.stress.replicas import replica_bands
     from flowperf.stress.suite import single_test

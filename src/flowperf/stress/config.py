@@ -20,6 +20,10 @@ from flowperf.stress.workload import WorkloadSource
 
 DEFAULT_OUT = Path("stress_out")
 DEFAULT_REPLICAS = 200  # the band's 5th and 95th of 200 move by about a sixth of its width between seeds
+# A --num-requests vllm test's replicas: at 1M requests the band's width moved -11% from 20 to 40 replicas
+# and -0.4%/-3.3% (TTFT p95, e2e p50) from 40 to 80 (benchmarks/sim_replicas.py, docs/stress.md), and 40
+# replicas of 1M requests take about 18 s on one core.
+LARGE_RUN_REPLICAS = 40
 
 
 class StressConfig(BaseModel):
@@ -142,10 +146,10 @@ class StressConfig(BaseModel):
 
     def replica_count(self) -> int:
         """--replicas, else 200 where the simulation is small (--validate, --sessions: enough for a stable
-        5-95% band) and 0 for a --num-requests test (a 1M-request replica takes seconds)."""
+        5-95% band) and 40 for a --num-requests test (its band is stable to 5% at 40 at 1M requests)."""
         if self.replicas is not None:
             return self.replicas
-        return 0 if self.validate_run is None and self.sessions is None else DEFAULT_REPLICAS
+        return LARGE_RUN_REPLICAS if self.validate_run is None and self.sessions is None else DEFAULT_REPLICAS
 
     @property
     def steps(self) -> tuple[str, ...]:

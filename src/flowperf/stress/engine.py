@@ -61,6 +61,15 @@ class Prefixes:
     offsets: np.ndarray
     ids: np.ndarray
     block_tokens: int
+    dense: bool = False  # ids already numbered 0..distinct-1 (`dense_prefixes`), as the loop indexes them
+
+    def densified(self) -> Prefixes:
+        """The same blocks with ids numbered densely, once: replicas of one workload then skip the
+        per-simulation `np.unique` over every block id (seconds for a million long prompts)."""
+        if self.dense or self.ids.size == 0:
+            return self
+        dense = np.unique(self.ids, return_inverse=True)[1].astype(np.int64)
+        return Prefixes(self.row, self.offsets, dense, self.block_tokens, dense=True)
 
 
 def simulate_engine(
@@ -88,9 +97,10 @@ def simulate_engine(
     if prefixes is None or prefixes.ids.size == 0:
         row, offsets, dense, n_hash, block_tokens = np.zeros(n, np.int64), np.zeros(2, np.int64), None, 0, 0
     else:
+        prefixes = prefixes.densified()  # dense ids index the LRU's arrays
         row, offsets, block_tokens = prefixes.row, prefixes.offsets, prefixes.block_tokens
-        unique, dense = np.unique(prefixes.ids, return_inverse=True)  # dense ids index the LRU's arrays
-        n_hash = unique.size
+        dense = prefixes.ids
+        n_hash = int(dense.max()) + 1
     hit = np.zeros(n, np.int64) if cached_tokens is None else kernel_array(cached_tokens, np.int64)
     start, first, finish = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     busy, iterations, occupancy, preemptions = _engine_loop(
@@ -337,4 +347,35 @@ def _engine_loop(  # noqa: C901
                 run[kept] = r
                 kept += 1
             n_run = kept
+            # A decode-only stretch: while every running request decodes, nothing can be admitted (no one
+            # waits, or every slot is taken), no one finishes and the free blocks cannot run out, each
+            # iteration is the last one plus one token of context per request: step only the clock.
+            if n_run == 0 or n_run > budget_cap or (n_run < max_seqs and (n_again > 0 or head < tail)):
+                continue
+            left = (free // n_run) * block_size - 1  # no preemption: each request needs <= free // n_run
+            context = 0
+            for i in range(n_run):
+                r = run[i]
+                if generated[r] == 0 or prompt[r] + generated[r] - computed[r] != 1:
+                    left = 0
+                    break
+                left = min(left, output[r] - generated[r] - 1)
+                context += computed[r]
+            steps = 0
+            while steps < left and (n_run == max_seqs or tail >= mine or arrival[gpu + tail * n_gpus] > now):
+                took = c + d * n_run + e * context
+                took *= scale[iterations % scale.size]
+                now += took
+                busy += took
+                iterations += 1
+                occupancy += n_run
+                context += n_run
+                steps += 1
+            for i in range(n_run if steps > 0 else 0):
+                r = run[i]
+                computed[r] += steps
+                generated[r] += steps
+                grown = (computed[r] + block_size - 1) // block_size - shared[r] - held[r]
+                held[r] += grown
+                free -= grown
     return busy, iterations, occupancy, preemptions
