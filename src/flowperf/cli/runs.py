@@ -105,7 +105,7 @@ def replay(
     resume: ResumeOption = None,
     progress: ProgressOption = True,
 ) -> None:
-    """Replay a request trace on one engine, open loop on the trace's own timestamps.
+    """Replay a request trace or agent sessions on one engine, on the trace's own timestamps or a load.
 
     One single-step workflow per request: its prompt is token ids (Mooncake's hash ids become shared
     prefix blocks, so the trace's prefix-cache reuse is reproduced; other traces get unique prompts) and
