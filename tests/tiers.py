@@ -66,6 +66,10 @@ SUBPROCESS = (
     "tests/test_workers.py::test_an_unreachable_ray_cluster_is_a_usage_error_before_anything_is_written",
     "tests/test_workers.py::test_processes_appending_to_one_log_never_tear_each_others_lines",
     "tests/test_workers.py::test_workers_with_the_in_process_engine_is_a_usage_error",
+    "tests/test_scraper_process.py::test_a_spawned_process_reads_the_same_perf_counter",
+    "tests/test_scraper_process.py::test_it_writes_window_offsets_and_stops_cleanly",
+    "tests/test_scraper_process.py::test_a_failing_scrape_is_a_gap_in_the_file",
+    "tests/test_scraper_process.py::test_the_scraper_process_dies_with_its_parent",
 )
 
 SERVER = (

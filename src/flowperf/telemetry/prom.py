@@ -17,8 +17,10 @@ sum, with the same rule for a reset (its count went down).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowperf.rundir.records import HistogramDelta
@@ -70,13 +72,27 @@ class Page:
     def looks_like_vllm(self) -> bool:
         return any(name.startswith(VLLM_PREFIX) for name in self.families)
 
+    def only_vllm(self) -> Page:
+        """The `vllm:` families alone (a vLLM server's process and HTTP series would only bloat records)."""
+        return Page(
+            {name: value for name, value in self.gauges.items() if name.startswith(VLLM_PREFIX)},
+            {name: value for name, value in self.counters.items() if name.startswith(VLLM_PREFIX)},
+            {name: value for name, value in self.histograms.items() if name.startswith(VLLM_PREFIX)},
+        )
+
 
 def parse_page(text: str, keep_only_vllm: bool = False) -> Page:
     """The families of a Prometheus text page; with `keep_only_vllm`, only `vllm:` ones (a vLLM server
     also exposes dozens of process and HTTP-server series, which would only bloat the records).
     A page that is not Prometheus text raises ValueError."""
+    return page_of(text_string_to_metric_families(text), keep_only_vllm)
+
+
+def page_of(families: Iterable[Metric], keep_only_vllm: bool = False) -> Page:
+    """The families as a Page, whether parsed from text or collected from a registry in this process
+    (`Registry.collect()`: the same objects, with no text written or read in between)."""
     page = Page()
-    for family in text_string_to_metric_families(text):
+    for family in families:
         if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or family.name.endswith("_created"):
             continue
         if family.type == "gauge" and family.name.startswith(VLLM_PREFIX):
