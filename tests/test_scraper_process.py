@@ -64,7 +64,7 @@ def test_it_writes_window_offsets_and_stops_cleanly(tmp_path: Path) -> None:
     with serve_in_thread(MockConfig(ttft_ms=1, itl_ms=1, lifetime_s=60)) as server:
         scraper = run_scraper([HttpSource(f"http://127.0.0.1:{server.port}/metrics", 0)], path, 0.4)
         scrapes = server.metrics.scrapes
-    assert scraper.process.exitcode == 0 and scraper.write_error is None  # ended by itself, not killed
+    assert scraper.process.returncode == 0 and scraper.write_error is None  # ended by itself, not killed
     records = read_records(path)
     samples = [record for record in records if isinstance(record, EngineSample)]
     assert [type(r) for r in records if isinstance(r, ServerSeries)] == [ServerSeries]
@@ -79,7 +79,7 @@ def test_a_failing_scrape_is_a_gap_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "engine_metrics.jsonl"
     scraper = run_scraper([HttpSource("http://127.0.0.1:9/metrics")], path, 0.2)
     records = read_records(path)
-    assert scraper.process.exitcode == 0
+    assert scraper.process.returncode == 0
     assert scraper.stats.failures >= 3 and scraper.stats.scrapes == 0
     assert len(records) == scraper.stats.failures and all(isinstance(r, ScrapeGap) for r in records)
     assert all("URLError" in record.error for record in records)

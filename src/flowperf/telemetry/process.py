@@ -3,7 +3,7 @@ process that stamps tokens.
 
 On a 2-core host a scraper thread inside the measuring process cost it about 4% of its CPU and raised the
 client's TTFT p99 far past the noise between runs (docs/PERFORMANCE.md): every page parsed holds the GIL
-the measuring event loop wants. Here a spawned process reads the pages, parses them with prometheus_client,
+the measuring event loop wants. Here a child process reads the pages, parses them with prometheus_client,
 turns them into interval records (`scraper.Rounds`) and appends them to engine_metrics.jsonl itself (one
 write(2) per line to an O_APPEND descriptor, as client workers append to shared logs). The measuring
 process only sends it three short messages: `go` as the window is about to open, the window's start once
@@ -11,7 +11,7 @@ known, and `stop`; it answers with its statistics as it ends.
 
 Samples are stamped with `perf_counter` in the child: on Linux that is CLOCK_MONOTONIC, one clock for every
 process on the host, so the child's stamps and the parent's window start subtract directly (a test checks
-it). The child is spawned before the warm-up, so its start-up (about a second of CPU for the interpreter,
+it). The child is started before the warm-up, so its start-up (about 0.3 s of CPU for the interpreter,
 pydantic and prometheus_client) is paid outside the measured window. It dies with the process that spawned
 it (PR_SET_PDEATHSIG, as client workers do: a SIGKILLed run leaves nothing appending to its directory),
 ignores SIGINT and SIGTERM (the run stops it in order), and ends by itself when its pipe closes.
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +36,8 @@ from flowperf.rundir.durable import DurableLog
 from flowperf.rundir.records import engine_metric_line
 from flowperf.telemetry.scraper import Rounds, ScrapeStats, Source, next_round_at
 
-SPAWN = multiprocessing.get_context("spawn")  # vLLM's process model: no fork of a threaded process
+SRC_DIR = str(Path(__file__).resolve().parents[2])  # where `flowperf` is imported from
+CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from flowperf.telemetry.process import main; main()"
 PR_SET_PDEATHSIG = 1
 ORIGIN_POLL_S = 0.02
 READY_TIMEOUT_S = 30.0
@@ -100,10 +103,11 @@ class _Child:
                 self.write_error = f"{type(error).__name__}: {error}"
 
 
-def scrape_main(
-    sources: list[Source], interval_s: float, session: int, path: str, pipe: Connection, parent: int
-) -> None:
-    """The scraper process: ready, then rounds between `go` and `stop`, then its statistics back."""
+def main() -> None:
+    """The scraper process (`python -c CHILD SRC_DIR FD`): its settings come first on the connection,
+    then it says it is ready, reads between `go` and `stop`, and sends its statistics back."""
+    pipe = Connection(int(sys.argv[2]))
+    sources, interval_s, session, path, parent = pipe.recv()
     _die_with_parent(parent)
     for handled in (signal.SIGINT, signal.SIGTERM):
         signal.signal(handled, signal.SIG_IGN)
@@ -132,13 +136,16 @@ class ProcessScraper:
         self.origin = origin
         self.stats = ScrapeStats()
         self.write_error: str | None = None
-        self._pipe, child_pipe = SPAWN.Pipe(duplex=True)
-        self.process = SPAWN.Process(
-            target=scrape_main, args=(sources, interval_s, session, str(path), child_pipe, os.getpid()),
-            name="flowperf-scraper", daemon=True,
+        ours, theirs = socket.socketpair()
+        # a plain interpreter, not multiprocessing's spawn: that would import the parent's __main__ (the
+        # whole CLI) in the child, a second of CPU taken from the 2 cores the run measures on
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, SRC_DIR, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        self.process.start()
-        child_pipe.close()  # the child's end lives in the child only, so each side sees EOF
+        theirs.close()  # the child's end lives in the child only, so each side sees EOF
+        self._pipe = Connection(ours.detach())
+        self._pipe.send((sources, interval_s, session, str(path), os.getpid()))
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._started = time.perf_counter()
@@ -148,7 +155,7 @@ class ProcessScraper:
         """Whether the child has imported what it needs (waits up to `timeout_s`)."""
         try:
             return self._pipe.poll(timeout_s) and self._pipe.recv()[0] == "ready"
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):
             return False
 
     def start(self) -> None:
@@ -177,10 +184,11 @@ class ProcessScraper:
         self._send(("stop", origin if origin is not None and origin >= self._started - 1.0 else None))
         deadline = time.perf_counter() + self.timeout_s * (self.servers + 1) + STOP_GRACE_S
         self._collect(deadline)
-        self.process.join(max(0.0, deadline - time.perf_counter()))
-        if self.process.is_alive():
+        try:
+            self.process.wait(max(0.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
             self.write_error = self.write_error or "the scraper process did not stop in time and was killed"
         self._pipe.close()
         return self.stats
@@ -193,4 +201,4 @@ class ProcessScraper:
                     self.stats, self.write_error = value
                     return
         except (EOFError, OSError):
-            self.write_error = f"the scraper process ended early (exit code {self.process.exitcode})"
+            self.write_error = f"the scraper process ended early (exit code {self.process.poll()})"
