@@ -6,7 +6,8 @@ name (a counter without `_total`). A gauge is summed only where that means somet
 labelled by engine index and model name (or a waiting reason), whose sum is the deployment's running,
 waiting or KV usage; any other server's gauge keeps one series per label set, keyed `name{k="v",...}`
 (a sum of, say, per-GPU temperatures or per-pool sizes would be a number nobody measured).
-`_created` timestamps and info/state-set families carry no load and are skipped.
+`_created` timestamps, info/state-set families and info-style gauges (`*_info`,
+`vllm:engine_sleep_state`) carry no load and are skipped.
 
 Between two pages: a gauge is the later value; a counter is the increase, or, when it went down (the
 server restarted and counts from zero again), the later value itself: all that is known to have
@@ -93,7 +94,7 @@ def page_of(families: Iterable[Metric], keep_only_vllm: bool = False) -> Page:
     (`Registry.collect()`: the same objects, with no text written or read in between)."""
     page = Page()
     for family in families:
-        if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or family.name.endswith("_created"):
+        if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or _carries_no_load(family.name):
             continue
         if family.type == "gauge" and family.name.startswith(VLLM_PREFIX):
             page.gauges[family.name] = _total(family.samples, family.name)
@@ -104,6 +105,17 @@ def page_of(families: Iterable[Metric], keep_only_vllm: bool = False) -> Page:
         elif family.type == "histogram":
             page.histograms[family.name] = _histogram(family.samples, family.name)
     return page
+
+
+INFO_GAUGES = ("vllm:engine_sleep_state",)
+"""Gauges that describe rather than measure (besides every `*_info`): a state flag, not a load."""
+
+
+def _carries_no_load(name: str) -> bool:
+    """`_created` timestamps and info-style gauges (vLLM's `vllm:cache_config_info`, whose value is always
+    1 and whose labels are the configuration; `vllm:engine_sleep_state`; a process's `*_info`): kept,
+    they would be series of constants in every sample and sums of label sets that mean nothing."""
+    return name.endswith(("_created", "_info")) or name in INFO_GAUGES
 
 
 def _total(samples: list, name: str) -> float:
