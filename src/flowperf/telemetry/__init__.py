@@ -7,8 +7,7 @@ deltas, resets handled), estimating percentiles from histogram bucket deltas (`h
 summarising the records per server (`summarize`).
 
 May import: `flowperf.rundir.records` and `flowperf.rundir.summary_schema` (the records it fills, the
-summary part it computes), `flowperf.rundir.durable` (the scraper process appends its records itself),
-`flowperf.config` (its settings), and `prometheus_client`. An engine is only
+summary part it computes), `flowperf.config` (its settings), and `prometheus_client`. An engine is only
 asked for its metrics sources (`sources.metrics_sources`), so the package stays off vLLM's import path.
 Must not import: run, engines, cli, outputs, modes, workers.
 """

@@ -5,9 +5,9 @@ On a 2-core host a scraper thread inside the measuring process cost it about 4% 
 client's TTFT p99 far past the noise between runs (docs/PERFORMANCE.md): every page parsed holds the GIL
 the measuring event loop wants. Here a child process reads the pages, parses them with prometheus_client,
 turns them into interval records (`scraper.Rounds`) and appends them to engine_metrics.jsonl itself (one
-write(2) per line to an O_APPEND descriptor, as client workers append to shared logs). The measuring
-process only sends it three short messages: `go` as the window is about to open, the window's start once
-known, and `stop`; it answers with its statistics as it ends.
+write(2) per line to an O_APPEND descriptor, as client workers append to shared logs; `AppendLog`). The
+measuring process only sends it three short messages: `go` as the window is about to open, the window's
+start once known, and `stop`; it answers with its statistics as it ends.
 
 Samples are stamped with `perf_counter` in the child: on Linux that is CLOCK_MONOTONIC, one clock for every
 process on the host, so the child's stamps and the parent's window start subtract directly (a test checks
@@ -32,7 +32,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from flowperf.rundir.durable import DurableLog
 from flowperf.rundir.records import engine_metric_line
 from flowperf.telemetry.scraper import Rounds, ScrapeStats, Source, next_round_at
 
@@ -52,12 +51,35 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+class AppendLog:
+    """engine_metrics.jsonl as the scraper process appends to it: each line one write(2) to an O_APPEND
+    descriptor (a SIGKILL loses nothing written; the measuring process's lines never interleave with its
+    own), forced to disk once, at the end. Not every 0.1 s as the run's own logs are (DurableLog): each
+    fsync during the window also flushed the file system's journal under the client's step writes, and
+    measured so it raised the client's TTFT p99 by ~20 ms on a 2-core host (docs/PERFORMANCE.md). A
+    machine crash may lose this telemetry's tail, never a step."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        while data:  # a regular file takes it in one write unless the disk fills
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+
+
 class _Child:
     """The child's side: wait for `go`, then a round every period until `stop` (or the pipe closes)."""
 
     def __init__(self, rounds: Rounds, interval_s: float, path: str, pipe: Connection) -> None:
         self.rounds, self.interval_s, self.pipe = rounds, interval_s, pipe
-        self.log = DurableLog(Path(path))
+        self.log = AppendLog(Path(path))
         self.origin: float | None = None
         self.going = self.stopping = False
         self.write_error: str | None = None
