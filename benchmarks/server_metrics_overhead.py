@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -83,7 +84,7 @@ def report(runs: dict[str, dict[str, float]]) -> None:
     inside = sum(run["scraper_ms"] for run in scraped) / client
     process = sum(run["process_ms"] for run in scraped) / client
     print(f"TTFT p99 change on-off: {change:+.2f} ms; noise between the off runs: {noise:.2f} ms")
-    print(f"medians: on {sorted(on)[len(on) // 2]:.2f} ms, off {sorted(off)[len(off) // 2]:.2f} ms")
+    print(f"medians: on {statistics.median(on):.2f} ms, off {statistics.median(off):.2f} ms")
     print(f"scraping CPU inside the client process: {inside * 100:.2f}% of the client's CPU")
     print(f"scraper process CPU (start-up included): {process * 100:.2f}% of the client's CPU")
 
