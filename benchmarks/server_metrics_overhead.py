@@ -1,11 +1,13 @@
 """What reading the server's /metrics every 250 ms costs the client: a c=64 run against the mock server
-(in its own process) with scraping off, on, off, on (interleaved), side by side.
+(in its own process) with scraping off, on, off, on, ... (interleaved pairs), side by side.
 
-Prints per run the client's TTFT p99, the client process's CPU time (getrusage) and the scraper thread's
-own CPU time (timing.log `server_metrics_cpu_ms`), then: the p99 change on vs off against the noise
-between the two off runs, and the scraper's share of the client's CPU.
+Prints per run the client's TTFT p99, the client process's CPU time (getrusage RUSAGE_SELF: its children
+not included), the CPU the scraping took inside the client process (timing.log `server_metrics_cpu_ms`:
+zero for HTTP servers, read by a process of their own) and the scraper process's own CPU time, start-up
+included (`process_cpu_ms`), then: the p99 change on vs off against the noise between the two off runs,
+and both CPU figures as shares of the client's CPU.
 
-    PYTHONPATH=src python benchmarks/server_metrics_overhead.py [--flows 256] [--tokens 32]
+    PYTHONPATH=src python benchmarks/server_metrics_overhead.py [--flows 256] [--tokens 32] [--pairs 2]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -42,34 +45,48 @@ def one_run(url: str, out: Path, name: str, scrape: bool, flows: int, tokens: in
     lines = (result.run_dir / "timing.log").read_text().splitlines()
     scraper = [parse_timing_line(line) for line in lines if "server_metrics_cpu_ms" in line]
     scraper_ms = float(scraper[0]["server_metrics_cpu_ms"]) if scraper else 0.0
-    return {"ttft_p99": result.summary.latency.ttft_ms.p99 or 0.0, "cpu_ms": cpu_ms, "scraper_ms": scraper_ms}
+    process_ms = float(scraper[0].get("process_cpu_ms", 0.0)) if scraper else 0.0
+    return {
+        "ttft_p99": result.summary.latency.ttft_ms.p99 or 0.0,
+        "cpu_ms": cpu_ms,
+        "scraper_ms": scraper_ms,
+        "process_ms": process_ms,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flows", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=2, help="off/on pairs, interleaved")
     args = parser.parse_args()
     runs: dict[str, dict[str, float]] = {}
     with (
-        spawn(MockConfig(ttft_ms=20, itl_ms=5, lifetime_s=900)) as server,
+        spawn(MockConfig(ttft_ms=20, itl_ms=5, lifetime_s=3600)) as server,
         tempfile.TemporaryDirectory() as out,
     ):
-        for name, scrape in (("off1", False), ("on1", True), ("off2", False), ("on2", True)):
-            runs[name] = one_run(server.base_url, Path(out), name, scrape, args.flows, args.tokens)
-            print(name, {key: round(value, 2) for key, value in runs[name].items()}, flush=True)
-    noise = abs(runs["off1"]["ttft_p99"] - runs["off2"]["ttft_p99"])
-    change = (
-        runs["on1"]["ttft_p99"]
-        + runs["on2"]["ttft_p99"]
-        - runs["off1"]["ttft_p99"]
-        - runs["off2"]["ttft_p99"]
-    ) / 2
-    share = sum(runs[n]["scraper_ms"] for n in ("on1", "on2")) / sum(
-        runs[n]["cpu_ms"] for n in ("on1", "on2")
-    )
+        for pair in range(1, args.pairs + 1):
+            for name, scrape in ((f"off{pair}", False), (f"on{pair}", True)):
+                runs[name] = one_run(server.base_url, Path(out), name, scrape, args.flows, args.tokens)
+                print(name, {key: round(value, 2) for key, value in runs[name].items()}, flush=True)
+    report(runs)
+
+
+def report(runs: dict[str, dict[str, float]]) -> None:
+    """On minus off (means of the p99s); the noise is the spread of the off runs' p99s (max - min), so
+    with two pairs exactly the difference between the two off runs."""
+    off = [run["ttft_p99"] for name, run in runs.items() if name.startswith("off")]
+    on = [run["ttft_p99"] for name, run in runs.items() if name.startswith("on")]
+    change = sum(on) / len(on) - sum(off) / len(off)
+    noise = max(off) - min(off)
+    scraped = [run for name, run in runs.items() if name.startswith("on")]
+    client = sum(run["cpu_ms"] for run in scraped)
+    inside = sum(run["scraper_ms"] for run in scraped) / client
+    process = sum(run["process_ms"] for run in scraped) / client
     print(f"TTFT p99 change on-off: {change:+.2f} ms; noise between the off runs: {noise:.2f} ms")
-    print(f"scraper CPU share of the client process: {share * 100:.2f}%")
+    print(f"medians: on {statistics.median(on):.2f} ms, off {statistics.median(off):.2f} ms")
+    print(f"scraping CPU inside the client process: {inside * 100:.2f}% of the client's CPU")
+    print(f"scraper process CPU (start-up included): {process * 100:.2f}% of the client's CPU")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.rundir.records import EngineSample, HistogramDelta, ScrapeGap, ServerSeries
 from flowperf.rundir.store import ENGINE_METRICS, RunStore
 from flowperf.telemetry.histogram import bucket_width, quantile
-from flowperf.telemetry.prom import VLLM_EXPECTED, Histogram, Page, interval, parse_page
+from flowperf.telemetry.prom import VLLM_EXPECTED, Histogram, Page, interval, page_of, parse_page
 from flowperf.telemetry.scraper import HttpSource, Scraper
 from helpers import run_in_process
 
@@ -89,7 +89,8 @@ def test_a_counter_reset_gives_the_new_value_as_the_delta() -> None:
 
 
 def test_a_failing_scrape_is_a_gap_and_the_run_goes_on(tmp_path: Path) -> None:
-    with serve_in_thread(MockConfig(ttft_ms=20, itl_ms=5, lifetime_s=120)) as server:
+    # TTFT 150 ms: the baseline page (the third read, ~100 ms in) comes before any token is counted
+    with serve_in_thread(MockConfig(ttft_ms=150, itl_ms=5, lifetime_s=120)) as server:
         base = f"http://127.0.0.1:{server.port}"
         post(base + "/mock/metrics/fail", {"count": 2})
         result = run_in_process(
@@ -211,7 +212,8 @@ def test_burst_delivered_streams_are_flagged_and_steady_ones_not(
     if burst:
         assert all(step.token_reads == 2 and step.max_read_share == pytest.approx(15 / 16) for step in steps)
     else:
-        assert all(step.token_reads == 16 for step in steps)
+        # mostly one token per read (a loaded host sometimes reads two or three together: seen 11 of 16)
+        assert all(8 <= (step.token_reads or 0) <= 16 for step in steps)
     (state,) = result.summary.engine_state
     assert state.burst_steps == (len(steps) if burst else 0)
 
@@ -223,3 +225,31 @@ def test_delivery_counts_reads_and_flags_a_late_majority() -> None:
     assert delivery([9, 7])["burst_delivered"] is False  # most came first: not held back
     assert delivery([1] * 16) == {"token_reads": 16, "max_read_share": 0.0625, "burst_delivered": False}
     assert delivery([]) == {}
+
+
+INFO_PAGE = """# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",enable_prefix_caching="True",num_gpu_blocks="512"} 1.0
+# TYPE vllm:engine_sleep_state gauge
+vllm:engine_sleep_state{engine="0",model_name="m",sleep_state="awake"} 1.0
+vllm:engine_sleep_state{engine="0",model_name="m",sleep_state="weights_offloaded"} 0.0
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 2.0
+# TYPE python_info gauge
+python_info{implementation="CPython",major="3"} 1.0
+# TYPE queue_depth gauge
+queue_depth 4.0
+"""
+
+
+def test_info_style_gauges_are_not_kept() -> None:
+    """vLLM's configuration and sleep-state gauges (and any *_info) describe the server, they do not
+    measure load: dropped from every page, parsed from text or collected from a registry."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    assert parse_page(INFO_PAGE).gauges == {"vllm:num_requests_running": 2.0, "queue_depth": 4.0}
+    assert parse_page(INFO_PAGE, keep_only_vllm=True).gauges == {"vllm:num_requests_running": 2.0}
+    registry = CollectorRegistry()
+    Gauge("vllm:cache_config_info", "x", ["block_size"], registry=registry).labels("16").set(1)
+    Gauge("vllm:engine_sleep_state", "x", ["sleep_state"], registry=registry).labels("awake").set(1)
+    Gauge("vllm:num_requests_waiting", "x", registry=registry).set(3)
+    assert page_of(registry.collect()).gauges == {"vllm:num_requests_waiting": 3.0}

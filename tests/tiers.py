@@ -66,6 +66,10 @@ SUBPROCESS = (
     "tests/test_workers.py::test_an_unreachable_ray_cluster_is_a_usage_error_before_anything_is_written",
     "tests/test_workers.py::test_processes_appending_to_one_log_never_tear_each_others_lines",
     "tests/test_workers.py::test_workers_with_the_in_process_engine_is_a_usage_error",
+    "tests/test_scraper_process.py::test_a_spawned_process_reads_the_same_perf_counter",
+    "tests/test_scraper_process.py::test_it_writes_window_offsets_and_stops_cleanly",
+    "tests/test_scraper_process.py::test_a_failing_scrape_is_a_gap_in_the_file",
+    "tests/test_scraper_process.py::test_the_scraper_process_dies_with_its_parent",
 )
 
 SERVER = (
@@ -76,6 +80,7 @@ SERVER = (
     "tests/test_engine_metrics.py::test_no_server_metrics_reads_nothing",
     "tests/test_engine_metrics.py::test_a_server_that_is_not_vllm_keeps_its_series_and_says_what_is_missing",
     "tests/test_engine_metrics.py::test_burst_delivered_streams_are_flagged_and_steady_ones_not",
+    "tests/test_engine_compare.py::test_compare_shows_each_servers_engine_figures_and_never_gates_them",
     "tests/test_session_replay.py::test_session_load_closed_loop_and_poisson_on_the_mock_server",
     "tests/test_crash_safety.py::test_a_failed_warm_up_through_the_cli_exits_3_with_its_reason",
     "tests/test_ab.py::test_identical_arms_share_one_engine_and_do_not_regress",

@@ -134,6 +134,14 @@ def compare(
     header, rows = comparison_rows(results, alpha)
     title = comparison_title(str(base_run), str(new_run), results, alpha, threshold)
     print_comparison(out_console, title, header, rows)
+    from flowperf.outputs.compare import print_engine_state, summary_engine_state
+
+    print_engine_state(
+        out_console,
+        "engine state, per server (report only, never gated)",
+        summary_engine_state(base),
+        summary_engine_state(new),
+    )
     for message in [*problems, *sample_warnings(results)]:
         print_warning(message)
     from flowperf.outputs.compare import compare_html

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
@@ -294,12 +295,12 @@ class MockMetrics:
 
     def reset(self) -> None:
         self.counters = dict.fromkeys(COUNTERS, 0.0)
-        self.observed: dict[str, list[float]] = {name: [] for name in HISTOGRAMS}
+        self.observed = {name: MockHistogram() for name in HISTOGRAMS}
 
     def admitted(self, log: RequestLog, now: float) -> None:
         self.waiting -= 1
         self.running += 1
-        self.observed["request_queue_time_seconds"].append(now - log.arrived)
+        self.observed["request_queue_time_seconds"].observe(now - log.arrived)
         self.counters["prefix_cache_queries"] += 8
 
     def finished(self, log: RequestLog) -> None:
@@ -309,9 +310,10 @@ class MockMetrics:
         self.counters["generation_tokens"] += len(sent)
         self.counters["request_success"] += 1
         if sent:
-            self.observed["time_to_first_token_seconds"].append(sent[0] - log.arrived)
-            self.observed["e2e_request_latency_seconds"].append(sent[-1] - log.arrived)
-            self.observed["inter_token_latency_seconds"].extend(b - a for a, b in itertools.pairwise(sent))
+            self.observed["time_to_first_token_seconds"].observe(sent[0] - log.arrived)
+            self.observed["e2e_request_latency_seconds"].observe(sent[-1] - log.arrived)
+            for a, b in itertools.pairwise(sent):
+                self.observed["inter_token_latency_seconds"].observe(b - a)
 
     async def answer(self, method: str, path: str, body: bytes, writer) -> bool:
         if path == "/mock/metrics/reset" and method == "POST":
@@ -345,8 +347,8 @@ class MockMetrics:
         text += _family("vllm:kv_cache_usage_perc", "gauge", [f"vllm:kv_cache_usage_perc{label} {usage}"])
         for name, value in self.counters.items():
             text += _family(f"vllm:{name}_total", "counter", [f"vllm:{name}_total{label} {value}"])
-        for name, values in self.observed.items():
-            text += _family(f"vllm:{name}", "histogram", _histogram_lines(f"vllm:{name}", values))
+        for name, histogram in self.observed.items():
+            text += _family(f"vllm:{name}", "histogram", histogram.lines(f"vllm:{name}"))
         return text
 
 
@@ -370,14 +372,30 @@ def _family(name: str, kind: str, lines: list[str]) -> str:
     return f"# HELP {name} mock\n# TYPE {name} {kind}\n" + "".join(line + "\n" for line in lines)
 
 
-def _histogram_lines(name: str, values: list[float]) -> list[str]:
-    label = 'engine="0",model_name="mock"'
-    lines = [
-        f'{name}_bucket{{{label},le="{bound}"}} {sum(v <= bound for v in values)}'
-        for bound in HISTOGRAM_BOUNDS
-    ]
-    lines.append(f'{name}_bucket{{{label},le="+Inf"}} {len(values)}')
-    return [*lines, f"{name}_count{{{label}}} {len(values)}", f"{name}_sum{{{label}}} {sum(values)}"]
+class MockHistogram:
+    """A Prometheus histogram as a real server keeps one: cumulative counts per bound, updated as each
+    value is observed, so a page costs the same however long the server has run (a page computed from
+    every value kept took the mock's event loop for hundreds of ms late in a long run, delaying tokens)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(HISTOGRAM_BOUNDS)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for index in range(bisect.bisect_left(HISTOGRAM_BOUNDS, value), len(HISTOGRAM_BOUNDS)):
+            self.counts[index] += 1
+
+    def lines(self, name: str) -> list[str]:
+        label = 'engine="0",model_name="mock"'
+        lines = [
+            f'{name}_bucket{{{label},le="{bound}"}} {count}'
+            for bound, count in zip(HISTOGRAM_BOUNDS, self.counts, strict=True)
+        ]
+        lines.append(f'{name}_bucket{{{label},le="+Inf"}} {self.count}')
+        return [*lines, f"{name}_count{{{label}}} {self.count}", f"{name}_sum{{{label}}} {self.sum}"]
 
 
 @contextlib.contextmanager

@@ -507,6 +507,10 @@ def compare_html(
         {"title": f"Verdicts ({title.removeprefix('base -> new (').removesuffix(')')})", "header": header,
          "rows": rows},
     ]  # fmt: skip
+    engine_header, engine_rows = engine_state_rows(summary_engine_state(base), summary_engine_state(new))
+    if engine_rows:
+        sections.append({"title": "Engine state, per server (report only, never gated)",
+                         "header": engine_header, "rows": engine_rows})  # fmt: skip
     return render_page(f"flowperf compare: {base.run_dir.name} -> {new.run_dir.name}", sections, figures)
 
 
@@ -636,3 +640,68 @@ def sweep_compare_html(comparison: SweepComparison, alpha: float) -> str:
         sections.append({"title": f"{level.offered}: {level.base.name} -> {level.new.name}",
                          "header": level_header, "rows": level_rows})  # fmt: skip
     return render_page("flowperf compare: sweep against sweep", sections, [])
+
+
+ENGINE_FIGURES: tuple[tuple[str, Callable[[dict[str, Any]], float | None], int], ...] = (
+    ("waiting mean", lambda state: state.get("waiting_mean"), 2),
+    ("waiting max", lambda state: state.get("waiting_max"), 0),
+    ("KV usage max %", lambda state: _times_100(state.get("kv_usage_max")), 1),
+    ("preemptions", lambda state: state.get("preemptions"), 0),
+    ("prefix-cache hit %", lambda state: _times_100(state.get("prefix_cache_hit_ratio")), 1),
+    ("server TTFT p50 ms", lambda state: (state.get("ttft_ms") or {}).get("p50"), 1),
+)
+"""The engine's side of a comparison (summary.engine_state, per server): report only, never gated, since
+these are the engine's own counts and estimates of why the client's figures moved, not its results."""
+
+
+def _times_100(value: float | None) -> float | None:
+    return None if value is None else value * 100.0
+
+
+def _server_key(state: dict[str, Any]) -> str:
+    """Servers are paired by the engine's endpoint index (a URL's port changes from run to run); an extra
+    endpoint (a router: no index) by its URL."""
+    endpoint = state.get("endpoint")
+    return f"endpoint {endpoint}" if endpoint is not None else str(state.get("server"))
+
+
+def engine_state_rows(
+    base: list[dict[str, Any]], new: list[dict[str, Any]], labels: tuple[str, str] = ("base", "new")
+) -> tuple[list[str], list[list[str]]]:
+    """Per server both runs (or arms) scraped, or either did: each engine figure in both and the change
+    (new minus base). No rows when neither run has engine records."""
+    header = ["server", "engine figure", labels[0], labels[1], "change"]
+    by_key = {_server_key(state): [state, None] for state in base}
+    for state in new:
+        by_key.setdefault(_server_key(state), [None, None])[1] = state
+    rows = []
+    for key, (before, after) in by_key.items():
+        for name, read, digits in ENGINE_FIGURES:
+            a = None if before is None else read(before)
+            b = None if after is None else read(after)
+            change = None if a is None or b is None else float(b) - float(a)
+            shown = "-" if change is None else f"{change:+,.{digits}f}"
+            rows.append([key, name, fmt(_float(a), digits), fmt(_float(b), digits), shown])
+    return header, rows
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def print_engine_state(
+    console: Console,
+    title: str,
+    base: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    labels: tuple[str, str] = ("base", "new"),
+) -> None:
+    """The engine-side table under a verdict table (nothing when neither side scraped an engine)."""
+    header, rows = engine_state_rows(base, new, labels)
+    if rows:
+        print_table(console, TableSpec(title, header, rows, left=("server", "engine figure")))
+
+
+def summary_engine_state(run: RunData) -> list[dict[str, Any]]:
+    """A run's summary.engine_state (empty for a run without one, e.g. from before it existed)."""
+    return list((run.summary or {}).get("engine_state") or [])

@@ -52,6 +52,7 @@ from flowperf.rundir.records import (
 from flowperf.rundir.store import (
     CONFIG,
     ENGINE_LOG,
+    ENGINE_METRICS,
     ITERATIONS,
     SUMMARY,
     TIMING_LOG,
@@ -61,8 +62,7 @@ from flowperf.rundir.store import (
 from flowperf.rundir.summary import SummaryContext, build_summary, leak_warning
 from flowperf.rundir.summary_schema import RunInfo, RunStatus, RunSummary, Timings
 from flowperf.sessions.source import load_trace_workflows
-from flowperf.telemetry.scraper import Scraper
-from flowperf.telemetry.session import start_scraper, stop_scraper
+from flowperf.telemetry.session import EngineScraper, start_scraper, stop_scraper
 from flowperf.workers.pool import WorkerPool
 from flowperf.workers.ray_cluster import check_available
 
@@ -322,7 +322,7 @@ class RunContext:
     periodic: PeriodicSummaries
     summary_context: SummaryContext
     document: dict[str, Any] | None  # config.json to complete once the engine runs; None on resume
-    scraper: Scraper | None = None  # reading the engines' metrics while the window runs
+    scraper: EngineScraper | None = None  # reading the engines' metrics while the window runs
 
     @property
     def store(self) -> RunStore:
@@ -549,6 +549,7 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
     run.monitor.start(session=run.opened.session, steps_done=lambda: run.sink.steps_done)
     await start_engine(run)
     await run.periodic.started()
+    await spawn_scraper(run)
     if interrupts is not None:
         interrupts.on_request(runner.request_stop)
     failure = await warm_up(run) if config.warmup else None
@@ -566,18 +567,30 @@ async def measure(run: RunContext, interrupts: InterruptController | None) -> Ru
         await run.window.start(run.opened.todo)
     run.hooks.on_start(total, total - len(run.opened.todo))
     with run.monitor.phase("measured_window", workflows=len(run.opened.todo)):
-        run.scraper = start_scraper(
-            config.monitor,
-            run.engine,
-            run.opened.session,
-            run.store.append_engine_metric,
-            lambda: getattr(run.window, "window_start", None),
-        )
+        if run.scraper is not None:
+            run.scraper.start()
         try:
             stopped = await run.window.run(run.opened.todo, run.sink)
         finally:
             await finish_scraping(run)
     return run_status(stopped, interrupts is not None and interrupts.requested)
+
+
+async def spawn_scraper(run: RunContext) -> None:
+    """The engines' metrics scraper, its process started (and its imports done) before the warm-up, so
+    that none of that lands in the measured window; it reads nothing until `start()`."""
+    run.scraper = start_scraper(
+        run.config.monitor,
+        run.engine,
+        run.opened.session,
+        run.store.path(ENGINE_METRICS),
+        run.store.append_engine_metric,
+        lambda: getattr(run.window, "window_start", None),
+    )
+    if run.scraper is not None:
+        if run.scraper.remote is not None:  # the harness's helper, not an engine process
+            run.monitor.ignore(run.scraper.remote.process.pid)
+        await run.scraper.ready()
 
 
 async def finish_scraping(run: RunContext) -> None:
@@ -587,7 +600,13 @@ async def finish_scraping(run: RunContext) -> None:
     stats = await stop_scraper(scraper)
     if stats is None:
         return
-    run.timing.emit("server_metrics_cpu_ms", stats.cpu_ms, scrapes=stats.scrapes, failures=stats.failures)
+    run.timing.emit(
+        "server_metrics_cpu_ms",
+        stats.cpu_ms,
+        scrapes=stats.scrapes,
+        failures=stats.failures,
+        process_cpu_ms=round(stats.process_cpu_ms, 1),
+    )
     if scraper is not None and scraper.write_error is not None:
         run.hooks.warn(f"engine metrics stopped being written: {scraper.write_error}")
 

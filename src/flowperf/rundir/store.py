@@ -264,8 +264,9 @@ class RunStore:
         return parse_records(read_complete_lines(self.path(METRICS)), METRIC_RECORD.validate_json)
 
     def append_engine_metric(self, record: EngineMetricRecord) -> None:
-        """Called from the scraper's thread: that thread alone writes this file, and the store is closed
-        only after the scraper has stopped."""
+        """Called from the scraper's thread (the in-process registry), and the store is closed only after
+        the scraper has stopped; the scraper process (HTTP servers) appends to the same file through
+        its own O_APPEND descriptor, whole lines only, so the two never tear each other's lines."""
         self._append(ENGINE_METRICS, engine_metric_line(record))
 
     def read_engine_metrics(self) -> list[EngineMetricRecord]:

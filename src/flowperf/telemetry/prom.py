@@ -6,7 +6,8 @@ name (a counter without `_total`). A gauge is summed only where that means somet
 labelled by engine index and model name (or a waiting reason), whose sum is the deployment's running,
 waiting or KV usage; any other server's gauge keeps one series per label set, keyed `name{k="v",...}`
 (a sum of, say, per-GPU temperatures or per-pool sizes would be a number nobody measured).
-`_created` timestamps and info/state-set families carry no load and are skipped.
+`_created` timestamps, info/state-set families and info-style gauges (`*_info`,
+`vllm:engine_sleep_state`) carry no load and are skipped.
 
 Between two pages: a gauge is the later value; a counter is the increase, or, when it went down (the
 server restarted and counts from zero again), the later value itself: all that is known to have
@@ -17,8 +18,10 @@ sum, with the same rule for a reset (its count went down).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowperf.rundir.records import HistogramDelta
@@ -70,14 +73,28 @@ class Page:
     def looks_like_vllm(self) -> bool:
         return any(name.startswith(VLLM_PREFIX) for name in self.families)
 
+    def only_vllm(self) -> Page:
+        """The `vllm:` families alone (a vLLM server's process and HTTP series would only bloat records)."""
+        return Page(
+            {name: value for name, value in self.gauges.items() if name.startswith(VLLM_PREFIX)},
+            {name: value for name, value in self.counters.items() if name.startswith(VLLM_PREFIX)},
+            {name: value for name, value in self.histograms.items() if name.startswith(VLLM_PREFIX)},
+        )
+
 
 def parse_page(text: str, keep_only_vllm: bool = False) -> Page:
     """The families of a Prometheus text page; with `keep_only_vllm`, only `vllm:` ones (a vLLM server
     also exposes dozens of process and HTTP-server series, which would only bloat the records).
     A page that is not Prometheus text raises ValueError."""
+    return page_of(text_string_to_metric_families(text), keep_only_vllm)
+
+
+def page_of(families: Iterable[Metric], keep_only_vllm: bool = False) -> Page:
+    """The families as a Page, whether parsed from text or collected from a registry in this process
+    (`Registry.collect()`: the same objects, with no text written or read in between)."""
     page = Page()
-    for family in text_string_to_metric_families(text):
-        if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or family.name.endswith("_created"):
+    for family in families:
+        if (keep_only_vllm and not family.name.startswith(VLLM_PREFIX)) or _carries_no_load(family.name):
             continue
         if family.type == "gauge" and family.name.startswith(VLLM_PREFIX):
             page.gauges[family.name] = _total(family.samples, family.name)
@@ -88,6 +105,17 @@ def parse_page(text: str, keep_only_vllm: bool = False) -> Page:
         elif family.type == "histogram":
             page.histograms[family.name] = _histogram(family.samples, family.name)
     return page
+
+
+INFO_GAUGES = ("vllm:engine_sleep_state",)
+"""Gauges that describe rather than measure (besides every `*_info`): a state flag, not a load."""
+
+
+def _carries_no_load(name: str) -> bool:
+    """`_created` timestamps and info-style gauges (vLLM's `vllm:cache_config_info`, whose value is always
+    1 and whose labels are the configuration; `vllm:engine_sleep_state`; a process's `*_info`): kept,
+    they would be series of constants in every sample and sums of label sets that mean nothing."""
+    return name.endswith(("_created", "_info")) or name in INFO_GAUGES
 
 
 def _total(samples: list, name: str) -> float:

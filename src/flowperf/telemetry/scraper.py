@@ -1,16 +1,17 @@
 """Reading every engine's metrics page at a fixed period, beside the measured window, without slowing it.
 
-The scraper runs in a thread of its own with plain blocking reads (urllib), never on the measuring event
-loop: a slow or hung server delays only the scraper (each read has a timeout), and the loop that stamps
-tokens never waits for it. The thread does cost the client process some CPU (parsing a page holds the
-GIL): that cost is counted on the thread's own CPU clock (`cpu_ms`) and measured against the client's in
-benchmarks/server_metrics_overhead.py, which on a 2-core host shows it too high (4% of the client's CPU,
-TTFT p99 up well past the noise: docs/PERFORMANCE.md); a separate process would take it off the GIL.
+The reading itself (`Rounds`: every source once per round, each page turned into an interval record) runs
+either in a process of its own (`telemetry/process.py`, for HTTP servers: parsing a page holds a GIL, and
+in the measuring process that GIL is the one the event loop stamping tokens wants) or in a thread here
+(`Scraper`, for the in-process engine's own registry, which no other process can read: it is collected
+directly, with no text written or parsed, so each round costs the measuring process little). Each read
+has a timeout, so a slow or hung server delays only the scraper.
 
-Each sample is stamped with `perf_counter` when its page was read, the clock of every step time, and
-written as an offset from the measured window's start (`origin`, known once the window opens: samples
-taken before are held back until then). A failed or timed-out read is written as a gap, counted, and
-the next good page's deltas span it; nothing a server does can fail the run.
+Each sample is stamped with `perf_counter` when its page was read, the clock of every step time (on Linux
+CLOCK_MONOTONIC, one clock for every process on the host), and written as an offset from the measured
+window's start (`origin`, known once the window opens: samples taken before are held back until then).
+A failed or timed-out read is written as a gap, counted, and the next good page's deltas span it; nothing
+a server does can fail the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowperf.rundir.records import EngineMetricRecord, EngineSample, ScrapeGap, ServerSeries
-from flowperf.telemetry.prom import VLLM_PREFIX, Page, interval, parse_page
+from flowperf.telemetry.prom import VLLM_PREFIX, Page, interval, page_of, parse_page
 
 IN_PROCESS = "in-process"
 READ_LIMIT_BYTES = 16 * 1024 * 1024
@@ -36,6 +37,13 @@ class Source:
 
     def read(self, timeout_s: float) -> str:
         raise NotImplementedError
+
+    def page(self, timeout_s: float, vllm: bool | None) -> Page:
+        """The page now; once the source is known to be vLLM (`vllm`), only its `vllm:` lines are parsed."""
+        text = self.read(timeout_s)
+        if vllm:
+            text = "\n".join(line for line in text.splitlines() if VLLM_PREFIX in line)
+        return parse_page(text, keep_only_vllm=bool(vllm))
 
 
 @dataclass
@@ -64,6 +72,12 @@ class RegistrySource(Source):
 
         return generate_latest(REGISTRY).decode("utf-8")
 
+    def page(self, timeout_s: float, vllm: bool | None) -> Page:
+        """The registry's families as collected, never rendered to text and parsed back."""
+        from prometheus_client import REGISTRY
+
+        return page_of(REGISTRY.collect(), keep_only_vllm=bool(vllm))
+
 
 @dataclass
 class _Server:
@@ -75,74 +89,43 @@ class _Server:
 
 @dataclass
 class ScrapeStats:
-    """What the scraper did: pages read, reads failed, and its thread's CPU time."""
+    """What the scraper did: pages read, reads failed, the CPU time it took from the measuring process
+    (`cpu_ms`: the in-process thread's) and the CPU time of its own process (`process_cpu_ms`: all of
+    it, start-up included)."""
 
     scrapes: int = 0
     failures: int = 0
     cpu_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    process_cpu_ms: float = 0.0
+
+    def add(self, other: ScrapeStats) -> None:
+        self.scrapes += other.scrapes
+        self.failures += other.failures
+        self.cpu_ms += other.cpu_ms
+        self.process_cpu_ms += other.process_cpu_ms
+        for kind, count in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + count
 
 
-class Scraper:
-    """Reads every source every `interval_s` in a thread until `stop()`; records go to `write`."""
+class Rounds:
+    """One round reads every source once; records are held until the window's start is known."""
 
-    def __init__(
-        self,
-        sources: list[Source],
-        interval_s: float,
-        session: int,
-        write: Callable[[EngineMetricRecord], None],
-        origin: Callable[[], float | None],
-    ) -> None:
+    def __init__(self, sources: list[Source], interval_s: float, session: int) -> None:
         self.servers = [_Server(source) for source in sources]
-        self.interval_s = interval_s
         self.timeout_s = max(0.05, min(2.0, interval_s * 4))
         self.session = session
-        self.write = write
-        self.origin = origin
         self.stats = ScrapeStats()
-        self.write_error: str | None = None
+        self.started = time.perf_counter()
         self._held: list[tuple[float, EngineMetricRecord]] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="flowperf-scraper", daemon=True)
-        self._started = time.perf_counter()
 
-    def start(self) -> None:
-        self._started = time.perf_counter()
-        self._thread.start()
-
-    def stop(self) -> ScrapeStats:
-        """One last round (the window's tail), then the thread ends; blocking, so call it off the loop."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(self.timeout_s * (len(self.servers) + 1) + 5.0)
-        self._flush(final=True)
-        return self.stats
-
-    def _loop(self) -> None:
-        cpu_started = time.thread_time()
-        next_round = time.perf_counter()
-        while True:
-            stopping = self._stopping.is_set()
-            for server in self.servers:
-                self._scrape(server)
-            self._flush(final=False)
-            self.stats.cpu_ms = (time.thread_time() - cpu_started) * 1000.0
-            if stopping:
-                return
-            next_round += self.interval_s
-            delay = next_round - time.perf_counter()
-            if delay < 0:  # fell behind (a slow server): keep the period, skip the missed rounds
-                next_round = time.perf_counter()
-                delay = 0.0
-            self._stopping.wait(delay)
+    def scrape_all(self) -> None:
+        for server in self.servers:
+            self._scrape(server)
 
     def _scrape(self, server: _Server) -> None:
         try:
-            text = server.source.read(self.timeout_s)
-            if server.vllm:
-                text = "\n".join(line for line in text.splitlines() if VLLM_PREFIX in line)
-            page = parse_page(text, keep_only_vllm=bool(server.vllm))
+            page = server.source.page(self.timeout_s, server.vllm)
         except Exception as error:  # anything a server or the network does is a gap, never a failed run
             read_at = time.perf_counter()
             kind = type(error).__name__
@@ -156,19 +139,7 @@ class Scraper:
         read_at = time.perf_counter()
         self.stats.scrapes += 1
         if server.vllm is None:
-            server.vllm = page.looks_like_vllm
-            missing = page.missing_vllm_series()
-            info = ServerSeries(
-                session=self.session,
-                server=server.source.name,
-                vllm=server.vllm,
-                families=len(page.families),
-                missing=missing,
-                endpoint=server.source.endpoint,
-            )
-            self._held.append((read_at, info))
-            if server.vllm:
-                page = parse_page(text, keep_only_vllm=True)
+            page = self._first_page(server, page, read_at)
         change = interval(server.page, page)
         sample = EngineSample(
             session=self.session,
@@ -183,19 +154,85 @@ class Scraper:
         server.page, server.read_at = page, read_at
         self._held.append((read_at, sample))
 
-    def _flush(self, final: bool) -> None:
-        """Write what is held once the window's start is known (at the end: the scraper's start)."""
-        origin = self.origin()
-        if origin is None or origin < self._started - 1.0:
+    def _first_page(self, server: _Server, page: Page, read_at: float) -> Page:
+        """Say what the server exposes (vLLM or not, which expected series are missing); a vLLM server's
+        pages are kept to their `vllm:` families from now on."""
+        server.vllm = page.looks_like_vllm
+        info = ServerSeries(
+            session=self.session,
+            server=server.source.name,
+            vllm=server.vllm,
+            families=len(page.families),
+            missing=page.missing_vllm_series(),
+            endpoint=server.source.endpoint,
+        )
+        self._held.append((read_at, info))
+        return page.only_vllm() if server.vllm else page
+
+    def flush(self, origin: float | None, final: bool) -> list[EngineMetricRecord]:
+        """The held records stamped as window offsets, once the window's start is known (an origin from
+        before this scraper started belongs to an earlier window); at the end, from the scraper's start."""
+        if origin is None or origin < self.started - 1.0:
             if not final:
-                return
-            origin = self._started
+                return []
+            origin = self.started
         held, self._held = self._held, []
-        for read_at, record in held:
-            stamped = record
-            if not isinstance(record, ServerSeries):
-                stamped = record.model_copy(update={"t_ms": round((read_at - origin) * 1000.0, 3)})
-            self._write(stamped)
+        return [
+            record
+            if isinstance(record, ServerSeries)
+            else record.model_copy(update={"t_ms": round((read_at - origin) * 1000.0, 3)})
+            for read_at, record in held
+        ]
+
+
+class Scraper:
+    """Reads every source every `interval_s` in a thread until `stop()`; records go to `write`."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        interval_s: float,
+        session: int,
+        write: Callable[[EngineMetricRecord], None],
+        origin: Callable[[], float | None],
+    ) -> None:
+        self.rounds = Rounds(sources, interval_s, session)
+        self.interval_s = interval_s
+        self.write = write
+        self.origin = origin
+        self.stats = self.rounds.stats
+        self.write_error: str | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="flowperf-scraper", daemon=True)
+
+    def start(self) -> None:
+        self.rounds.started = time.perf_counter()
+        self._thread.start()
+
+    def stop(self) -> ScrapeStats:
+        """One last round (the window's tail), then the thread ends; blocking, so call it off the loop."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(self.rounds.timeout_s * (len(self.rounds.servers) + 1) + 5.0)
+        self._flush(final=True)
+        return self.stats
+
+    def _loop(self) -> None:
+        cpu_started = time.thread_time()
+        next_round = time.perf_counter()
+        while True:
+            stopping = self._stopping.is_set()
+            self.rounds.scrape_all()
+            self._flush(final=False)
+            self.stats.cpu_ms = (time.thread_time() - cpu_started) * 1000.0
+            if stopping:
+                return
+            next_round = next_round_at(next_round, self.interval_s)
+            self._stopping.wait(next_round - time.perf_counter())
+
+    def _flush(self, final: bool) -> None:
+        for record in self.rounds.flush(self.origin(), final):
+            self._write(record)
 
     def _write(self, record: EngineMetricRecord) -> None:
         if self.write_error is not None:
@@ -204,3 +241,9 @@ class Scraper:
             self.write(record)
         except Exception as error:  # a full disk: the run's own records say so; stop writing these
             self.write_error = f"{type(error).__name__}: {error}"
+
+
+def next_round_at(previous: float, interval_s: float) -> float:
+    """The next round's time: one period on; one that fell behind (a slow server) skips the missed
+    rounds and starts now."""
+    return max(previous + interval_s, time.perf_counter())

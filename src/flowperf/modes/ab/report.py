@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from flowperf.outputs.compare import print_comparison
+from flowperf.outputs.compare import engine_state_rows, print_comparison, print_engine_state
 from flowperf.outputs.report import data_uri, fmt, render_page
 
 MODE_TEXT = {
@@ -66,6 +66,11 @@ def title(document: dict[str, Any]) -> str:
 def print_ab(console: Console, document: dict[str, Any]) -> None:
     header, rows = result_rows(document)
     print_comparison(console, title(document), header, rows)
+    engine = document.get("engine_state") or {}
+    print_engine_state(console, ENGINE_TITLE, engine.get("A", []), engine.get("B", []), ("A", "B"))
+
+
+ENGINE_TITLE = "engine state per server, each arm's windows (report only, never gated)"
 
 
 def _block_series(document: dict[str, Any], metric: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +147,10 @@ def ab_html(document: dict[str, Any]) -> str:
         },
         {"title": "Verdicts", "note": title(document), "header": header, "rows": rows},
     ]
+    engine = document.get("engine_state") or {}
+    engine_header, engine_rows = engine_state_rows(engine.get("A", []), engine.get("B", []), ("A", "B"))
+    if engine_rows:
+        sections.append({"title": ENGINE_TITLE, "header": engine_header, "rows": engine_rows})
     figures = []
     for result in document["analysis"]["metrics"]:
         if result["gated"] or result["metric"].startswith("step_"):

@@ -58,6 +58,7 @@ from flowperf.run.timing import TimingLog
 from flowperf.rundir.durable import atomic_write_text
 from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.rundata import load_run
+from flowperf.rundir.store import SUMMARY
 from flowperf.stats import holm_verdicts
 
 AB_FILE = "ab.json"
@@ -381,7 +382,18 @@ def ab_document(session: AbSession) -> dict[str, Any]:
             ],
         },
         "regressed": [result.metric for result in results if result.regressed],
+        "engine_state": {arm.label: arm_engine_state(arm.run_dir) for arm in plan.arms},
     }
+
+
+def arm_engine_state(run_dir: Path) -> list[dict[str, Any]]:
+    """The arm's summary.engine_state over its blocks so far (report only: never gated); empty before
+    its first block ends or when its engine was not scraped."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return list(summary.get("engine_state") or [])
 
 
 def write_document(session: AbSession) -> dict[str, Any]:
