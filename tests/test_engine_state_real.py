@@ -1,6 +1,7 @@
 """The engine's own state (telemetry/) on real vLLM engines, checked against what flowperf records per
-request: a managed vLLM server overloaded (two sequences at a time, eight clients), the in-process engine
-(the session's, its own Prometheus registry), and a server whose KV cache is made tiny (preemptions).
+request: a managed vLLM server overloaded (two sequences at a time, twelve clients: seconds of queue),
+the in-process engine (the session's, its own Prometheus registry), and a server whose KV cache is made
+tiny (preemptions).
 
 Each run is short (few workflows, few tokens) and scraped every 50 ms so a short overload is seen.
 """
@@ -46,27 +47,28 @@ def llm_steps(result: RunResult) -> list:
 
 
 def check_ttft_within_bucket(state, steps: list) -> None:
-    """The histogram's percentiles against the per-request engine TTFTs (engine_ttft_ms).
+    """The histogram's TTFT estimates against the per-request TTFTs flowperf records.
 
-    They are two intervals: vLLM's TTFT histogram runs from the front end's arrival to the front end
-    processing the first token; engine_ttft_ms from the engine core's queue to the core making it, which
-    it holds. So the median agrees within the width of the bucket the estimate falls in, and every
-    percentile of the histogram is at least engine_ttft_ms's less that width (on a busy CPU one
-    request's front-end time can add tens of ms to the tail, and the exact means say by how much)."""
+    Three nested intervals: engine_ttft_ms (the engine core's queue to the core making the first token)
+    lies inside vLLM's histogram interval (the front end's arrival to the front end handling that token),
+    which lies inside the client's ttft_ms (request written to first token read). So the histogram's
+    median lies between the two medians, each widened by the width of the bucket the estimate falls in
+    (its resolution); the same holds for the exact means (sum / count, no buckets). On a quiet host the
+    three agree closely; on a busy CPU the front end's own time moves the histogram towards the client."""
     engine_ttft = np.array([step.engine_ttft_ms for step in steps], dtype=float)
+    client_ttft = np.array([step.ttft_ms for step in steps], dtype=float)
     assert state.ttft_ms.count == len(steps) and not np.isnan(engine_ttft).any()
-    median = float(np.percentile(engine_ttft, 50, method="inverted_cdf"))
-    assert abs(state.ttft_ms.p50 - median) <= state.ttft_ms.p50_bucket_ms + 1e-6, (state.ttft_ms, median)
-    tail = float(np.percentile(engine_ttft, 99, method="inverted_cdf"))
-    assert state.ttft_ms.p99 >= tail - state.ttft_ms.p99_bucket_ms - 1e-6, (state.ttft_ms, tail)
-    assert state.ttft_ms.mean >= engine_ttft.mean() - 1e-3  # sum / count: exact, no buckets
+    bucket = state.ttft_ms.p50_bucket_ms + 1e-6
+    low, high = np.percentile(engine_ttft, 50), np.percentile(client_ttft, 50)
+    assert low - bucket <= state.ttft_ms.p50 <= high + bucket, (state.ttft_ms, low, high)
+    assert engine_ttft.mean() - 1e-3 <= state.ttft_ms.mean <= client_ttft.mean() + 1e-3, state.ttft_ms
 
 
 def test_an_overloaded_vllm_server_shows_its_queue_and_its_own_counts_agree_with_the_requests(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     result = run_on_server(
-        tmp_path, "overload", {"max_num_seqs": 2}, flow=FLOW, num_flows=8, concurrency=8, max_tokens=32
+        tmp_path, "overload", {"max_num_seqs": 2}, flow=FLOW, num_flows=12, concurrency=12, max_tokens=64
     )
     assert result.exit_code == 0
     records = RunStore(result.run_dir).read_engine_metrics()
@@ -78,7 +80,7 @@ def test_an_overloaded_vllm_server_shows_its_queue_and_its_own_counts_agree_with
     assert state.waiting_max and state.waiting_max > 0 and state.saturated_ms and state.saturated_ms > 0
     assert state.running_max == 2 and state.kv_usage_max and state.kv_usage_max > 0
     steps = llm_steps(result)
-    assert len(steps) == 24
+    assert len(steps) == 36
     assert state.prompt_tokens == sum(step.prompt_tokens for step in steps)
     assert state.generation_tokens == sum(step.output_tokens for step in steps)
     client_ratio = sum(step.cached_prompt_tokens for step in steps) / sum(
