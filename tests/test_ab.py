@@ -216,15 +216,16 @@ def test_ctrl_c_keeps_every_finished_block_and_exits_130(tmp_path: Path) -> None
 @pytest.mark.server
 def test_both_arms_replay_the_same_sessions_of_a_session_trace(tmp_path: Path) -> None:
     """`bench ab --trace SESSIONS --sessions 2`: a block is the next 2 sessions, the same ones in both
-    arms of a pair, replayed closed loop; arm B's server streams 3x slower, so session latency (the
-    workflow metrics) regresses and the first token (the same 5 ms) does not."""
+    arms of a pair, replayed closed loop; arm B's server streams 15x slower (a session's 6 gaps take
+    180 ms instead of 12, far beyond a loaded host's noise), so session latency (the workflow metrics)
+    regresses and the first token (the same 5 ms) does not."""
     from flowperf.rundir.store import RunStore
     from test_sweep import session_trace
 
     trace = session_trace(tmp_path, 16)
     fast, slow = (
         MockConfig(ttft_ms=5, itl_ms=2, lifetime_s=120),
-        MockConfig(ttft_ms=5, itl_ms=6, lifetime_s=120),
+        MockConfig(ttft_ms=5, itl_ms=30, lifetime_s=120),
     )
     with serve_in_thread(fast) as a_server, serve_in_thread(slow) as b_server:
         plan = make_plan(

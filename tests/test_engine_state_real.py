@@ -3,7 +3,9 @@ request: a managed vLLM server overloaded (two sequences at a time, twelve clien
 the in-process engine (the session's, its own Prometheus registry), and a server whose KV cache is made
 tiny (preemptions).
 
-Each run is short (few workflows, few tokens) and scraped every 50 ms so a short overload is seen.
+Each run is short (few workflows, few tokens) and scraped every 50 ms. A busy CPU server answers /metrics
+in up to ~1.2 s and can hold streams back to deliver them in a burst after its engine went idle, so the
+overload must last seconds of engine time for several samples to land in it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def test_an_overloaded_vllm_server_shows_its_queue_and_its_own_counts_agree_with
     tiny_model: Path, tmp_path: Path
 ) -> None:
     result = run_on_server(
-        tmp_path, "overload", {"max_num_seqs": 2}, flow=FLOW, num_flows=12, concurrency=12, max_tokens=64
+        tmp_path, "overload", {"max_num_seqs": 2}, flow=FLOW, num_flows=12, concurrency=12, max_tokens=128
     )
     assert result.exit_code == 0
     records = RunStore(result.run_dir).read_engine_metrics()
@@ -124,7 +126,9 @@ def test_a_tiny_kv_cache_counts_preemptions(tiny_model: Path, tmp_path: Path) ->
     assert result.exit_code == 0
     (state,) = result.summary.engine_state
     assert state.preemptions and state.preemptions > 0
-    assert state.kv_usage_max and state.kv_usage_max > 0.9
+    # the counter is exact; the gauge is sampled (every 50 ms, each scrape taking tens of ms on a busy
+    # server), so a sample lands near, not at, the fullest moment
+    assert state.kv_usage_max and state.kv_usage_max > 0.5
 
 
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 64 * 2
