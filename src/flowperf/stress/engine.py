@@ -175,6 +175,27 @@ def _lru_touch(block, prev, nxt, present, state, capacity):
 
 # One hot compiled loop, exempt from the size rules: splitting it costs a call per iteration in nopython mode.
 @njit(cache=True)
+def iteration_cost(run, chunk, scheduled, generated, prompt, computed, a, b, c, d, e, f):
+    """One engine step's time by the fitted model (docs/stress.md): a + b per prefill token + f per
+    prefill attention pair (each chunk token times the context before it, its own causal half included)
+    when the step prefills, else c; plus d per decoding sequence and e per context token decoded. The one
+    cost both compiled loops (requests and sessions) charge."""
+    prefill = 0
+    pairs = 0.0
+    decodes = 0
+    context = 0
+    for i in range(scheduled):
+        r = run[i]
+        if generated[r] > 0 and prompt[r] + generated[r] - computed[r] == 1:
+            decodes += 1
+            context += computed[r]
+        else:
+            prefill += chunk[i]
+            pairs += chunk[i] * (computed[r] + (chunk[i] + 1) / 2.0)
+    return (a + b * prefill + f * pairs if prefill > 0 else c) + d * decodes + e * context
+
+
+@njit(cache=True)
 def _engine_loop(  # noqa: C901
     arrival,
     prompt,
@@ -304,19 +325,7 @@ def _engine_loop(  # noqa: C901
                 scheduled = n_run
             if scheduled == 0:
                 continue  # everything was preempted; the next pass readmits from the freed cache
-            prefill = 0
-            pairs = 0.0
-            decodes = 0
-            context = 0
-            for i in range(scheduled):
-                r = run[i]
-                if generated[r] > 0 and prompt[r] + generated[r] - computed[r] == 1:
-                    decodes += 1
-                    context += computed[r]
-                else:
-                    prefill += chunk[i]
-                    pairs += chunk[i] * (computed[r] + (chunk[i] + 1) / 2.0)
-            took = (a + b * prefill + f * pairs if prefill > 0 else c) + d * decodes + e * context
+            took = iteration_cost(run, chunk, scheduled, generated, prompt, computed, a, b, c, d, e, f)
             took *= scale[iterations % scale.size]
             now += took
             busy += took

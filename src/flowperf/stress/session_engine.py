@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-from flowperf.stress.engine import _lru_touch
+from flowperf.stress.engine import _lru_touch, iteration_cost
 from flowperf.stress.heap import heap_remove, heap_set
 
 NO_GPU = -1
@@ -222,19 +222,7 @@ def session_loop(  # noqa: C901
             scheduled = n_run[g]
         if scheduled == 0:
             continue
-        prefill = 0
-        pairs = 0.0
-        decodes = 0
-        context = 0
-        for i in range(scheduled):
-            r = run[g, i]
-            if generated[r] > 0 and prompt[r] + generated[r] - computed[r] == 1:
-                decodes += 1
-                context += computed[r]
-            else:
-                prefill += chunk[i]
-                pairs += chunk[i] * (computed[r] + (chunk[i] + 1) / 2.0)
-        took = (a + b * prefill + f * pairs if prefill > 0 else c) + d * decodes + e * context
+        took = iteration_cost(run[g], chunk, scheduled, generated, prompt, computed, a, b, c, d, e, f)
         took *= scale[iterations % scale.size]
         iterations += 1
         now[g] += took
