@@ -23,11 +23,9 @@ from flowperf.cli.options import (
     ConfigFlags,
 )
 from flowperf.config import RunConfig, load_run_config
-from flowperf.errors import EXIT_ENGINE_FAILED, EXIT_USER_ERROR, UserError
+from flowperf.errors import UserError
 from flowperf.rundir.records import WorkflowRecord
 from flowperf.rundir.store import recorded_config
-
-__all__ = ["EXIT_ENGINE_FAILED", "EXIT_USER_ERROR"]  # the codes live in flowperf.errors
 
 out_console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -14,13 +14,13 @@ import typer
 from typer.exceptions import TyperException
 
 from flowperf.cli import ab, prepare, reports, runs, serve
-from flowperf.cli.common import EXIT_USER_ERROR, print_error, print_warning, show_help_without_command
+from flowperf.cli.common import print_error, print_warning, show_help_without_command
 from flowperf.cli.options import HtmlCommand
 from flowperf.cli.record import record as record_command
 from flowperf.cli.sweep import sweep
 from flowperf.cli.trace import trace_app
-from flowperf.errors import UserError
-from flowperf.run.interrupts import EXIT_INTERRUPTED, RunInterrupted
+from flowperf.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from flowperf.run.interrupts import RunInterrupted
 from flowperf.stress.cli import stress
 
 app = typer.Typer(

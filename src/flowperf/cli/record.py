@@ -12,8 +12,7 @@ from typing import Annotated
 import typer
 
 from flowperf.cli.common import err_console, out_console, print_warning
-from flowperf.errors import UserError
-from flowperf.run.interrupts import EXIT_INTERRUPTED
+from flowperf.errors import EXIT_INTERRUPTED, UserError
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

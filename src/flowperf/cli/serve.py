@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from flowperf.cli.common import (
-    EXIT_ENGINE_FAILED,
     config_from_flags,
     echo_line,
     err_console,
@@ -27,6 +26,7 @@ from flowperf.cli.options import (
     with_options,
 )
 from flowperf.engines.base import EngineError
+from flowperf.errors import EXIT_ENGINE_FAILED
 from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.run.timing import TimingLog
 
