@@ -20,7 +20,7 @@ from flowperf.stress.bins import cached_bins
 from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
 from flowperf.stress.service import ServiceModel
-from flowperf.stress.sim import SimConfig, simulate
+from flowperf.stress.sim import Outcome, SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
 from flowperf.stress.workload import Workload, adopt_trace, cached_workload, source_trace
@@ -38,15 +38,7 @@ def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
     bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
     sim_began = time.perf_counter()
     if scheduler.kind == "vllm":
-        outcome = simulate_engine(
-            workload.arrival_s,
-            workload.input_tokens,
-            workload.output_tokens,
-            test.n_gpus,
-            test_config.engine(),
-            test_config.service,
-            workload_prefixes(workload),
-        )
+        outcome = simulate_vllm(test_config, test, workload, workload_prefixes(workload))
     else:
         sim_config = SimConfig(
             test.n_gpus, test_config.batch_size, scheduler.kind == "continuous", test_config.service
@@ -75,6 +67,27 @@ def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
         wall_s=time.perf_counter() - began,
         events_per_s=outcome.events / sim_s if sim_s > 0 else float("nan"),
         fingerprint=test_config.fingerprint(),
+    )
+
+
+def simulate_vllm(
+    test_config: SimTestConfig,
+    test: TestSpec,
+    workload: Workload,
+    prefixes: Prefixes | None,
+    scale: np.ndarray | None = None,
+) -> Outcome:
+    """A workload through the vLLM V1 engine model on the test's GPUs (iteration costs times `scale`, a
+    replica's multipliers, where given): the one call of a single test and of its perturbed replicas."""
+    return simulate_engine(
+        workload.arrival_s,
+        workload.input_tokens,
+        workload.output_tokens,
+        test.n_gpus,
+        test_config.engine(),
+        test_config.service,
+        prefixes,
+        scale=scale,
     )
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowperf.stress.engine import simulate_engine
-from flowperf.stress.executors import workload_prefixes
+from flowperf.stress.executors import simulate_vllm, workload_prefixes
 from flowperf.stress.metrics import outcome_metrics
 from flowperf.stress.noise import NoiseModel, band, replica_scale
 from flowperf.stress.spec import SimTestConfig, TestSpec
@@ -40,15 +39,6 @@ def replica_bands(
     prefixes = None if prefixes is None else prefixes.densified()
     figures = []
     for k in range(replicas):
-        outcome = simulate_engine(
-            workload.arrival_s,
-            workload.input_tokens,
-            workload.output_tokens,
-            test.n_gpus,
-            test_config.engine(),
-            test_config.service,
-            prefixes,
-            scale=replica_scale(noise, seed + k),
-        )
+        outcome = simulate_vllm(test_config, test, workload, prefixes, replica_scale(noise, seed + k))
         figures.append(outcome_metrics(workload, outcome, test.n_gpus, test_config.d_sla))
     return {"replicas": replicas, "bands": {name: band([f[name] for f in figures]) for name in BANDED}}
