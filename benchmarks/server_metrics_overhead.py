@@ -4,8 +4,8 @@
 Prints per run the client's TTFT p99, the client process's CPU time (getrusage RUSAGE_SELF: its children
 not included), the CPU the scraping took inside the client process (timing.log `server_metrics_cpu_ms`:
 zero for HTTP servers, read by a process of their own) and the scraper process's own CPU time, start-up
-included (`process_cpu_ms`), then: the p99 change on vs off against the noise between the two off runs,
-and both CPU figures as shares of the client's CPU.
+included (`process_cpu_ms`) and from its first round to its last (`window_cpu_ms`), then: the p99 change
+on vs off against the noise between the two off runs, and the CPU figures as shares of the client's CPU.
 
     PYTHONPATH=src python benchmarks/server_metrics_overhead.py [--flows 256] [--tokens 32] [--pairs 2]
 """
@@ -46,11 +46,13 @@ def one_run(url: str, out: Path, name: str, scrape: bool, flows: int, tokens: in
     scraper = [parse_timing_line(line) for line in lines if "server_metrics_cpu_ms" in line]
     scraper_ms = float(scraper[0]["server_metrics_cpu_ms"]) if scraper else 0.0
     process_ms = float(scraper[0].get("process_cpu_ms", 0.0)) if scraper else 0.0
+    window_ms = float(scraper[0].get("window_cpu_ms", 0.0)) if scraper else 0.0
     return {
         "ttft_p99": result.summary.latency.ttft_ms.p99 or 0.0,
         "cpu_ms": cpu_ms,
         "scraper_ms": scraper_ms,
         "process_ms": process_ms,
+        "window_ms": window_ms,
     }
 
 
@@ -83,10 +85,12 @@ def report(runs: dict[str, dict[str, float]]) -> None:
     client = sum(run["cpu_ms"] for run in scraped)
     inside = sum(run["scraper_ms"] for run in scraped) / client
     process = sum(run["process_ms"] for run in scraped) / client
+    window = sum(run["window_ms"] for run in scraped) / client
     print(f"TTFT p99 change on-off: {change:+.2f} ms; noise between the off runs: {noise:.2f} ms")
     print(f"medians: on {statistics.median(on):.2f} ms, off {statistics.median(off):.2f} ms")
     print(f"scraping CPU inside the client process: {inside * 100:.2f}% of the client's CPU")
     print(f"scraper process CPU (start-up included): {process * 100:.2f}% of the client's CPU")
+    print(f"scraper process CPU in the window (first round to last): {window * 100:.2f}% of the client's CPU")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import pytest
 from flowperf.diagnostics.mockserver import MockConfig, serve_in_thread
 from flowperf.rundir.records import ENGINE_METRIC_RECORD, EngineSample, ScrapeGap, ServerSeries
 from flowperf.rundir.store import parse_records
+from flowperf.telemetry import prom
 from flowperf.telemetry.process import ProcessScraper
-from flowperf.telemetry.prom import parse_page
+from flowperf.telemetry.prom import PageReader, parse_page
 from flowperf.telemetry.scraper import HttpSource, RegistrySource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,7 @@ def test_the_in_process_registry_is_collected_without_text(monkeypatch: pytest.M
     from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
     names = ("vllm:test_running", "vllm:test_tokens", "vllm:test_ttft_seconds")
+    monkeypatch.setattr(prom, "VLLM_EXPECTED", names)  # vLLM's own names may be taken by an engine here
     collectors = [
         Gauge(names[0], "x", ["engine"]),
         Counter(names[1], "x", ["engine"]),
@@ -156,7 +158,7 @@ def test_the_in_process_registry_is_collected_without_text(monkeypatch: pytest.M
         collectors[2].observe(0.5)
         expected = parse_page(prometheus_client.generate_latest(REGISTRY).decode(), keep_only_vllm=True)
         monkeypatch.setattr(prometheus_client, "generate_latest", lambda *_: pytest.fail("rendered text"))
-        page = RegistrySource().page(1.0, True)
+        page = RegistrySource().page(1.0, True, PageReader())
     finally:
         for collector in collectors:
             REGISTRY.unregister(collector)

@@ -606,6 +606,7 @@ async def finish_scraping(run: RunContext) -> None:
         scrapes=stats.scrapes,
         failures=stats.failures,
         process_cpu_ms=round(stats.process_cpu_ms, 1),
+        window_cpu_ms=round(stats.window_cpu_ms, 1),
     )
     if scraper is not None and scraper.write_error is not None:
         run.hooks.warn(f"engine metrics stopped being written: {scraper.write_error}")

@@ -105,6 +105,7 @@ class _Child:
         while not self.going and not self.stopping:
             self.receive(3600.0)
         next_round = time.perf_counter()
+        window_cpu = time.process_time()
         while self.going:
             stopping = self.stopping
             self.rounds.scrape_all()
@@ -113,6 +114,7 @@ class _Child:
                 break
             next_round = next_round_at(next_round, self.interval_s)
             self.receive(next_round - time.perf_counter())
+        self.rounds.stats.window_cpu_ms = (time.process_time() - window_cpu) * 1000.0
         self.log.close()
 
     def write(self, records: list) -> None:

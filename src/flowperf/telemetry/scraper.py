@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowperf.rundir.records import EngineMetricRecord, EngineSample, ScrapeGap, ServerSeries
-from flowperf.telemetry.prom import VLLM_PREFIX, Page, interval, page_of, parse_page
+from flowperf.telemetry.prom import Page, PageReader, interval, page_of
 
 IN_PROCESS = "in-process"
 READ_LIMIT_BYTES = 16 * 1024 * 1024
@@ -38,12 +38,10 @@ class Source:
     def read(self, timeout_s: float) -> str:
         raise NotImplementedError
 
-    def page(self, timeout_s: float, vllm: bool | None) -> Page:
-        """The page now; once the source is known to be vLLM (`vllm`), only its `vllm:` lines are parsed."""
-        text = self.read(timeout_s)
-        if vllm:
-            text = "\n".join(line for line in text.splitlines() if VLLM_PREFIX in line)
-        return parse_page(text, keep_only_vllm=bool(vllm))
+    def page(self, timeout_s: float, vllm: bool | None, reader: PageReader) -> Page:
+        """The page now, read by this server's `reader`; once the source is known to be vLLM (`vllm`),
+        only the lines of the series flowperf reads are parsed."""
+        return reader.read(self.read(timeout_s), keep_only_vllm=bool(vllm))
 
 
 @dataclass
@@ -72,7 +70,7 @@ class RegistrySource(Source):
 
         return generate_latest(REGISTRY).decode("utf-8")
 
-    def page(self, timeout_s: float, vllm: bool | None) -> Page:
+    def page(self, timeout_s: float, vllm: bool | None, reader: PageReader) -> Page:
         """The registry's families as collected, never rendered to text and parsed back."""
         from prometheus_client import REGISTRY
 
@@ -85,25 +83,28 @@ class _Server:
     page: Page | None = None
     read_at: float | None = None
     vllm: bool | None = None
+    reader: PageReader = field(default_factory=PageReader)
 
 
 @dataclass
 class ScrapeStats:
     """What the scraper did: pages read, reads failed, the CPU time it took from the measuring process
     (`cpu_ms`: the in-process thread's) and the CPU time of its own process (`process_cpu_ms`: all of
-    it, start-up included)."""
+    it, start-up included; `window_cpu_ms`: from its first round, at the window's opening, to its last)."""
 
     scrapes: int = 0
     failures: int = 0
     cpu_ms: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     process_cpu_ms: float = 0.0
+    window_cpu_ms: float = 0.0
 
     def add(self, other: ScrapeStats) -> None:
         self.scrapes += other.scrapes
         self.failures += other.failures
         self.cpu_ms += other.cpu_ms
         self.process_cpu_ms += other.process_cpu_ms
+        self.window_cpu_ms += other.window_cpu_ms
         for kind, count in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + count
 
@@ -125,7 +126,7 @@ class Rounds:
 
     def _scrape(self, server: _Server) -> None:
         try:
-            page = server.source.page(self.timeout_s, server.vllm)
+            page = server.source.page(self.timeout_s, server.vllm, server.reader)
         except Exception as error:  # anything a server or the network does is a gap, never a failed run
             read_at = time.perf_counter()
             kind = type(error).__name__
