@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit
 
-from flowperf.stress.engine import _lru_touch, iteration_cost
+from flowperf.stress.engine import _lru_touch, cache_allocated, iteration_cost
 from flowperf.stress.heap import heap_remove, heap_set
 
 NO_GPU = -1
@@ -188,6 +188,10 @@ def session_loop(  # noqa: C901
             budget -= tokens
             free[g] -= need
             held[r] += need
+            cache_allocated(
+                r, computed[r] + tokens, prompt[r], hash_offsets[r], hash_offsets[r + 1], block_tokens,
+                cached_blocks, ids, prev[g], nxt[g], present[g], lru[g], capacity,
+            )  # fmt: skip
             scheduled += 1
         while (
             not preempted and scheduled == n_run[g] and n_run[g] < max_seqs and budget > 0 and qhead[g] >= 0
@@ -207,6 +211,10 @@ def session_loop(  # noqa: C901
                 break
             for j in range(blocks):
                 _lru_touch(ids[lo + j], prev[g], nxt[g], present[g], lru[g], capacity)
+            cache_allocated(
+                r, hit + tokens, prompt[r], lo, hi, block_tokens, cached_blocks, ids, prev[g], nxt[g],
+                present[g], lru[g], capacity,
+            )  # fmt: skip
             qhead[g] = link[r]
             if math.isnan(start[r]):
                 start[r] = now[g]
@@ -236,12 +244,6 @@ def session_loop(  # noqa: C901
             r = run[g, i]
             if i < scheduled:
                 computed[r] += chunk[i]
-                lo, hi = hash_offsets[r], hash_offsets[r + 1]
-                if caching and block_tokens > 0:
-                    done = hi - lo if computed[r] >= prompt[r] else computed[r] // block_tokens
-                    while cached_blocks[r] < min(done, hi - lo):
-                        _lru_touch(ids[lo + cached_blocks[r]], prev[g], nxt[g], present[g], lru[g], capacity)
-                        cached_blocks[r] += 1
                 if computed[r] >= prompt[r] + generated[r]:
                     generated[r] += 1
                     if generated[r] == 1:
