@@ -9,9 +9,11 @@ What it models, per GPU and per iteration, as vLLM V1's scheduler does:
   a running request needs a block and none is free, the last-admitted running request is preempted by
   recompute (its blocks freed, back to the front of the queue, all its tokens recomputed later); no new
   request joins in an iteration that preempted;
-- prefix caching: a trace's hash ids name prompt blocks; a GPU keeps the blocks it computed in an LRU as
-  large as its KV cache, and a request's prefill skips its longest cached prefix (at least one token is
-  always computed, as vLLM does). Without hash ids a request may bring its measured cache hit instead.
+- prefix caching: a trace's hash ids name prompt blocks; a GPU keeps them in an LRU as large as its KV
+  cache, and a request's prefill skips its longest cached prefix (at least one token is always computed,
+  as vLLM does). A request's blocks join the LRU when it is given their slots (`cache_allocated`), as
+  vLLM V1's `allocate_slots` caches them, so a request scheduled later in the same iteration hits blocks
+  still being prefilled. Without hash ids a request may bring its measured cache hit instead.
 
 One iteration costs `d * decodes + e * their context tokens`, plus `a + b * prefill tokens + f * attention
 pairs` if it prefills anything, else `c`, where a chunk of k prompt tokens after `before` tokens already in

@@ -5,8 +5,9 @@ request: its session's start plus its think time), and goes to a GPU chosen at r
 GPU (session-affine routing, sessions dealt to GPUs in start order) or the next GPU in turn (round-robin).
 Each GPU runs the scheduler of `flowperf.stress.engine` (vLLM V1: running requests first, chunked
 prefill, preemption by recompute of the last admitted) with its own prefix cache: prompt blocks named by
-hash, kept in an LRU as large as the GPU's KV cache, so a session whose pause is long while others fill
-the cache finds its blocks evicted and pays its prefill again.
+hash, registered when their slots are allocated and kept in an LRU as large as the GPU's KV cache, so
+sessions starting together share a system prompt being prefilled, and a session whose pause is long while
+others fill the cache finds its blocks evicted and pays its prefill again.
 
 A closed loop (`concurrency` > 0) keeps that many sessions in flight: the first `concurrency` start at 0,
 and each finished session starts the next one in the list at its finish. Otherwise every session starts at
