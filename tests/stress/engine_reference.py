@@ -78,6 +78,16 @@ def _one_gpu(mine, engine, service, block_tokens, totals, scale):  # noqa: C901
             cache.popitem(last=False)
         cache[block] = None
 
+    def allocated(request, upto):
+        """Slots given up to token `upto`: the prompt blocks those tokens fill join the cache now, as vLLM
+        V1's allocate_slots caches them (full blocks only, until the whole prompt is scheduled)."""
+        if not engine.prefix_caching or not block_tokens:
+            return
+        done = len(request.blocks) if upto >= request.prompt else upto // block_tokens
+        for block in request.blocks[request.cached_blocks : min(done, len(request.blocks))]:
+            touch(block)
+        request.cached_blocks = max(request.cached_blocks, min(done, len(request.blocks)))
+
     arrivals = deque(mine)
     waiting: deque[_Request] = deque()
     running: list[_Request] = []
@@ -111,6 +121,7 @@ def _one_gpu(mine, engine, service, block_tokens, totals, scale):  # noqa: C901
             budget -= tokens
             free -= need
             request.held += need
+            allocated(request, request.computed + tokens)
         while (
             not preempted
             and len(plan) == len(running)
@@ -132,6 +143,7 @@ def _one_gpu(mine, engine, service, block_tokens, totals, scale):  # noqa: C901
                 break
             for block in request.blocks[:hits]:
                 touch(block)
+            allocated(request, hit + tokens)
             waiting.popleft()
             request.times.setdefault("start", now)
             request.computed, request.shared, request.held = hit, hit // size, need
@@ -161,15 +173,6 @@ def _one_gpu(mine, engine, service, block_tokens, totals, scale):  # noqa: C901
         totals[1] += 1
         for request, tokens in plan:
             request.computed += tokens
-            if engine.prefix_caching and block_tokens:
-                done = (
-                    len(request.blocks)
-                    if request.computed >= request.prompt
-                    else request.computed // block_tokens
-                )
-                for block in request.blocks[request.cached_blocks : min(done, len(request.blocks))]:
-                    touch(block)
-                request.cached_blocks = max(request.cached_blocks, min(done, len(request.blocks)))
             if request.computed >= request.prompt + request.generated:
                 request.generated += 1
                 request.emitted.append(now)

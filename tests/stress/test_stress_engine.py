@@ -51,12 +51,15 @@ def prefixes_of(blocks, block_tokens):
     caching=st.booleans(),
     known=st.booleans(),
     scaled=st.booleans(),
+    bunched=st.booleans(),
 )
 def test_engine_loop_matches_the_reference(
-    seed, n, n_gpus, max_seqs, budget, block_size, kv_factor, caching, known, scaled
+    seed, n, n_gpus, max_seqs, budget, block_size, kv_factor, caching, known, scaled, bunched
 ):
     rng = np.random.default_rng(seed)
     arrival = np.sort(np.round(rng.exponential(0.05, n).cumsum() / 0.01) * 0.01)
+    if bunched:  # requests arriving together, so shared blocks meet within one iteration
+        arrival = np.floor(arrival / 0.5) * 0.5
     prompt, output = rng.integers(0, 200, n), rng.integers(1, 40, n)
     block_tokens = int(rng.choice([8, 32]))
     blocks = shared_prefix_blocks(rng, n, prompt, block_tokens)
@@ -142,6 +145,25 @@ def test_a_shared_prefix_is_prefilled_once():
     )
     misses = simulate_engine(arrival, prompt, output, 1, off, service, prefixes_of(blocks, 512))
     assert misses.first_token - arrival == pytest.approx([2.048, 2.048])
+
+
+def test_requests_scheduled_together_share_the_blocks_the_first_allocates():
+    """Two requests with the same 4-block prompt arriving together: vLLM V1 caches the first's full blocks
+    when it allocates them, so the second, scheduled in the same iteration, skips 3 of them (a full-prompt
+    hit recomputes the last token, so its whole block): the one iteration prefills 64 + 16 tokens, where
+    caching blocks only once computed prefills 128."""
+    service = ServiceModel(
+        prefill_base_s=0.0, prefill_per_token_s=0.001, decode_base_s=0.0, decode_per_request_s=0.0
+    )
+    engine = EngineConfig(max_num_seqs=4, max_num_batched_tokens=10_000, kv_cache_tokens=100_000)
+    blocks = [[1, 2, 3, 4], [1, 2, 3, 4]]
+    outcome = simulate_engine(
+        np.zeros(2), np.array([64, 64]), np.ones(2, np.int64), 1, engine, service, prefixes_of(blocks, 16)
+    )
+    assert outcome.first_token == pytest.approx([0.080, 0.080])
+    assert reference_engine(np.zeros(2), [64, 64], [1, 1], 1, engine, service, blocks, 16)[
+        1
+    ] == pytest.approx([0.080, 0.080])
 
 
 def test_running_out_of_kv_blocks_preempts_by_recompute():

@@ -101,12 +101,14 @@ def test_closed_loop_starts_the_next_session_when_one_ends(tmp_path):
     np.testing.assert_allclose(outcome.session_start[1:], outcome.finish[:2])
 
 
-def test_single_request_sessions_match_the_open_loop_engine(tmp_path):
+@pytest.mark.parametrize("spread_s", [300, 0])
+def test_single_request_sessions_match_the_open_loop_engine(tmp_path, spread_s):
     """Sessions of one request each under round-robin routing are the open-loop engine model's requests
-    (request i to GPU i mod n), which is checked against its plain-Python reference elsewhere."""
+    (request i to GPU i mod n), which is checked against its plain-Python reference elsewhere. Starts
+    all at 0 make requests with the shared blocks meet in one iteration."""
     rng = np.random.default_rng(3)
     n = 60
-    starts = np.sort(rng.uniform(0, 300, n)).round(3)
+    starts = np.sort(rng.uniform(0, spread_s, n)).round(3)
     prompts = rng.integers(1, 300, n)
     shared = [int(v) for v in rng.integers(0, 4, 3)]
     requests = [
@@ -221,6 +223,28 @@ def test_session_affine_routing_keeps_a_sessions_hits(tmp_path):
     assert affine.hit_tokens.sum() == 3 * (64 + 80)
     assert all(len(set(affine.gpu_of[3 * k : 3 * k + 3])) == 1 for k in range(3))
     assert spread.hit_tokens.sum() < affine.hit_tokens.sum()
+
+
+def test_a_request_scheduled_with_another_hits_the_blocks_it_allocated(tmp_path):
+    """vLLM V1 caches a prompt's full blocks when it allocates them, so of two sessions whose first turns
+    have the same 4-block prompt and start together, the second, scheduled in the same iteration, finds
+    all 4 blocks and, as a full-prompt hit recomputes the last token (its whole block: hits are whole
+    blocks), skips 3 blocks: 48 tokens (blocks cached only once computed would give it 0)."""
+    requests = [_req(s, f"{s}1", prompt=64, output=1, hashes=[0, 1, 2, 3]) for s in ("a", "b")]
+    outcome = simulate_sessions(_trace(tmp_path, requests), 1, ENGINE, ROUND)
+    assert list(outcome.hit_tokens) == [0, 48]
+    assert list(outcome.first_token) == pytest.approx([0.01 + 0.001 * (64 + 16)] * 2)  # one iteration
+
+
+def test_a_chunked_prefill_still_running_serves_its_allocated_blocks(tmp_path):
+    """A 128-token prompt chunked by a 100-token budget: its first step allocates 6 full blocks, its
+    second the last 28 tokens and so all 8 blocks; the same prompt, waiting for budget, joins that second
+    step and finds all 8 (hit 112, the last block recomputed), not just the 6 computed before it."""
+    requests = [_req(s, f"{s}1", prompt=128, output=1, hashes=list(range(8))) for s in ("a", "b")]
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=100, kv_cache_tokens=100_000, block_size=16)
+    outcome = simulate_sessions(_trace(tmp_path, requests), 1, engine, ROUND)
+    assert list(outcome.hit_tokens) == [0, 112]
+    assert outcome.first_token[1] == pytest.approx((0.01 + 0.1) + (0.01 + 0.001 * (28 + 16)))
 
 
 def test_local_hash_scope_does_not_share_blocks_between_sessions(tmp_path):

@@ -9,9 +9,11 @@ What it models, per GPU and per iteration, as vLLM V1's scheduler does:
   a running request needs a block and none is free, the last-admitted running request is preempted by
   recompute (its blocks freed, back to the front of the queue, all its tokens recomputed later); no new
   request joins in an iteration that preempted;
-- prefix caching: a trace's hash ids name prompt blocks; a GPU keeps the blocks it computed in an LRU as
-  large as its KV cache, and a request's prefill skips its longest cached prefix (at least one token is
-  always computed, as vLLM does). Without hash ids a request may bring its measured cache hit instead.
+- prefix caching: a trace's hash ids name prompt blocks; a GPU keeps them in an LRU as large as its KV
+  cache, and a request's prefill skips its longest cached prefix (at least one token is always computed,
+  as vLLM does). A request's blocks join the LRU when it is given their slots (`cache_allocated`), as
+  vLLM V1's `allocate_slots` caches them, so a request scheduled later in the same iteration hits blocks
+  still being prefilled. Without hash ids a request may bring its measured cache hit instead.
 
 One iteration costs `d * decodes + e * their context tokens`, plus `a + b * prefill tokens + f * attention
 pairs` if it prefills anything, else `c`, where a chunk of k prompt tokens after `before` tokens already in
@@ -173,6 +175,23 @@ def _lru_touch(block, prev, nxt, present, state, capacity):
     state[1] = block
 
 
+@njit(cache=True)
+def cache_allocated(
+    r, upto, prompt_r, lo, hi, block_tokens, cached_blocks, ids, prev, nxt, present, state, capacity
+):
+    """Request `r` was given KV slots up to token `upto`: register its prompt hash blocks `ids[lo:hi]`
+    that those tokens fill in the LRU now, as vLLM V1's `allocate_slots` does (`cache_blocks` up to the
+    computed plus newly scheduled tokens), so a request scheduled later, in this iteration too, finds them
+    while they are still being prefilled. Full hash blocks only until the prompt is scheduled to its end,
+    then all of its blocks; `cached_blocks[r]` counts those registered."""
+    if capacity <= 0:
+        return
+    done = hi - lo if upto >= prompt_r else upto // block_tokens
+    while cached_blocks[r] < min(done, hi - lo):
+        _lru_touch(ids[lo + cached_blocks[r]], prev, nxt, present, state, capacity)
+        cached_blocks[r] += 1
+
+
 # One hot compiled loop, exempt from the size rules: splitting it costs a call per iteration in nopython mode.
 @njit(cache=True)
 def iteration_cost(run, chunk, scheduled, generated, prompt, computed, a, b, c, d, e, f):
@@ -285,6 +304,11 @@ def _engine_loop(  # noqa: C901
                 budget -= tokens
                 free -= need
                 held[r] += need
+                lo = offsets[row[r]]
+                cache_allocated(
+                    r, computed[r] + tokens, prompt[r], lo, offsets[row[r] + 1], block_tokens, cached_blocks,
+                    ids, prev, nxt, present, lru, capacity,
+                )  # fmt: skip
                 scheduled += 1
             while (
                 not preempted
@@ -307,8 +331,13 @@ def _engine_loop(  # noqa: C901
                 need = (hit + tokens + block_size - 1) // block_size - hit // block_size
                 if need > free:
                     break
+                lo = offsets[row[r]]
                 for j in range(blocks):
-                    _lru_touch(ids[offsets[row[r]] + j], prev, nxt, present, lru, capacity)
+                    _lru_touch(ids[lo + j], prev, nxt, present, lru, capacity)
+                cache_allocated(
+                    r, hit + tokens, prompt[r], lo, offsets[row[r] + 1], block_tokens, cached_blocks, ids,
+                    prev, nxt, present, lru, capacity,
+                )  # fmt: skip
                 if n_again > 0:
                     n_again -= 1
                 else:
@@ -336,14 +365,6 @@ def _engine_loop(  # noqa: C901
                 r = run[i]
                 if i < scheduled:
                     computed[r] += chunk[i]
-                    if caching and block_tokens > 0:
-                        lo, hi = offsets[row[r]], offsets[row[r] + 1]
-                        done = computed[r] // block_tokens
-                        if computed[r] >= prompt[r]:
-                            done = hi - lo
-                        while cached_blocks[r] < min(done, hi - lo):
-                            _lru_touch(ids[lo + cached_blocks[r]], prev, nxt, present, lru, capacity)
-                            cached_blocks[r] += 1
                     if computed[r] >= prompt[r] + generated[r]:
                         generated[r] += 1
                         if generated[r] == 1:

@@ -5,8 +5,9 @@ request: its session's start plus its think time), and goes to a GPU chosen at r
 GPU (session-affine routing, sessions dealt to GPUs in start order) or the next GPU in turn (round-robin).
 Each GPU runs the scheduler of `flowperf.stress.engine` (vLLM V1: running requests first, chunked
 prefill, preemption by recompute of the last admitted) with its own prefix cache: prompt blocks named by
-hash, kept in an LRU as large as the GPU's KV cache, so a session whose pause is long while others fill
-the cache finds its blocks evicted and pays its prefill again.
+hash, registered when their slots are allocated and kept in an LRU as large as the GPU's KV cache, so
+sessions starting together share a system prompt being prefilled, and a session whose pause is long while
+others fill the cache finds its blocks evicted and pays its prefill again.
 
 A closed loop (`concurrency` > 0) keeps that many sessions in flight: the first `concurrency` start at 0,
 and each finished session starts the next one in the list at its finish. Otherwise every session starts at
@@ -25,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-from flowperf.stress.engine import _lru_touch, iteration_cost
+from flowperf.stress.engine import _lru_touch, cache_allocated, iteration_cost
 from flowperf.stress.heap import heap_remove, heap_set
 
 NO_GPU = -1
@@ -188,6 +189,10 @@ def session_loop(  # noqa: C901
             budget -= tokens
             free[g] -= need
             held[r] += need
+            cache_allocated(
+                r, computed[r] + tokens, prompt[r], hash_offsets[r], hash_offsets[r + 1], block_tokens,
+                cached_blocks, ids, prev[g], nxt[g], present[g], lru[g], capacity,
+            )  # fmt: skip
             scheduled += 1
         while (
             not preempted and scheduled == n_run[g] and n_run[g] < max_seqs and budget > 0 and qhead[g] >= 0
@@ -207,6 +212,10 @@ def session_loop(  # noqa: C901
                 break
             for j in range(blocks):
                 _lru_touch(ids[lo + j], prev[g], nxt[g], present[g], lru[g], capacity)
+            cache_allocated(
+                r, hit + tokens, prompt[r], lo, hi, block_tokens, cached_blocks, ids, prev[g], nxt[g],
+                present[g], lru[g], capacity,
+            )  # fmt: skip
             qhead[g] = link[r]
             if math.isnan(start[r]):
                 start[r] = now[g]
@@ -236,12 +245,6 @@ def session_loop(  # noqa: C901
             r = run[g, i]
             if i < scheduled:
                 computed[r] += chunk[i]
-                lo, hi = hash_offsets[r], hash_offsets[r + 1]
-                if caching and block_tokens > 0:
-                    done = hi - lo if computed[r] >= prompt[r] else computed[r] // block_tokens
-                    while cached_blocks[r] < min(done, hi - lo):
-                        _lru_touch(ids[lo + cached_blocks[r]], prev[g], nxt[g], present[g], lru[g], capacity)
-                        cached_blocks[r] += 1
                 if computed[r] >= prompt[r] + generated[r]:
                     generated[r] += 1
                     if generated[r] == 1:
