@@ -3,10 +3,13 @@ from what it actually sent, and checked against that and against the client's ow
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -253,3 +256,44 @@ def test_info_style_gauges_are_not_kept() -> None:
     Gauge("vllm:engine_sleep_state", "x", ["sleep_state"], registry=registry).labels("awake").set(1)
     Gauge("vllm:num_requests_waiting", "x", registry=registry).set(3)
     assert page_of(registry.collect()).gauges == {"vllm:num_requests_waiting": 3.0}
+
+
+class _PageHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive announced; `closes` makes it drop each connection after answering, without
+    saying so, as a server whose keep-alive timeout passed between two rounds does."""
+
+    protocol_version = "HTTP/1.1"
+    closes = False
+    connections: ClassVar[set] = set()
+
+    def do_GET(self) -> None:
+        type(self).connections.add(self.client_address)
+        body = b"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 3\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = self.closes
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("closes", [False, True])
+def test_the_connection_is_kept_between_rounds_and_reopened_when_the_server_dropped_it(closes: bool) -> None:
+    handler = type("Handler", (_PageHandler,), {"closes": closes, "connections": set()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    source = HttpSource(f"http://127.0.0.1:{server.server_address[1]}/metrics")
+    try:
+        pages = []
+        for _ in range(3):
+            pages.append(source.read(2.0))
+            time.sleep(0.05)  # the server side closes meanwhile
+    finally:
+        source.close()
+        server.shutdown()
+        server.server_close()
+    assert all("vllm:num_requests_running 3" in page for page in pages)
+    assert len(handler.connections) == (3 if closes else 1)

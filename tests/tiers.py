@@ -80,6 +80,7 @@ SERVER = (
     "tests/test_engine_metrics.py::test_no_server_metrics_reads_nothing",
     "tests/test_engine_metrics.py::test_a_server_that_is_not_vllm_keeps_its_series_and_says_what_is_missing",
     "tests/test_engine_metrics.py::test_burst_delivered_streams_are_flagged_and_steady_ones_not",
+    "tests/test_engine_metrics.py::test_the_connection_is_kept_between_rounds_and_reopened_when_the_server_dropped_it",
     "tests/test_engine_compare.py::test_compare_shows_each_servers_engine_figures_and_never_gates_them",
     "tests/test_session_replay.py::test_session_load_closed_loop_and_poisson_on_the_mock_server",
     "tests/test_crash_safety.py::test_a_failed_warm_up_through_the_cli_exits_3_with_its_reason",
