@@ -100,27 +100,30 @@ class PageReader:
     The library's parser reads labels a character at a time (about 10 us a line, 1-8 ms a page, 4 pages a
     second, on the 2 cores a run measures on). A server repeats the same series every round with new
     numbers, so after the first page a sample line (`series value`) whose series text was seen before only
-    needs its number read; the family, type and labels are the library's from that first time. A line it
-    could not vouch for (one with a timestamp, or whose number is not the value the library read) is
-    given to the library every time."""
+    needs its number read, and a line unchanged since the last page not even that; the family, type and
+    labels are the library's from that first time. A line it could not vouch for (one with a timestamp,
+    or whose number is not the value the library read) is given to the library whenever it changes."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[str, str, Sample]] = {}
         self._types: dict[str, tuple[str, str]] = {}
+        self._last: dict[str, tuple[str, str, Sample]] = {}
 
     def read(self, text: str, keep_only_vllm: bool = False) -> Page:
         """The page's families as `parse_page` gives them; with `keep_only_vllm`, the lines of families
         other than `VLLM_EXPECTED` are skipped before anything is parsed."""
         families: dict[str, Metric] = {}
         type_line = ""
+        previous, self._last = self._last, {}
         for line in text.splitlines():
             if line.startswith("# TYPE "):
                 type_line = line
                 if not keep_only_vllm or line[7:].startswith(VLLM_EXPECTED):
                     _family(families, *self._family_of(line))
             elif line and line[0] != "#" and (not keep_only_vllm or line.startswith(VLLM_EXPECTED)):
-                name, kind, sample = self._sample(type_line, line)
-                _family(families, name, kind).samples.append(sample)
+                parsed = previous.get(line) or self._sample(type_line, line)
+                self._last[line] = parsed
+                _family(families, parsed[0], parsed[1]).samples.append(parsed[2])
         return page_of(families.values(), keep_only_vllm)
 
     def _family_of(self, type_line: str) -> tuple[str, str]:
