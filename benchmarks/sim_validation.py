@@ -1,14 +1,18 @@
 """The simulator's validation protocol (issue 23): five independent rounds on the in-process engine, each
-measuring the engine's capacity, calibrating, and predicting three loads with a 5-95% band.
+calibrating and predicting three loads with a 5-95% band.
+
+First, once: the engine's capacity, the median throughput of --capacity-replays replays of the window
+(`bench replay mooncake --token-scale T --max-requests N`) with every request at once (`--time-scale`
+--burst-scale), and from it the loads, fixed before any prediction is made: light (25% of capacity),
+moderate (70%) and near saturation (95%), each a `--time-scale` of the trace's own rate. Every round
+replays the same loads, so the rounds' measurements at a load can be compared (measured in each round
+instead, the capacity came out 194-280 requests/s and the rounds' loads 40% apart).
 
 One round:
-1. capacity: replay the window (`bench replay mooncake --token-scale T --max-requests N`) with every
-   request at once (`--time-scale` --burst-scale), whose throughput is this engine's capacity now;
-2. the loads, fixed from that capacity before any prediction is made: light (--light, 25% of capacity),
-   moderate (70%) and near saturation (95%), each a `--time-scale` of the trace's own rate;
-3. a calibration replay at --calibrate-load (50%), fitted as `bench stress --calibrate` does (its
-   iterations.jsonl, the per-iteration multipliers and their AR(1));
-4. a replay at each load, predicted as `bench stress --validate RUN --calibration CAL --replicas K`.
+1. --calibration-replays replays at --calibrate-load (50%), fitted together as `bench stress --calibrate
+   RUN1 --calibrate RUN2 ...` does (their iterations.jsonl, the per-iteration multipliers, their AR(1)
+   and how the engine's speed moved between the replays);
+2. a replay at each load, predicted as `bench stress --validate RUN --calibration CAL --replicas K`.
 
 Then the targets, over the rounds (each measured figure against the median of the rounds' measurements
 at that load, and each prediction against its own round's replay for the band):
@@ -92,24 +96,35 @@ def measured_throughput(run_dir: Path, calibration: Path) -> float:
     return float(validate(run_dir, calibration).figure("throughput_rps").measured or 0.0)
 
 
-def one_round(k: int, args: argparse.Namespace, rate: float) -> dict[str, Any]:
-    """Capacity, loads, calibration and the three predicted loads of round `k`."""
+def capacity(args: argparse.Namespace) -> float:
+    """The engine's capacity: the median throughput of the burst replays."""
+    measured = []
+    for k in range(1, args.capacity_replays + 1):
+        burst = replay(args.out, f"capacity{k}", args.burst_scale, args)
+        model = args.out / f"capacity{k}-model.json"  # validate() needs a model; only the measurement is read
+        model.write_text(json.dumps(calibrate(burst).as_dict()))
+        measured.append(measured_throughput(burst, model))
+    print(f"capacity: {', '.join(f'{value:.4g}' for value in measured)} requests/s", file=sys.stderr)
+    return float(np.median(measured))
+
+
+def one_round(
+    k: int, args: argparse.Namespace, scales: dict[str, float], calibrate_scale: float
+) -> dict[str, Any]:
+    """The calibration replays and the three predicted loads of round `k`."""
     out = args.out / f"round{k}"
     out.mkdir(parents=True, exist_ok=True)
-    burst = replay(out, "capacity", args.burst_scale, args)
-    burst_model = out / "capacity-model.json"  # validate() needs a model; only the measurement is read
-    burst_model.write_text(json.dumps(calibrate(burst).as_dict()))
-    capacity = measured_throughput(burst, burst_model)
-    scales = {name: share * capacity / rate for name, share in LOADS.items()}
-    calibration_run = replay(out, "calibration", args.calibrate_load * capacity / rate, args)
-    fitted = calibrate(calibration_run)
+    runs = [
+        replay(out, f"calibration{j}", calibrate_scale, args) for j in range(1, args.calibration_replays + 1)
+    ]
+    fitted = calibrate(runs)
     calibration_file = out / "calibration.json"
     calibration_file.write_text(json.dumps(fitted.as_dict(), indent=2))
     results = {}
     for name, scale in scales.items():
         run = replay(out, name, scale, args)
         results[name] = validate(run, calibration_file, replicas=args.replicas, seed=1000 * k)
-    return {"capacity_rps": capacity, "scales": scales, "calibration": fitted, "results": results}
+    return {"scales": scales, "calibration": fitted, "results": results}
 
 
 def verdicts(rounds: list[dict[str, Any]]) -> list[str]:
@@ -167,6 +182,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/flowperf-sim-validation"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst-scale", type=float, default=1000.0)
+    parser.add_argument("--capacity-replays", type=int, default=3)
+    parser.add_argument("--calibration-replays", type=int, default=3)
     parser.add_argument("--calibrate-load", type=float, default=0.5)
     parser.add_argument("--token-scale", type=float, default=0.02)
     parser.add_argument("--max-requests", type=int, default=200)
@@ -187,10 +204,13 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rate = trace_rate(args)
-    rounds = [one_round(k, args, rate) for k in range(1, args.rounds + 1)]
+    capacity_rps = capacity(args)
+    scales = {name: share * capacity_rps / rate for name, share in LOADS.items()}
+    calibrate_scale = args.calibrate_load * capacity_rps / rate
+    rounds = [one_round(k, args, scales, calibrate_scale) for k in range(1, args.rounds + 1)]
     document = [
         {
-            "capacity_rps": r["capacity_rps"],
+            "capacity_rps": capacity_rps,
             "scales": r["scales"],
             "calibration": r["calibration"].as_dict(),
             "validations": {load: v.as_dict() for load, v in r["results"].items()},
@@ -204,7 +224,8 @@ def main() -> None:
         )
         noise = r["calibration"].noise
         spread = "" if noise is None else f"; multipliers phi {noise.phi:.2f}, sigma {noise.sigma:.3f}"
-        print(f"round {k}: capacity {r['capacity_rps']:.3g} req/s; fit {coefficients}{spread}")
+        levels = "" if noise is None or noise.runs < 2 else f", replays' levels spread {noise.between:.3f}"
+        print(f"round {k}: capacity {capacity_rps:.4g} req/s; fit {coefficients}{spread}{levels}")
     print("\n".join(table(rounds)))
     print("\n".join(verdicts(rounds)))
 

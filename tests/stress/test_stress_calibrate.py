@@ -244,3 +244,17 @@ def test_think_steps_of_a_session_replay_are_skipped(tmp_path):
     with (tmp_path / "steps.jsonl").open("a") as steps:
         steps.write(json.dumps(think) + "\n")
     assert calibrate(tmp_path).fit.coefficients == before
+
+
+def test_calibrate_repeated_pools_the_runs(tmp_path, bench_stress):
+    for seed in (0, 1):
+        synthetic_run(tmp_path / f"run{seed}", noise=0.05, seed=seed)
+    out = tmp_path / "out"
+    result = bench_stress(
+        "--calibrate", tmp_path / "run0", "--calibrate", tmp_path / "run1", "--num-requests", 300,
+        "--scheduler", "vllm", "--gpus", 1, "--replicas", 10, "--out", out, "--workers", 1,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 runs, their levels spread" in result.output
+    analysis = json.loads((out / "stress_analysis.json").read_text())
+    assert analysis["calibration"]["steps_used"] == 800 and analysis["calibration"]["noise"]["runs"] == 2

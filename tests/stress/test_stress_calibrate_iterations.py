@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_stress_calibrate import synthetic_run
 
+from flowperf.errors import UserError
 from flowperf.rundir.store import ITERATIONS
 from flowperf.stress.calibrate import (
     COEFFICIENTS,
@@ -136,3 +137,47 @@ def test_a_run_without_a_usable_log_rebuilds_its_iterations_from_the_steps(tmp_p
     records, _ = synthetic_log(steps=4)
     write_log(tmp_path, records)  # fewer usable steps than coefficients
     assert calibrate(tmp_path).prefill_source == PREFILL_FROM_ENGINE
+
+
+def slower(records: list[dict], factor: float) -> list[dict]:
+    """The same engine steps on a machine `factor` times slower: every time stretched."""
+    start = records[0]["t"]
+    return [
+        record
+        | {
+            "t": start + (record["t"] - start) * factor,
+            "elapsed_ms": record["elapsed_ms"] * factor,
+            "engine_gap_ms": None if record["engine_gap_ms"] is None else record["engine_gap_ms"] * factor,
+        }
+        for record in records
+    ]
+
+
+def test_several_runs_are_pooled_and_their_speeds_measured(tmp_path):
+    """Two runs of the same steps, the second on a machine 1.5x slower: one fit over both, prices between
+    the two, and the noise model's levels spread as the two speeds do."""
+    runs = [tmp_path / "fast", tmp_path / "slow"]
+    records, _ = synthetic_log()
+    for run, factor in zip(runs, (1.0, 1.5), strict=True):
+        run.mkdir()
+        synthetic_run(run, requests=60)
+        write_log(run, slower(records, factor))
+    fast, pooled = calibrate(runs[0]), calibrate(runs)
+    assert calibrate([runs[0]]).as_dict() == fast.as_dict()
+    assert pooled.steps_used == 2 * fast.steps_used
+    assert pooled.fit.prefill_points + pooled.fit.decode_points == 2 * len(records)
+    for name in ("a", "b", "c"):
+        assert fast.fit.coefficients[name] < pooled.fit.coefficients[name] < 1.5 * fast.fit.coefficients[name]
+    assert fast.noise.runs == 1 and pooled.noise.runs == 2
+    assert pooled.noise.between == pytest.approx(np.log(1.5) / np.sqrt(2), rel=0.15)
+    assert pooled.noise.phi < 0.5  # the jump between the runs is not read as one long slow spell
+
+
+def test_runs_measured_differently_are_not_pooled(tmp_path):
+    logged, unlogged = tmp_path / "logged", tmp_path / "unlogged"
+    for run in (logged, unlogged):
+        run.mkdir()
+        synthetic_run(run, requests=60)
+    write_log(logged, synthetic_log()[0])
+    with pytest.raises(UserError, match="not measured the same way"):
+        calibrate([logged, unlogged])

@@ -3,6 +3,8 @@ does in about 90% of trials, neither too narrow nor vacuous."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,50 @@ def test_a_vllm_test_gets_bands_around_its_expectation():
         noisy["e2e_p50_s"]["p5"] < expected.e2e_p50_s * 1.2 and noisy["e2e_p50_s"]["p95"] > expected.e2e_p50_s
     )
     assert noisy["e2e_p50_s"]["p5"] < noisy["e2e_p50_s"]["median"] < noisy["e2e_p50_s"]["p95"]
+
+
+def runs_with_levels(seed: int, runs: int, length: int, between: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers of `runs` runs of the synthetic engine, each at its own level drawn with spread
+    `between` (a machine whose speed moves from run to run), and the run each came from."""
+    levels = np.random.default_rng(seed).normal(0.0, between, runs)
+    values = np.concatenate(
+        [np.exp(level) * known_process(seed * 100 + k, length) for k, level in enumerate(levels)]
+    )
+    return values, np.repeat(np.arange(runs), length)
+
+
+def test_several_runs_give_phi_within_runs_and_the_spread_of_their_levels():
+    values, run_of = runs_with_levels(3, 40, 500, 0.3)
+    noise = fit_noise(values, run_of)
+    assert noise.runs == 40 and noise.between == pytest.approx(0.3, rel=0.2)
+    assert noise.phi == pytest.approx(0.7, abs=0.03)  # not inflated by the jumps between runs
+    assert noise.sigma == pytest.approx(0.25, rel=0.05)
+    pooled = fit_noise(values)  # the same values taken as one run: the level jumps read as slow spells
+    assert pooled.phi > 0.85 and pooled.between == 0.0
+    again = NoiseModel.from_dict(noise.as_dict())
+    assert (again.between, again.runs) == (noise.between, noise.runs)
+
+
+def test_one_run_fits_as_before():
+    values = known_process(4, 3000)
+    one, unlabelled = fit_noise(values, np.zeros(values.size)), fit_noise(values)
+    assert (one.mu, one.phi, one.runs, one.between) == (unlabelled.mu, unlabelled.phi, 1, 0.0)
+    assert np.array_equal(replica_scale(one, 9, 100), replica_scale(unlabelled, 9, 100))
+
+
+def test_the_band_covers_a_new_runs_level_in_about_90_percent_of_trials():
+    """Each trial calibrates on 5 runs whose levels differ (spread 0.3 in logs) and predicts a sixth run's
+    mean log multiplier as 200 replicas' 5-95% band: covered in about 90% of trials. Without the spread
+    between runs (only the level's standard error within the pooled runs) the band is far too narrow."""
+    trials, covered, narrow = 100, 0, 0
+    for trial in range(trials):
+        values, run_of = runs_with_levels(1000 + trial, 6, 1000, 0.3)
+        calibration, new_run = run_of < 5, run_of == 5
+        noise = fit_noise(values[calibration], run_of[calibration])
+        truth = float(np.log(values[new_run]).mean())
+        for model, hits in ((noise, "covered"), (replace(noise, between=0.0, runs=1), "narrow")):
+            levels = [np.log(replica_scale(model, 10_000 * trial + k, 1000)).mean() for k in range(200)]
+            inside = bool(band(levels)["p5"] <= truth <= band(levels)["p95"])
+            covered, narrow = (covered + inside, narrow) if hits == "covered" else (covered, narrow + inside)
+    assert 0.82 <= covered / trials <= 0.97, covered
+    assert narrow / trials < 0.4, narrow

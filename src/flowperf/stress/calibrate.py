@@ -54,6 +54,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -505,8 +506,19 @@ def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
     return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
-def calibrate(run_dir: Path) -> Calibration:
-    """Fit the iteration-time model from a run's successful steps; times in the model are seconds."""
+@dataclass(frozen=True)
+class _RunIterations:
+    """One calibration run's successful and other steps and its measured iterations."""
+
+    ok: list[StepRecord]
+    others: list[StepRecord]
+    iterations: Iterations
+    dropped: int
+    prefill_source: str
+    decode_source: str
+
+
+def _run_iterations(run_dir: Path) -> _RunIterations:
     ok, others = read_steps(run_dir)
     if len(ok) < 2:
         raise UserError(
@@ -514,14 +526,41 @@ def calibrate(run_dir: Path) -> Calibration:
         )
     logged = logged_iterations(read_iterations(run_dir))
     if logged is not None:
-        iterations, dropped = logged
-        prefill_source = decode_source = LOGGED_SOURCE
-    else:
-        if not any(step.itl_ms for step in ok):
-            raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
-        iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
-        decode_source = DECODE_SOURCE
-    fit = fit_iterations(iterations, dropped)
+        return _RunIterations(ok, others, *logged, LOGGED_SOURCE, LOGGED_SOURCE)
+    if not any(step.itl_ms for step in ok):
+        raise UserError(f"--calibrate: no successful step in {run_dir} has inter-token gaps (itl_ms)")
+    iterations, dropped, prefill_source = observe_iterations(ok, run_batched_tokens(run_dir))
+    return _RunIterations(ok, others, iterations, dropped, prefill_source, DECODE_SOURCE)
+
+
+def _pooled(runs: list[_RunIterations]) -> Iterations:
+    """The runs' iterations as one table, in run order (attention pairs only if every run has them)."""
+    parts = [run.iterations for run in runs]
+    pairs = [part.attention_pairs for part in parts]
+    return Iterations(
+        *(np.concatenate([getattr(part, name) for part in parts]) for name in ITERATION_COLUMNS),
+        attention_pairs=None if any(p is None for p in pairs) else np.concatenate(pairs),
+    )
+
+
+ITERATION_COLUMNS = ("seconds", "prefill_tokens", "decodes", "context_tokens", "tokens", "from_prefill")
+
+
+def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
+    """Fit the iteration-time model from one or several runs' successful steps (seconds in the model).
+
+    Several runs are pooled into one fit; their multipliers keep which run each came from, so the noise
+    model also measures how the machine's speed moved between them (`NoiseModel.between`). The runs must
+    be measured the same way (all with the engine's iteration log, or all without)."""
+    paths = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(path) for path in run_dirs]
+    runs = [_run_iterations(path) for path in paths]
+    sources = {(run.prefill_source, run.decode_source) for run in runs}
+    if len(sources) > 1:
+        raise UserError(
+            f"--calibrate: {', '.join(map(str, paths))} were not measured the same way (some with the "
+            "engine's iterations.jsonl, some without); calibrate from runs of one kind"
+        )
+    fit = fit_iterations(_pooled(runs), sum(run.dropped for run in runs))
     a, b, c, d, e, f = (fit.coefficients[name] for name in COEFFICIENTS)
     service = ServiceModel(
         prefill_base_s=a,
@@ -531,14 +570,16 @@ def calibrate(run_dir: Path) -> Calibration:
         decode_per_context_token_s=e,
         prefill_attention_s=f,
     )
+    ok = [step for run in runs for step in run.ok]
+    run_of = np.repeat(np.arange(len(runs)), [run.iterations.seconds.size for run in runs])
     return Calibration(
         service,
         fit,
         harness_overhead_s(ok),
         len(ok),
-        len(others),
-        prefill_source=prefill_source,
-        decode_source=decode_source,
-        noise=fit_noise(fit.multipliers) if fit.multipliers is not None else None,
+        sum(len(run.others) for run in runs),
+        prefill_source=runs[0].prefill_source,
+        decode_source=runs[0].decode_source,
+        noise=fit_noise(fit.multipliers, run_of) if fit.multipliers is not None else None,
         e2e_overhead_s=e2e_overhead_s(ok),
     )

@@ -86,8 +86,11 @@ ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Skip tests already in the incremental results.")
 ]
 CalibrateOption = Annotated[
-    Path | None,
-    typer.Option(help="Fit the iteration-time model from this run directory (`bench run`/`replay`) first."),
+    list[Path] | None,
+    typer.Option(
+        help="Fit the iteration-time model from this run directory (`bench run`/`replay`) first; repeat "
+        "to pool several runs, whose bands then include how the machine's speed moved between them."
+    ),
 ]
 MaxBatchedTokensOption = Annotated[
     int, typer.Option(help="vllm: token budget of one iteration (chunked prefill).")
@@ -203,9 +206,9 @@ def stress(
 
 
 def _fit_calibration(config: StressConfig) -> Calibration | None:
-    """The service model fitted from `--calibrate`'s run, shown before the suite so a poor fit is seen
+    """The service model fitted from `--calibrate`'s runs, shown before the suite so a poor fit is seen
     before the long part starts."""
-    if config.calibrate is None:
+    if not config.calibrate:
         return None
     from flowperf.stress.calibrate import calibrate
 
@@ -283,6 +286,10 @@ def _print_calibration(calibration: Calibration) -> None:
         f"{fit.residual_p50 * 1000:.3g}/{fit.residual_p99 * 1000:.3g} ms, R² {r2}"
     )
     console.print(f"prefills from {calibration.prefill_source}; decodes from {calibration.decode_source}")
+    noise = calibration.noise
+    if noise is not None:
+        levels = f"; {noise.runs} runs, their levels spread {noise.between:.3f}" if noise.runs > 1 else ""
+        console.print(f"iteration multipliers (log): phi {noise.phi:.2f}, sigma {noise.sigma:.3f}{levels}")
 
 
 def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) -> None:

@@ -54,7 +54,7 @@ class StressConfig(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     resume: bool = False
-    calibrate: Path | None = None
+    calibrate: list[Path] = Field(default_factory=list)
     max_num_batched_tokens: int = Field(8192, ge=1)
     kv_cache_tokens: int = Field(400_000, ge=1)
     block_size: int = Field(16, ge=1)

@@ -6,6 +6,10 @@ the multipliers' logs are modelled as an AR(1) process, log m_t = mu + z_t with 
 whose innovations eps are the fitted ones, resampled (a residual bootstrap): the replicas keep both the
 heavy tail of the measured multipliers and how long their slow spells last, with no assumed distribution.
 Each replica also draws its level mu from the fit's standard error, so a short calibration widens the band.
+A calibration from several runs also measures how much the level itself moves from run to run (on shared
+cores a whole replay may run 2-3 times slower than the one before): each run's deviations are taken from
+its own level, and a replica draws its level as a new run's would be, from Student's t over the runs'
+levels (the predictive distribution of one more draw from a normal whose spread is estimated from K).
 
 A replica is one simulation whose iteration i costs the model's price times `scale[i % scale.size]`; K
 seeded replicas give each figure as a median and a 5-95% band. All pure functions of arrays and a seed.
@@ -34,6 +38,8 @@ class NoiseModel:
     phi: float
     innovations: np.ndarray
     start: np.ndarray
+    between: float = 0.0  # standard deviation of the runs' own levels (logs); 0 from one run
+    runs: int = 1
 
     @property
     def sigma(self) -> float:
@@ -47,6 +53,14 @@ class NoiseModel:
         effective = self.start.size * (1.0 - self.phi) / (1.0 + self.phi)
         return self.sigma / float(np.sqrt(max(effective, 1.0)))
 
+    def draw_level(self, rng: np.random.Generator) -> float:
+        """One replica's level: from one run, mu within its standard error; from K runs, a new run's
+        level, mu + between * sqrt(1 + 1/K) * t(K - 1)."""
+        if self.runs < 2:
+            return self.mu + float(rng.normal(0.0, self.mu_se))
+        spread = self.between * np.sqrt(1.0 + 1.0 / self.runs)
+        return self.mu + float(spread * rng.standard_t(self.runs - 1))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "mu": self.mu,
@@ -54,6 +68,8 @@ class NoiseModel:
             "sigma": self.sigma,
             "innovations": [round(float(v), 6) for v in self.innovations],
             "start": [round(float(v), 6) for v in self.start],
+            "between": self.between,
+            "runs": self.runs,
         }
 
     @classmethod
@@ -63,21 +79,33 @@ class NoiseModel:
             float(document["phi"]),
             np.asarray(document["innovations"], float),
             np.asarray(document["start"], float),
+            float(document.get("between", 0.0)),
+            int(document.get("runs", 1)),
         )
 
 
-def fit_noise(multipliers: np.ndarray) -> NoiseModel | None:
-    """The AR(1) of the log multipliers in measured order; None with fewer than 10 usable ones."""
+def fit_noise(multipliers: np.ndarray, run_of: np.ndarray | None = None) -> NoiseModel | None:
+    """The AR(1) of the log multipliers in measured order; None with fewer than 10 usable ones.
+    `run_of` (the run each multiplier came from, runs in measured order) fits each run's deviations from
+    its own level, phi over pairs within a run, and the spread of the levels between runs."""
     values = np.asarray(multipliers, float)
-    logs = np.log(values[np.isfinite(values) & (values > 0)])
+    runs = np.zeros(values.size, np.int64) if run_of is None else np.asarray(run_of, np.int64)
+    usable = np.isfinite(values) & (values > 0)
+    logs, runs = np.log(values[usable]), runs[usable]
     if logs.size < 10:
         return None
-    mu = float(logs.mean())
-    z = logs - mu
-    denominator = float(z[:-1] @ z[:-1])
-    phi = float(np.clip(z[1:] @ z[:-1] / denominator, 0.0, MAX_PHI)) if denominator > 0 else 0.0
-    innovations = z[1:] - phi * z[:-1]
-    return NoiseModel(mu, phi, innovations - innovations.mean(), z)
+    labels, index = np.unique(runs, return_inverse=True)
+    levels = np.bincount(index, weights=logs) / np.bincount(index)
+    z = logs - levels[index]
+    within = index[1:] == index[:-1]
+    before, after = z[:-1][within], z[1:][within]
+    denominator = float(before @ before)
+    phi = float(np.clip(after @ before / denominator, 0.0, MAX_PHI)) if denominator > 0 else 0.0
+    innovations = after - phi * before
+    between = float(np.std(levels, ddof=1)) if labels.size > 1 else 0.0
+    return NoiseModel(
+        float(levels.mean()), phi, innovations - innovations.mean(), z, between, int(labels.size)
+    )
 
 
 def replica_scale(noise: NoiseModel | None, seed: int, length: int = REPLICA_LENGTH) -> np.ndarray:
@@ -87,7 +115,7 @@ def replica_scale(noise: NoiseModel | None, seed: int, length: int = REPLICA_LEN
         return np.ones(1)
     rng = np.random.default_rng(seed)
     eps = noise.innovations[rng.integers(0, noise.innovations.size, size=length)]
-    level = noise.mu + rng.normal(0.0, noise.mu_se)
+    level = noise.draw_level(rng)
     return np.exp(level + _ar1(noise.start[rng.integers(0, noise.start.size)], noise.phi, eps))
 
 

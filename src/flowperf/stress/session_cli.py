@@ -31,7 +31,7 @@ console = Console()
 def model_of(config: StressConfig) -> tuple[ServiceModel, NoiseModel | None]:
     """The price of an iteration and its noise: fitted from `--calibrate`, read from `--calibration`, else
     the illustrative defaults with no noise."""
-    if config.calibrate is not None:
+    if config.calibrate:
         from flowperf.stress.calibrate import calibrate
 
         fitted = calibrate(config.calibrate)
