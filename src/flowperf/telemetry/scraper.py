@@ -201,7 +201,7 @@ class Rounds:
 
     def _first_page(self, server: _Server, page: Page, read_at: float) -> Page:
         """Say what the server exposes (vLLM or not, which expected series are missing); a vLLM server's
-        pages are kept to their `vllm:` families from now on."""
+        pages are kept to the series flowperf reads (`VLLM_EXPECTED`) from now on."""
         server.vllm = page.looks_like_vllm
         info = ServerSeries(
             session=self.session,
