@@ -20,7 +20,7 @@ from flowperf.stress.replicas import ReplicaPlan
 from flowperf.stress.results import COLUMNS, COLUMNS_BEFORE_BANDS, INCREMENTAL, STEP_FILES
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
-from flowperf.stress.spec import TIMING_FIELDS
+from flowperf.stress.spec import TIMING_FIELDS, TestResult
 from flowperf.stress.suite import planned_tests, run_suite
 from flowperf.stress.workload import cached_workload
 
@@ -315,3 +315,32 @@ def test_a_calibrated_suite_and_one_test_print_their_bands(tmp_path, bench_stres
     assert result.exit_code == 0, result.output
     bands = json.loads((one / "stress_replicas.json").read_text())
     assert bands["replicas"] == 3 and bands["bands"]["e2e_p50_s"]["p5"] <= bands["bands"]["e2e_p50_s"]["p95"]
+
+
+def test_a_choice_is_contested_when_a_rivals_best_case_beats_its_worst_case():
+    from flowperf.stress.band_choices import contenders
+
+    def result(name, sla, ttft):
+        """A test whose SLA attainment band is `sla` and p99 TTFT band `ttft` (p5, median, p95)."""
+        fields = {
+            f"sla_attainment_{key}": value for key, value in zip(("p5", "median", "p95"), sla, strict=True)
+        }
+        fields |= {
+            f"ttft_p99_s_{key}": value for key, value in zip(("p5", "median", "p95"), ttft, strict=True)
+        }
+        return TestResult.model_construct(scheduler=name, replicas=10, **fields)
+
+    chosen = result("a", (0.90, 0.95, 0.97), (1.0, 1.1, 1.2))
+    below = result("b", (0.80, 0.85, 0.89), (0.5, 0.6, 0.7))  # worse SLA even at its best
+    overlapping = result("c", (0.85, 0.88, 0.91), (2.0, 2.1, 2.2))  # its best SLA beats a's worst
+    assert contenders([chosen, below], chosen, "scheduler")["contenders"] == []
+    assert contenders([chosen, below, overlapping], chosen, "scheduler")["contenders"] == ["c"]
+    # all at full attainment: the p99 TTFT bands decide
+    full = (1.0, 1.0, 1.0)
+    first, faster, slower = (
+        result("a", full, (1.0, 1.1, 1.2)),
+        result("b", full, (1.15, 1.3, 1.4)),
+        result("c", full, (1.3, 1.4, 1.5)),
+    )
+    verdict = contenders([first, faster, slower], first, "scheduler")
+    assert verdict["contenders"] == ["b"] and not verdict["clear"] and verdict["best_by_median"] == "a"
