@@ -132,3 +132,159 @@ def test_an_arrival_starts_on_an_idle_gpu_after_another_gpu_took_the_request_pla
     outcome = simulate(arrival, prompt, output, SimConfig(3, 2, True, service))
     assert outcome.start[4] == pytest.approx(0.023)  # GPU 1 drained the queue at its first completion
     assert outcome.start[5] == arrival[5]
+
+
+# Perturbed replicas: every iteration's cost times a multiplier (flowperf.stress.noise's replicas).
+
+
+def multipliers(seed: int, length: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.5, 2.0, length)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 80),
+    n_gpus=st.integers(1, 4),
+    batch_size=st.integers(1, 5),
+    n_bins=st.integers(1, 3),
+    length=st.integers(1, 40),
+)
+def test_bins_loop_with_a_scale_matches_reference(seed, n, n_gpus, batch_size, n_bins, length):
+    arrival, inputs, outputs = requests(seed, n)
+    bin_of = np.random.default_rng(seed + 1).integers(0, n_bins, n)
+    scale = multipliers(seed + 2, length)
+    config = SimConfig(n_gpus, batch_size, False, ODD_SERVICE)
+    outcome = simulate(arrival, inputs, outputs, config, bin_of, scale=scale)
+    expected = reference_bins(arrival, inputs, outputs, bin_of, n_gpus, batch_size, ODD_SERVICE, scale)
+    np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 80),
+    slots=st.integers(1, 6),
+    tied=st.booleans(),
+    length=st.integers(1, 40),
+)
+def test_continuous_loop_with_a_scale_matches_iteration_by_iteration_reference(seed, n, slots, tied, length):
+    arrival, inputs, outputs = requests(seed, n, tied)
+    scale = multipliers(seed + 2, length)
+    outcome = simulate(arrival, inputs, outputs, SimConfig(1, slots, True, ODD_SERVICE), scale=scale)
+    expected = reference_continuous_one_gpu(arrival, inputs, outputs, slots, ODD_SERVICE, scale)
+    np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_a_scale_of_ones_gives_the_unscaled_results_bit_for_bit(continuous, length):
+    arrival, inputs, outputs = requests(11, 3000, tied=True)
+    config = SimConfig(5, 4, continuous, ODD_SERVICE)
+    bin_of = None if continuous else np.random.default_rng(3).integers(0, 3, arrival.size)
+    plain = simulate(arrival / 8, inputs, outputs, config, bin_of)
+    ones = simulate(arrival / 8, inputs, outputs, config, bin_of, scale=np.ones(length))
+    np.testing.assert_array_equal(times(ones), times(plain))
+    assert (ones.busy_gpu_s, ones.iterations, ones.events, ones.mean_fill) == (
+        plain.busy_gpu_s,
+        plain.iterations,
+        plain.events,
+        plain.mean_fill,
+    )
+
+
+SCALE = np.array([2.0, 3.0, 5.0, 7.0, 11.0])
+
+
+def test_static_batching_prices_the_prefill_and_each_decode_iteration_with_its_own_multiplier():
+    """One GPU: the first batch's prefill is iteration 0 and its 3 decode iterations 1-3; the next batch
+    (after the GPU went idle) goes on from iteration 4, and the multipliers wrap around after 5."""
+    service = ODD_SERVICE
+    arrival = np.array([0.0, 100.0])
+    outcome = simulate(
+        arrival, np.array([100, 50]), np.array([4, 3]), SimConfig(1, 2, False, service), scale=SCALE
+    )
+    prefill = [service.prefill_base_s + service.prefill_per_token_s * t for t in (100, 50)]
+    tau = service.decode_base_s + service.decode_per_request_s
+    assert outcome.first_token[0] == pytest.approx(prefill[0] * 2.0)
+    assert outcome.finish[0] == pytest.approx(prefill[0] * 2.0 + tau * (3.0 + 5.0 + 7.0))
+    assert outcome.first_token[1] == pytest.approx(100.0 + prefill[1] * 11.0)
+    assert outcome.finish[1] == pytest.approx(100.0 + prefill[1] * 11.0 + tau * (2.0 + 3.0))
+
+
+def test_continuous_batching_prices_each_decode_iteration_and_a_prefill_at_its_boundary():
+    """One GPU: request 0's prefill at boundary 0 and its 3 decode iterations 0-2; request 1 arrives while
+    the GPU is idle at boundary 3, its prefill priced with multiplier 3, its 2 iterations with 3 and 4."""
+    service = ODD_SERVICE
+    arrival = np.array([0.0, 100.0])
+    outcome = simulate(
+        arrival, np.array([100, 50]), np.array([4, 3]), SimConfig(1, 2, True, service), scale=SCALE
+    )
+    prefill = [service.prefill_base_s + service.prefill_per_token_s * t for t in (100, 50)]
+    tau = service.decode_base_s + service.decode_per_request_s
+    assert outcome.finish[0] == pytest.approx(prefill[0] * 2.0 + tau * (2.0 + 3.0 + 5.0))
+    assert outcome.first_token[1] == pytest.approx(100.0 + prefill[1] * 7.0)
+    assert outcome.finish[1] == pytest.approx(100.0 + prefill[1] * 7.0 + tau * (7.0 + 11.0))
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_each_gpu_reads_the_multipliers_from_its_own_offset(continuous):
+    """Two GPUs, one slot each, two requests at once: GPU 1 starts at multiplier 10 // 2 = 5."""
+    scale = np.arange(1.0, 11.0)
+    service = ODD_SERVICE
+    outcome = simulate(
+        np.zeros(2), np.array([10, 10]), np.array([3, 3]), SimConfig(2, 1, continuous, service), scale=scale
+    )
+    prefill = service.prefill_base_s + service.prefill_per_token_s * 10
+    tau = service.decode_base_s + service.decode_per_request_s
+    decode = [(1.0 + 2.0, 6.0 + 7.0), (2.0 + 3.0, 7.0 + 8.0)][not continuous]
+    assert outcome.finish[0] == pytest.approx(prefill * 1.0 + tau * decode[0])
+    assert outcome.finish[1] == pytest.approx(prefill * 6.0 + tau * decode[1])
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_a_constant_scale_of_two_doubles_every_service_interval_when_nothing_queues(continuous):
+    arrival, inputs, outputs = requests(5, 400)
+    arrival = arrival * 20  # one request every ~5 s, each served in well under a second
+    config = SimConfig(3, 4, continuous, ODD_SERVICE)
+    plain = simulate(arrival, inputs, outputs, config)
+    doubled = simulate(arrival, inputs, outputs, config, scale=np.full(9, 2.0))
+    np.testing.assert_array_equal(doubled.start, arrival)
+    np.testing.assert_allclose(doubled.first_token - arrival, 2 * (plain.first_token - arrival), rtol=1e-9)
+    np.testing.assert_allclose(doubled.finish - arrival, 2 * (plain.finish - arrival), rtol=1e-9)
+    assert doubled.busy_gpu_s == pytest.approx(2 * plain.busy_gpu_s, rel=1e-9)
+
+
+def test_a_scale_is_refused_where_it_means_nothing():
+    one = np.ones(1)
+    config = SimConfig(1, 1, False, ODD_SERVICE)
+    with pytest.raises(ValueError, match="service_time_s"):
+        simulate(one, one, one, config, service_time_s=one, scale=one)
+    for bad in (np.zeros(0), np.array([1.0, 0.0]), np.array([np.nan])):
+        with pytest.raises(ValueError, match="finite and positive"):
+            simulate(one, one, one, config, scale=bad)
+
+
+@pytest.mark.parametrize("scale", [None, np.ones(7)])
+def test_unscaled_times_keep_the_unscaled_arithmetic_to_the_last_bit(scale):
+    """Each request alone in its batch (one slot): its times are exactly the expressions the loops computed
+    before they took a scale, in the same order of operations, so results did not move by a rounding."""
+    arrival, inputs, outputs = requests(13, 2000, tied=True)
+    arrival = arrival / 3
+    s = ODD_SERVICE
+    tau = s.decode_base_s + s.decode_per_request_s * 1
+    for continuous in (False, True):
+        outcome = simulate(arrival, inputs, outputs, SimConfig(3, 1, continuous, s), scale=scale)
+        start, decode = outcome.start, (outputs - 1).astype(float)
+        if continuous:
+            first = [
+                start[r] + s.prefill_base_s + s.prefill_per_token_s * float(inputs[r]) for r in range(2000)
+            ]
+        else:
+            first = [
+                start[r] + (s.prefill_base_s + s.prefill_per_token_s * float(inputs[r])) for r in range(2000)
+            ]
+        np.testing.assert_array_equal(outcome.first_token, first)
+        finish = [first[r] + decode[r] * tau for r in range(2000)]
+        np.testing.assert_array_equal(outcome.finish, finish)
+        assert np.any(outcome.start > arrival)  # congested: queueing and planned admissions are exercised

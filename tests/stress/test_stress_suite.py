@@ -5,15 +5,24 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+from test_stress_calibrate import synthetic_run
+from test_stress_calibrate_iterations import synthetic_log, write_log
+from test_stress_noise import known_process
 
 from flowperf.errors import UserError
 from flowperf.stress.config import parse_flags
 from flowperf.stress.executors import open_executor
-from flowperf.stress.results import INCREMENTAL, STEP_FILES
+from flowperf.stress.metrics import outcome_metrics
+from flowperf.stress.noise import NoiseModel, band, fit_noise, replica_scale
+from flowperf.stress.replicas import ReplicaPlan
+from flowperf.stress.results import COLUMNS, COLUMNS_BEFORE_BANDS, INCREMENTAL, STEP_FILES
 from flowperf.stress.service import ServiceModel
-from flowperf.stress.spec import TIMING_FIELDS
+from flowperf.stress.sim import SimConfig, simulate
+from flowperf.stress.spec import TIMING_FIELDS, TestResult
 from flowperf.stress.suite import planned_tests, run_suite
+from flowperf.stress.workload import cached_workload
 
 SMALL = ("--max-requests", 2000, "--max-gpus", 4, "--rate", 3)
 
@@ -71,6 +80,7 @@ def test_full_suite_writes_every_output(tmp_path, bench_stress):
     step1 = rows(out / STEP_FILES["step1"])
     assert {row["effective_k"] for row in step1 if row["scheduler"] == "continuous"} == {""}
     assert all(0 <= float(row["sla_attainment"]) <= 1 for row in step1)
+    assert {row["replicas"] for row in step1} == {""} and "band" not in analysis["step1"]  # no calibration
 
 
 def test_results_are_identical_with_two_workers_and_the_same_seed(tmp_path, bench_stress):
@@ -187,3 +197,150 @@ def test_a_burstgpt_file_drives_a_run_and_a_bad_one_stops_it_before_any_output(t
         f"{trace}: line 62: column 'Request tokens': Input should be a valid"
     )
     assert not (tmp_path / "other").exists()
+
+
+# Bands: a calibration with a noise model gives every suite test perturbed replicas (stress.replicas).
+
+
+def noisy():
+    """A noise model like a calibration's: log-normal AR(1) multipliers, phi 0.7, sigma 0.25."""
+    return fit_noise(known_process(3, 5000))
+
+
+def run_with_replicas(out, noise, replicas=4, **flags):
+    config = parse_flags(out=out, max_requests=2000, max_gpus=4, rate=3.0, workers=1, **flags)
+    test_config = config.test_config(ServiceModel())
+    plan = ReplicaPlan(noise, replicas, config.seed)
+    with open_executor(test_config, "local", 1, plan=plan) as run_many:
+        return run_suite(config, test_config, run_many, lambda *_: None, replicas=plan), test_config
+
+
+def test_suite_tests_get_bands_that_are_their_replicas(tmp_path):
+    noise = noisy()
+    report, test_config = run_with_replicas(tmp_path, noise)
+    assert all(result.replicas == 4 for result in report.results)
+    for result in report.results:
+        for figure in ("sla_attainment", "ttft_p99_s", "e2e_p50_s", "throughput_rps"):
+            p5, median, p95 = (getattr(result, f"{figure}_{key}") for key in ("p5", "median", "p95"))
+            assert p5 <= median <= p95, (result.test_id, figure)
+    for kind in ("bins", "continuous"):
+        spread = [
+            r for r in report.results if r.scheduler.startswith(kind) and r.e2e_p50_s_p5 < r.e2e_p50_s_p95
+        ]
+        assert spread, kind  # the multipliers reach every scheduler
+    # one test's band worked out again straight from the loop and the replicas' multipliers
+    test = next(r for r in report.results if r.step == "step2" and r.scheduler == "continuous")
+    workload = cached_workload(test_config.workload(test.num_requests))
+    config = SimConfig(test.n_gpus, test_config.batch_size, True, test_config.service)
+    e2e = []
+    for k in range(4):
+        outcome = simulate(
+            workload.arrival_s,
+            workload.input_tokens,
+            workload.output_tokens,
+            config,
+            scale=replica_scale(noise, k),
+        )
+        e2e.append(outcome_metrics(workload, outcome, test.n_gpus, test_config.d_sla)["e2e_p50_s"])
+    assert band(e2e) == {"median": test.e2e_p50_s_median, "p5": test.e2e_p50_s_p5, "p95": test.e2e_p50_s_p95}
+    assert not np.allclose(e2e, test.e2e_p50_s)
+    # the CSV keeps every earlier column where it was, the bands after them
+    with open(tmp_path / "stress_results.csv", newline="") as handle:
+        header = tuple(next(csv.reader(handle)))
+    assert header == COLUMNS and header[: len(COLUMNS_BEFORE_BANDS)] == COLUMNS_BEFORE_BANDS
+    assert header[len(COLUMNS_BEFORE_BANDS)] == "replicas"
+    step2_rows = rows(tmp_path / STEP_FILES["step2"])
+    analysis = json.loads((tmp_path / "stress_analysis.json").read_text())
+    meeting = [
+        int(r["n_gpus"])
+        for r in step2_rows
+        if float(r["sla_attainment_p5"]) >= analysis["step2"]["sla_target"]
+    ]
+    assert analysis["step2"]["band"]["best_gpu_count_p5"] == (min(meeting) if meeting else None)
+    assert analysis["replicas"] == {"count": 4, "seed": 0}
+    assert analysis["step1"]["band"]["replicas"] == analysis["step3"]["band"]["replicas"] == 4
+
+
+def test_flat_noise_gives_bands_of_zero_width_at_the_expectation(tmp_path):
+    """Multipliers all exactly 1 (no spread, no level error): each replica is the expected run exactly."""
+    flat = NoiseModel(0.0, 0.0, np.zeros(10), np.zeros(10))
+    report, _ = run_with_replicas(tmp_path, flat, replicas=2, step1_only=True)
+    for result in report.results:
+        for figure in ("sla_attainment", "ttft_p99_s", "e2e_p50_s", "throughput_rps"):
+            expected = getattr(result, figure)
+            assert [getattr(result, f"{figure}_{key}") for key in ("p5", "median", "p95")] == [expected] * 3
+    assert report.analysis["step1"]["band"]["best_by_median"] == report.analysis["step1"]["best_scheduler"]
+
+
+def test_bands_enter_the_fingerprint_and_results_from_before_bands_still_resume(tmp_path):
+    banded = tmp_path / "banded"
+    run_with_replicas(banded, noisy(), replicas=2, step1_only=True)
+    with pytest.raises(UserError, match="made with other settings"):
+        run_api(banded, step1_only=True, resume=True)
+    plain = tmp_path / "plain"
+    first, _ = run_api(plain, step1_only=True)
+    log = plain / INCREMENTAL
+    older = [row[: len(COLUMNS_BEFORE_BANDS)] for row in csv.reader(log.read_text().splitlines())]
+    log.write_text("".join(",".join(row) + "\n" for row in older))  # as written before the band columns
+    assert tuple(older[0]) == COLUMNS_BEFORE_BANDS
+    again, seen = run_api(plain, step1_only=True, resume=True)
+    assert all(resumed for _, resumed in seen) and len(seen) == 10
+    assert [r.model_dump(exclude=set(TIMING_FIELDS)) for r in again.results] == [
+        r.model_dump(exclude=set(TIMING_FIELDS)) for r in first.results
+    ]
+    assert "replicas" not in again.analysis and "band" not in again.analysis["step1"]
+
+
+def test_a_calibrated_suite_and_one_test_print_their_bands(tmp_path, bench_stress):
+    """`--calibrate RUN` from an engine iteration log with noisy steps: the suite's tests get band columns
+    and the conclusions say whether the choices hold; a --num-requests continuous test its replicas file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    synthetic_run(run, requests=60)
+    records, _ = synthetic_log()
+    rng = np.random.default_rng(1)
+    for record in records:
+        record["elapsed_ms"] *= float(np.exp(rng.normal(0.0, 0.2)))
+    write_log(run, records)
+    out = tmp_path / "out"
+    result = bench_stress(
+        *SMALL, "--calibrate", run, "--replicas", 2, "--step2-only", "--out", out, "--workers", 1
+    )
+    assert result.exit_code == 0, result.output
+    assert {row["replicas"] for row in rows(out / STEP_FILES["step2"])} == {"2"}
+    assert "GPU count meeting the SLA target (step 2, 2 replicas)" in result.output
+    one = tmp_path / "one"
+    flags = ("--num-requests", 300, "--scheduler", "continuous", "--gpus", 2, "--replicas", 3)
+    result = bench_stress(*flags, "--calibrate", run, "--out", one, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    bands = json.loads((one / "stress_replicas.json").read_text())
+    assert bands["replicas"] == 3 and bands["bands"]["e2e_p50_s"]["p5"] <= bands["bands"]["e2e_p50_s"]["p95"]
+
+
+def test_a_choice_is_contested_when_a_rivals_best_case_beats_its_worst_case():
+    from flowperf.stress.band_choices import contenders
+
+    def result(name, sla, ttft):
+        """A test whose SLA attainment band is `sla` and p99 TTFT band `ttft` (p5, median, p95)."""
+        fields = {
+            f"sla_attainment_{key}": value for key, value in zip(("p5", "median", "p95"), sla, strict=True)
+        }
+        fields |= {
+            f"ttft_p99_s_{key}": value for key, value in zip(("p5", "median", "p95"), ttft, strict=True)
+        }
+        return TestResult.model_construct(scheduler=name, replicas=10, **fields)
+
+    chosen = result("a", (0.90, 0.95, 0.97), (1.0, 1.1, 1.2))
+    below = result("b", (0.80, 0.85, 0.89), (0.5, 0.6, 0.7))  # worse SLA even at its best
+    overlapping = result("c", (0.85, 0.88, 0.91), (2.0, 2.1, 2.2))  # its best SLA beats a's worst
+    assert contenders([chosen, below], chosen, "scheduler")["contenders"] == []
+    assert contenders([chosen, below, overlapping], chosen, "scheduler")["contenders"] == ["c"]
+    # all at full attainment: the p99 TTFT bands decide
+    full = (1.0, 1.0, 1.0)
+    first, faster, slower = (
+        result("a", full, (1.0, 1.1, 1.2)),
+        result("b", full, (1.15, 1.3, 1.4)),
+        result("c", full, (1.3, 1.4, 1.5)),
+    )
+    verdict = contenders([first, faster, slower], first, "scheduler")
+    assert verdict["contenders"] == ["b"] and not verdict["clear"] and verdict["best_by_median"] == "a"

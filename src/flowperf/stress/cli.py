@@ -22,6 +22,7 @@ from flowperf.stress.config import StressConfig, parse_flags
 
 if TYPE_CHECKING:
     from flowperf.stress.calibrate import Calibration
+    from flowperf.stress.replicas import ReplicaPlan
     from flowperf.stress.spec import TestResult, TestSpec
     from flowperf.stress.suite import OnResult, SuiteReport
 
@@ -122,7 +123,8 @@ ReplicasOption = Annotated[
     int | None,
     typer.Option(
         help="Perturbed replicas (iteration costs times the calibration's multipliers) for each figure's "
-        "5-95% band: default 200 with --validate/--sessions, 40 for a vllm test with a calibration."
+        "5-95% band: default 200 with --validate/--sessions, 40 for a --num-requests test and 10 for each "
+        "suite test with a calibration."
     ),
 ]
 SessionsOption = Annotated[
@@ -225,13 +227,25 @@ def _run_with_progress(config: StressConfig, calibration: Calibration | None) ->
     from flowperf.stress.suite import planned_tests, run_suite
 
     test_config = config.test_config(calibration.service if calibration else ServiceModel())
+    plan = _suite_replicas(config, calibration)
     with (
         _progress_bar(planned_tests(config)) as on_result,
-        open_executor(test_config, config.executor, config.workers, config.ray_address) as run_many,
+        open_executor(test_config, config.executor, config.workers, config.ray_address, plan) as run_many,
     ):
         return run_suite(
-            config, test_config, run_many, on_result, calibration.as_dict() if calibration else None
+            config, test_config, run_many, on_result, calibration.as_dict() if calibration else None, plan
         )
+
+
+def _suite_replicas(config: StressConfig, calibration: Calibration | None) -> ReplicaPlan | None:
+    """The suite's tests get bands where the calibration kept its multipliers' noise and replicas are
+    asked for (a --num-requests test gets its own in `_print_replicas`)."""
+    replicas = config.replica_count()
+    if config.steps == ("single",) or calibration is None or calibration.noise is None or not replicas:
+        return None
+    from flowperf.stress.replicas import ReplicaPlan
+
+    return ReplicaPlan(calibration.noise, replicas, config.seed)
 
 
 @contextmanager
@@ -319,15 +333,10 @@ def _print_validation(run_dir: Path, calibration: Path, config: StressConfig) ->
 
 
 def _print_replicas(config: StressConfig, calibration: Calibration | None) -> None:
-    """For a `--num-requests --scheduler vllm` test with a noisy calibration and replicas: each figure's
-    median and 5-95% band, printed and written to `stress_replicas.json`."""
+    """For a `--num-requests` test with a noisy calibration and replicas: each figure's median and 5-95%
+    band, printed and written to `stress_replicas.json`."""
     replicas = config.replica_count()
-    scheduler = config.scheduler
     if not replicas or calibration is None or calibration.noise is None or config.steps != ("single",):
-        return
-    if scheduler is None or scheduler.kind != "vllm":
-        if config.replicas is not None:  # asked for, not the default
-            console.print("--replicas: bands are computed for --scheduler vllm tests only")
         return
     from flowperf.stress.replicas import replica_bands
     from flowperf.stress.suite import single_test
@@ -398,6 +407,30 @@ def _conclusions(analysis: dict[str, Any]) -> list[str]:
     if "step3" in analysis and analysis["step3"]["best_k"] is not None:
         lines.append(
             f"best K (step 3, {analysis['step3']['n_gpus']} GPUs): [bold]{analysis['step3']['best_k']}[/]"
+        )
+    return lines + _band_conclusions(analysis)
+
+
+def _band_conclusions(analysis: dict[str, Any]) -> list[str]:
+    """Whether each choice holds within the replicas' 5-95% bands (`stress.band_choices`)."""
+    lines = []
+    for step, what in (("step1", "scheduler"), ("step3", "K")):
+        band = analysis.get(step, {}).get("band")
+        if band is not None:
+            verdict = (
+                "holds in every replica band"
+                if band["clear"]
+                else f"could be beaten within the band by {', '.join(map(str, band['contenders']))}"
+            )
+            lines.append(
+                f"best {what} ({step.replace('step', 'step ')}, {band['replicas']} replicas): {verdict}"
+            )
+    band = analysis.get("step2", {}).get("band")
+    if band is not None:
+        lines.append(
+            f"GPU count meeting the SLA target (step 2, {band['replicas']} replicas): "
+            f"{band['best_gpu_count_p5'] or 'none'} at the band's 5th percentile, "
+            f"{band['best_gpu_count_median'] or 'none'} at its median"
         )
     return lines
 

@@ -24,6 +24,9 @@ DEFAULT_REPLICAS = 200  # the band's 5th and 95th of 200 move by about a sixth o
 # and -0.4%/-3.3% (TTFT p95, e2e p50) from 40 to 80 (benchmarks/sim_replicas.py, docs/stress.md), and 40
 # replicas of 1M requests take about 18 s on one core.
 LARGE_RUN_REPLICAS = 40
+# Each suite test's replicas (steps 1-3 with a noisy calibration): the suite's cost is (1 + K) times its
+# own, so fewer than a single test's; measured in docs/stress.md ("How sure it is").
+SUITE_REPLICAS = 10
 
 
 class StressConfig(BaseModel):
@@ -146,10 +149,13 @@ class StressConfig(BaseModel):
 
     def replica_count(self) -> int:
         """--replicas, else 200 where the simulation is small (--validate, --sessions: enough for a stable
-        5-95% band) and 40 for a --num-requests test (its band is stable to 5% at 40 at 1M requests)."""
+        5-95% band), 40 for a --num-requests test (its band is stable to 5% at 40 at 1M requests) and
+        SUITE_REPLICAS for each test of the suite."""
         if self.replicas is not None:
             return self.replicas
-        return LARGE_RUN_REPLICAS if self.validate_run is None and self.sessions is None else DEFAULT_REPLICAS
+        if self.validate_run is not None or self.sessions is not None:
+            return DEFAULT_REPLICAS
+        return LARGE_RUN_REPLICAS if self.num_requests is not None else SUITE_REPLICAS
 
     @property
     def steps(self) -> tuple[str, ...]:

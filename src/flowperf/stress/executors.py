@@ -17,41 +17,34 @@ from typing import Literal
 import numpy as np
 
 from flowperf.stress.bins import cached_bins
-from flowperf.stress.engine import EngineConfig, Prefixes, simulate_engine
+from flowperf.stress.engine import EngineConfig, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
+from flowperf.stress.one_test import simulate_test, workload_prefixes
+from flowperf.stress.replicas import ReplicaPlan, band_columns, results_fingerprint
 from flowperf.stress.service import ServiceModel
-from flowperf.stress.sim import Outcome, SimConfig, simulate
+from flowperf.stress.sim import SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
-from flowperf.stress.workload import Workload, adopt_trace, cached_workload, source_trace
+from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
 from flowperf.workers.ray_cluster import connected
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
 
 
-def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
-    """Build (or reuse) the workload and bins, simulate, and summarise one test."""
+def run_test(test_config: SimTestConfig, test: TestSpec, plan: ReplicaPlan | None = None) -> TestResult:
+    """Build (or reuse) the workload and bins, simulate, and summarise one test; with a replica `plan`,
+    also simulate its perturbed replicas and add the key figures' median and 5-95% band."""
     began = time.perf_counter()
     spec = test_config.workload(test.num_requests)
     workload = cached_workload(spec)
     scheduler = test.scheduler
     bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
+    prefixes = workload_prefixes(workload) if scheduler.kind == "vllm" else None
     sim_began = time.perf_counter()
-    if scheduler.kind == "vllm":
-        outcome = simulate_vllm(test_config, test, workload, workload_prefixes(workload))
-    else:
-        sim_config = SimConfig(
-            test.n_gpus, test_config.batch_size, scheduler.kind == "continuous", test_config.service
-        )
-        outcome = simulate(
-            workload.arrival_s,
-            workload.input_tokens,
-            workload.output_tokens,
-            sim_config,
-            bin_of=None if bins is None else bins.bin_of,
-        )
+    outcome = simulate_test(test_config, test, workload, bins, prefixes)
     sim_s = time.perf_counter() - sim_began
     figures = outcome_metrics(workload, outcome, test.n_gpus, test_config.d_sla)
+    bands = {} if plan is None else band_columns(test_config, test, plan)
     return TestResult(
         test_id=test.test_id,
         step=test.step,
@@ -66,37 +59,9 @@ def run_test(test_config: SimTestConfig, test: TestSpec) -> TestResult:
         sim_s=sim_s,
         wall_s=time.perf_counter() - began,
         events_per_s=outcome.events / sim_s if sim_s > 0 else float("nan"),
-        fingerprint=test_config.fingerprint(),
+        fingerprint=results_fingerprint(test_config, plan),
+        **bands,
     )
-
-
-def simulate_vllm(
-    test_config: SimTestConfig,
-    test: TestSpec,
-    workload: Workload,
-    prefixes: Prefixes | None,
-    scale: np.ndarray | None = None,
-) -> Outcome:
-    """A workload through the vLLM V1 engine model on the test's GPUs (iteration costs times `scale`, a
-    replica's multipliers, where given): the one call of a single test and of its perturbed replicas."""
-    return simulate_engine(
-        workload.arrival_s,
-        workload.input_tokens,
-        workload.output_tokens,
-        test.n_gpus,
-        test_config.engine(),
-        test_config.service,
-        prefixes,
-        scale=scale,
-    )
-
-
-def workload_prefixes(workload: Workload) -> Prefixes | None:
-    """The prefix blocks of a workload tiled from a trace with hash ids (None otherwise)."""
-    trace = workload.trace
-    if trace is None or trace.block_tokens == 0 or workload.trace_row is None:
-        return None
-    return Prefixes(workload.trace_row, trace.hash_offsets, trace.hash_ids, trace.block_tokens)
 
 
 def warm_up() -> None:
@@ -114,8 +79,10 @@ def open_executor(
     kind: Literal["local", "ray"],
     workers: int,
     ray_address: str | None = None,
+    plan: ReplicaPlan | None = None,
 ) -> Iterator[RunMany]:
     """Yield a function that runs tests and yields their results as they finish; stop workers on exit.
+    With a replica `plan` every test also gets its bands (`run_test`).
 
     The trace is parsed here first, so a bad trace file is reported before any worker starts or any
     output is written.
@@ -123,16 +90,16 @@ def open_executor(
     trace = source_trace(test_config.source)
     warm_up()
     if kind == "ray":
-        with _ray_executor(test_config, trace, workers, ray_address) as run_many:
+        with _ray_executor(test_config, trace, workers, ray_address, plan) as run_many:
             yield run_many
     elif workers <= 1:
-        yield lambda tests: (run_test(test_config, test) for test in tests)
+        yield lambda tests: (run_test(test_config, test, plan) for test in tests)
     else:
         # Workers parse the trace themselves (it is on this machine): a large object in the initializer's
         # arguments would hang the parent, mid-write, if a worker died while starting.
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=warm_up)
         try:
-            yield lambda tests: _pool_results(pool, test_config, tests)
+            yield lambda tests: _pool_results(pool, test_config, tests, plan)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -143,9 +110,9 @@ def _costliest_first(tests: Sequence[TestSpec]) -> list[TestSpec]:
 
 
 def _pool_results(
-    pool: ProcessPoolExecutor, test_config: SimTestConfig, tests: Sequence[TestSpec]
+    pool: ProcessPoolExecutor, test_config: SimTestConfig, tests: Sequence[TestSpec], plan: ReplicaPlan | None
 ) -> Iterator[TestResult]:
-    futures = [pool.submit(run_test, test_config, test) for test in _costliest_first(tests)]
+    futures = [pool.submit(run_test, test_config, test, plan) for test in _costliest_first(tests)]
     try:
         for future in as_completed(futures):
             yield future.result()
@@ -154,14 +121,20 @@ def _pool_results(
             future.cancel()
 
 
-def _ray_task(test_config: SimTestConfig, test: TestSpec, trace: Trace | None) -> TestResult:
+def _ray_task(
+    test_config: SimTestConfig, test: TestSpec, trace: Trace | None, plan: ReplicaPlan | None
+) -> TestResult:
     adopt_trace(test_config.source, trace)
-    return run_test(test_config, test)
+    return run_test(test_config, test, plan)
 
 
 @contextmanager
 def _ray_executor(
-    test_config: SimTestConfig, trace: Trace | None, workers: int, address: str | None
+    test_config: SimTestConfig,
+    trace: Trace | None,
+    workers: int,
+    address: str | None,
+    plan: ReplicaPlan | None,
 ) -> Iterator[RunMany]:
     """Run tests as Ray tasks: on the cluster at `address`, on the one this process is already connected
     to, or on a local one started here (and stopped on exit, as is a connection opened here)."""
@@ -170,7 +143,7 @@ def _ray_executor(
         trace_ref = ray.put(trace)
 
         def run_many(tests: Sequence[TestSpec]) -> Iterator[TestResult]:
-            pending = [task.remote(test_config, test, trace_ref) for test in _costliest_first(tests)]
+            pending = [task.remote(test_config, test, trace_ref, plan) for test in _costliest_first(tests)]
             try:
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)

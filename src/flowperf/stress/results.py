@@ -29,6 +29,8 @@ STEP_FILES = {
     "step3": "stress_step3_kbins_sensitivity.csv",
 }
 COLUMNS = tuple(TestResult.model_fields)
+# The columns before the replicas' bands were added: a file with this header still resumes (no bands).
+COLUMNS_BEFORE_BANDS = COLUMNS[: COLUMNS.index("fingerprint") + 1]
 
 
 def csv_text(results: Iterable[TestResult], header: bool = True) -> str:
@@ -63,14 +65,15 @@ class IncrementalLog:
         if not lines:
             return {}
         rows = csv.reader(lines)
-        if tuple(next(rows)) != COLUMNS:
+        header = tuple(next(rows))
+        if header not in (COLUMNS, COLUMNS_BEFORE_BANDS):
             raise UserError(
                 f"{self.path}: unexpected header; it was not written by this version of bench stress"
             )
         previous: dict[str, TestResult] = {}
         for number, row in enumerate(rows, start=2):
             try:
-                fields: dict[str, Any] = dict(zip(COLUMNS, row, strict=True))
+                fields: dict[str, Any] = dict(zip(header, row, strict=True))
                 result = TestResult.model_validate({key: value or None for key, value in fields.items()})
             except (ValueError, ValidationError) as error:
                 raise UserError(

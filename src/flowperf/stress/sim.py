@@ -13,6 +13,17 @@ Time model, shared by both schedulers:
 Neither loop visits decode iterations one by one: a static batch's length is known at dispatch, and a
 continuous batch keeps a constant iteration time between membership changes, so it jumps from one
 completion or admission boundary to the next.
+
+A perturbed replica (`scale`, the calibration's per-iteration multipliers, `flowperf.stress.noise`)
+multiplies each iteration's cost by a multiplier. Every GPU counts its own iterations, and GPU g reads the
+sequence from offset g * L // n_gpus (L = scale.size, cycled), so GPUs see different slow spells instead
+of one shared one. A jump over k iterations from iteration j then costs the price times S(j + k) - S(j),
+S the periodic prefix sum of the scale, and the inverse (the first boundary at or after a time) is a
+binary search on S. Continuous batching counts decode iterations; an admission's prefill at boundary j is
+priced with multiplier j, the same one as the decode iteration that follows it. Static batching counts a
+batch's prefill as one iteration and its decode iterations after it. With no scale the loops get the one
+multiplier 1.0, for which every S difference is an exact integer and every result is bit for bit the
+unscaled one.
 """
 
 from __future__ import annotations
@@ -59,11 +70,13 @@ def simulate(
     config: SimConfig,
     bin_of: np.ndarray | None = None,
     service_time_s: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> Outcome:
     """Serve requests sorted by arrival; `bin_of` (0..K-1, default all 0) selects the static batching queue.
 
     `service_time_s`, for static batching only, replaces the token model: a batch then lasts as long as
     its longest member's service time, and a request's first token is its start (queueing theory checks).
+    `scale` (positive, cycled) multiplies each iteration's cost: a perturbed replica (module docstring).
     """
     arrival = kernel_array(arrival_s, np.float64)
     n = arrival.size
@@ -74,6 +87,9 @@ def simulate(
     service = config.service
     start, first, finish = np.empty(n), np.empty(n), np.empty(n)
     decode_iterations = np.maximum(kernel_array(output_tokens, np.int64) - 1, 0)
+    if scale is not None and service_time_s is not None:
+        raise ValueError("a scale multiplies token-model iterations; service_time_s has none")
+    cum = prefix_sums(scale)
     if config.continuous:
         if bin_of is not None or service_time_s is not None:
             raise ValueError("continuous batching has one queue and works from the token model")
@@ -87,6 +103,7 @@ def simulate(
             service.prefill_per_token_s,
             service.decode_base_s,
             service.decode_per_request_s,
+            cum,
             start,
             first,
             finish,
@@ -118,6 +135,7 @@ def simulate(
             b,
             c,
             d,
+            cum,
             start,
             first,
             finish,
@@ -131,16 +149,62 @@ def kernel_array(values: np.ndarray, dtype: type) -> np.ndarray:
     return np.require(values, dtype, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
+def prefix_sums(scale: np.ndarray | None) -> np.ndarray:
+    """[0, s0, s0 + s1, ..., total] of the multipliers (just [0, 1] without a scale): what `_span` reads."""
+    if scale is None:
+        return np.array([0.0, 1.0])
+    values = np.asarray(scale, np.float64).ravel()
+    if values.size == 0 or not bool(np.all(np.isfinite(values) & (values > 0))):
+        raise ValueError("a scale needs at least one multiplier, each finite and positive")
+    return np.concatenate([[0.0], np.cumsum(values)])
+
+
+@njit(cache=True, inline="always")
+def _span(cum, start, count):
+    """Sum of the multipliers of iterations start .. start + count - 1 (cycled): S(start + count) - S(start)
+    with S(j) = (j // L) * total + cum[j % L]. With one multiplier, count * it (exact for 1.0, and `count`
+    may then be any float: a static batch's service time)."""
+    length = cum.size - 1
+    if length == 1:
+        return count * cum[1]
+    end = start + np.int64(count)
+    return ((end // length) * cum[length] + cum[end % length]) - (
+        (start // length) * cum[length] + cum[start % length]
+    )
+
+
+@njit(cache=True, inline="always")
+def _steps_to(cum, start, x):
+    """The fewest iterations from `start` whose multipliers sum to at least x > 0: math.ceil(x) without a
+    scale, else a doubling then a binary search on `_span`."""
+    if cum.size == 2:
+        return math.ceil(x / cum[1])
+    low = 0
+    high = 1
+    while _span(cum, start, high) < x:
+        low = high
+        high *= 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _span(cum, start, middle) < x:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
 # One hot compiled loop, exempt from the size rules: splitting it costs a call per event in nopython mode.
 @njit(cache=True)
 def _bins_loop(  # noqa: C901
-    arrival, prefill_tokens, work, bin_of, n_bins, n_gpus, batch_size, a, b, c, d, start, first, finish
+    arrival, prefill_tokens, work, bin_of, n_bins, n_gpus, batch_size, a, b, c, d, cum, start, first, finish
 ):
     """Static batching from K FIFO queues; returns (busy GPU-s, batches, mean batch size, iterations, events).
 
     Each queue is a window [head, tail) into the requests of its bin listed in arrival order, so queueing
     and dispatch move two integers instead of objects. A batch keeps its size until its longest member ends.
     `work` is each request's decode iterations, or its whole service time when a=b=d=0 and c=1.
+    `cum` is the prefix sums of the iteration multipliers (`prefix_sums`): GPU g's iteration counter
+    `done[g]` starts at g * L // n_gpus; a batch's prefill takes one iteration, its decode the next ones.
     """
     n = arrival.size
     bin_start = np.zeros(n_bins + 1, np.int64)
@@ -159,6 +223,7 @@ def _bins_loop(  # noqa: C901
     heap = np.zeros(n_gpus, np.int64)
     pos = np.full(n_gpus, -1, np.int64)
     free_at = np.zeros(n_gpus, np.float64)
+    done = np.arange(n_gpus) * (cum.size - 1) // n_gpus  # each GPU's iteration counter (module docstring)
     size = 0
     idle = np.arange(n_gpus - 1, -1, -1)
     n_idle = n_gpus
@@ -197,18 +262,21 @@ def _bins_loop(  # noqa: C901
             for j in range(head[chosen], head[chosen] + take):
                 tokens += prefill_tokens[order[j]]
                 longest = max(longest, work[order[j]])
-            prefill = a + b * tokens
+            gpu = idle[n_idle - 1]
+            at = done[gpu]
+            prefill = (a + b * tokens) * _span(cum, at, 1)
             iteration = c + d * take
             for j in range(head[chosen], head[chosen] + take):
                 r = order[j]
                 start[r] = now
                 first[r] = now + prefill
-                finish[r] = now + prefill + work[r] * iteration
-            duration = prefill + longest * iteration
+                finish[r] = now + prefill + _span(cum, at + 1, work[r]) * iteration
+            duration = prefill + _span(cum, at + 1, longest) * iteration
+            done[gpu] = at + 1 + np.int64(longest)
             head[chosen] += take
             queued -= take
             n_idle -= 1
-            size = heap_set(heap, pos, free_at, size, idle[n_idle], now + duration)
+            size = heap_set(heap, pos, free_at, size, gpu, now + duration)
             busy += duration
             batches += 1
             filled += take
@@ -218,7 +286,7 @@ def _bins_loop(  # noqa: C901
 
 # One hot compiled loop, exempt from the size rules: splitting it costs a call per event in nopython mode.
 @njit(cache=True)
-def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d, start, first, finish):  # noqa: C901
+def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d, cum, start, first, finish):  # noqa: C901
     """Iteration-level batching; returns (busy GPU-s, admissions, mean slots in use per iteration, iterations,
     events).
 
@@ -236,6 +304,10 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
     to admit. When that leaves fewer waiting than the slots still promised, every plan is withdrawn (the
     loop re-plans the rest at once): a promise for requests already gone would make the next arrival wait
     for that GPU's boundary while a GPU sat idle.
+
+    Iteration costs are times the multipliers whose prefix sums are `cum` (`prefix_sums`): GPU g's
+    iteration j reads multiplier offset[g] + j, so a jump of k iterations is `_span` and the first
+    boundary after a time is `_steps_to`.
     """
     n = arrival.size
     members = np.zeros((n_gpus, slots), np.int64)
@@ -245,6 +317,7 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
     join_at = np.full(n_gpus, -1, np.int64)  # iteration of a planned admission, or -1
     base_t = np.zeros(n_gpus, np.float64)
     base_i = np.zeros(n_gpus, np.int64)
+    offset = np.arange(n_gpus) * (cum.size - 1) // n_gpus  # where each GPU starts in the multipliers
     busy_since = np.zeros(n_gpus, np.float64)
     # busy GPUs keyed by the time of their next completion or planned admission
     heap, pos, event_at = np.zeros(n_gpus, np.int64), np.full(n_gpus, -1, np.int64), np.zeros(n_gpus)
@@ -277,16 +350,18 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
             n_open = heap_remove(open_heap, open_pos, load, n_open, gpu)
             tau = c + d * active[gpu]
             step = 0
+            at_i = offset[gpu] + base_i[gpu]
             if now > base_t[gpu] and tau > 0:
-                step = math.ceil((now - base_t[gpu]) / tau)
-                if base_t[gpu] + step * tau < now:
+                step = _steps_to(cum, at_i, (now - base_t[gpu]) / tau)
+                if base_t[gpu] + _span(cum, at_i, step) * tau < now:
                     step += 1
             join_at[gpu] = base_i[gpu] + step
             planned_slots += slots - active[gpu]
             planned[n_planned] = gpu
             n_planned += 1
             target = min(next_done[gpu], join_at[gpu])
-            n_busy = heap_set(heap, pos, event_at, n_busy, gpu, base_t[gpu] + (target - base_i[gpu]) * tau)
+            at = base_t[gpu] + _span(cum, at_i, target - base_i[gpu]) * tau
+            n_busy = heap_set(heap, pos, event_at, n_busy, gpu, at)
             continue
         elif n_busy > 0 and (r_next >= n or event_at[heap[0]] < arrival[r_next]):
             gpu = heap[0]
@@ -335,7 +410,8 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
             tokens = 0.0
             for r in range(queue_head, queue_head + take):
                 tokens += prefill_tokens[r]
-            base_t[gpu] = now + a + b * tokens
+            multiplier = _span(cum, offset[gpu] + boundary, 1)
+            base_t[gpu] = now + a * multiplier + b * tokens * multiplier  # `now + a + b * tokens` unscaled
             for r in range(queue_head, queue_head + take):
                 members[gpu, active[gpu]] = r
                 done_at[gpu, active[gpu]] = boundary + decode[r]
@@ -349,7 +425,8 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
                     other = planned[index]
                     join_at[other] = -1
                     tau = c + d * active[other]
-                    at = base_t[other] + (next_done[other] - base_i[other]) * tau
+                    steps = next_done[other] - base_i[other]
+                    at = base_t[other] + _span(cum, offset[other] + base_i[other], steps) * tau
                     n_busy = heap_set(heap, pos, event_at, n_busy, other, at)
                     n_open = heap_set(open_heap, open_pos, load, n_open, other, float(active[other]))
                 n_planned = 0
@@ -363,7 +440,8 @@ def _continuous_loop(arrival, prefill_tokens, decode, n_gpus, slots, a, b, c, d,
         for slot in range(1, active[gpu]):
             soonest = min(soonest, done_at[gpu, slot])
         next_done[gpu] = soonest
-        at = base_t[gpu] + (soonest - base_i[gpu]) * (c + d * active[gpu])
+        steps = soonest - base_i[gpu]
+        at = base_t[gpu] + _span(cum, offset[gpu] + base_i[gpu], steps) * (c + d * active[gpu])
         n_busy = heap_set(heap, pos, event_at, n_busy, gpu, at)
         if active[gpu] < slots:
             n_open = heap_set(open_heap, open_pos, load, n_open, gpu, float(active[gpu]))

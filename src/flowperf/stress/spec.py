@@ -145,6 +145,22 @@ class TestResult(BaseModel):
     wall_s: float
     events_per_s: float
     fingerprint: str
+    # With a noisy calibration and --replicas: the key figures over the perturbed replicas (stress.replicas);
+    # empty otherwise. Last, so a results file written before they existed still resumes.
+    replicas: int | None = None
+    sla_attainment_median: float | None = None
+    sla_attainment_p5: float | None = None
+    sla_attainment_p95: float | None = None
+    ttft_p99_s_median: float | None = None
+    ttft_p99_s_p5: float | None = None
+    ttft_p99_s_p95: float | None = None
+    e2e_p50_s_median: float | None = None
+    e2e_p50_s_p5: float | None = None
+    e2e_p50_s_p95: float | None = None
+    throughput_rps_median: float | None = None
+    throughput_rps_p5: float | None = None
+    throughput_rps_p95: float | None = None
 
 
+SUITE_BANDED = ("sla_attainment", "ttft_p99_s", "e2e_p50_s", "throughput_rps")  # the band columns' figures
 TIMING_FIELDS = ("sim_s", "wall_s", "events_per_s")  # vary run to run; everything else is deterministic

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowperf.stress import plan
+from flowperf.stress import band_choices, plan
 from flowperf.stress.config import StressConfig
 from flowperf.stress.executors import RunMany
+from flowperf.stress.replicas import ReplicaPlan, results_fingerprint
 from flowperf.stress.results import IncrementalLog, write_outputs
 from flowperf.stress.spec import Scheduler, SimTestConfig, TestResult, TestSpec
 
@@ -50,10 +51,14 @@ def run_suite(
     run_many: RunMany,
     on_result: OnResult,
     calibration: dict[str, Any] | None = None,
+    replicas: ReplicaPlan | None = None,
 ) -> SuiteReport:
-    """Run the steps `config` selects, appending each result to the incremental file as it arrives."""
+    """Run the steps `config` selects, appending each result to the incremental file as it arrives.
+    `replicas` is the plan `run_many` gives each test's bands with (None: no bands); it enters the
+    fingerprint, so results with other bands are not resumed."""
     began = time.perf_counter()
-    log = IncrementalLog(config.out, test_config.fingerprint(), config.resume)
+    fingerprint = results_fingerprint(test_config, replicas)
+    log = IncrementalLog(config.out, fingerprint, config.resume)
     try:
         resumed = dict(log.previous)
 
@@ -72,8 +77,9 @@ def run_suite(
         log.close()
     analysis = {
         "settings": test_config.model_dump(mode="json"),  # a persisted key: analyses already written use it
-        "fingerprint": test_config.fingerprint(),
+        "fingerprint": fingerprint,
         "calibration": calibration,
+        **({} if replicas is None else {"replicas": {"count": replicas.replicas, "seed": replicas.seed}}),
         **analysis,
         "tests": len(results),
         "resumed_tests": sum(result.test_id in resumed for result in results),
@@ -166,4 +172,20 @@ def _run_steps(
             "source": step3_origin,
         }
     ran = {"step1": step1, "step2": step2, "step3": step3}
+    _band_verdicts(analysis, ran, config.sla_target)
     return [result for step in config.steps for result in ran[step]], analysis
+
+
+def _band_verdicts(analysis: dict[str, Any], ran: dict[str, list[TestResult]], sla_target: float) -> None:
+    """Add to each step's analysis whether its choice holds within the replicas' bands (when it has them)."""
+    step1, step2, step3 = ran["step1"], ran["step2"], ran["step3"]
+    largest = [result for result in step1 if result.num_requests == max(r.num_requests for r in step1)]
+    if band_choices.has_bands(largest):
+        best = analysis["step1"]["best_scheduler"]
+        chosen = next(result for result in largest if result.scheduler == best)
+        analysis["step1"]["band"] = band_choices.contenders(largest, chosen, "scheduler")
+    if band_choices.has_bands(step2):
+        analysis["step2"]["band"] = band_choices.gpu_counts(step2, sla_target)
+    if band_choices.has_bands(step3):
+        chosen = next(result for result in step3 if result.k == analysis["step3"]["best_k"])
+        analysis["step3"]["band"] = band_choices.contenders(step3, chosen, "k")
