@@ -14,6 +14,10 @@ One round:
    and how the engine's speed moved between the replays);
 2. a replay at each load, predicted as `bench stress --validate RUN --calibration CAL --replicas K`.
 
+Every replay runs pinned (--pin, the default; `sim_session_validation.pinning`): the engine's compute
+threads on the first core, the harness on the others. Unpinned on 2 cores the engine ran each replay at
+one of two speeds (median decode step 1.25-1.4 or 1.75-2.45 ms), whatever the load.
+
 Then the targets, over the rounds (each measured figure against the median of the rounds' measurements
 at that load, and each prediction against its own round's replay for the band):
 - light and moderate: e2e p50 and throughput within 10%, TTFT p95 within 20% of the measured median, in
@@ -45,6 +49,7 @@ from flowperf.stats import percentile
 from flowperf.stress.calibrate import calibrate
 from flowperf.stress.traces import load_trace
 from flowperf.stress.validate import validate
+from sim_session_validation import pinning  # this script's neighbour
 
 TARGETS = {"e2e_p50_s": 0.10, "throughput_rps": 0.10, "ttft_p95_s": 0.20}
 LOADS = {"light": 0.25, "moderate": 0.70, "saturation": 0.95}
@@ -79,8 +84,9 @@ def replay(out: Path, run_id: str, scale: float, args: argparse.Namespace) -> Pa
         run_id,
         "--no-progress",
     ]
-    print("$", " ".join(command), file=sys.stderr)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    prefix, env = pinning(args.pin)
+    print("$", " ".join(prefix + command), file=sys.stderr)
+    subprocess.run(prefix + command, check=True, stdout=subprocess.DEVNULL, env=env)
     return run_dir
 
 
@@ -189,6 +195,12 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200)
     parser.add_argument("--replicas", type=int, default=200)
     parser.add_argument("--reuse", action="store_true", help="keep replays already in --out")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="engine and harness on separate cores",
+    )
     parser.add_argument("--seed", type=int, default=0, help="--sessions: replica k's seed is seed + k")
     parser.add_argument("--sessions", action="store_true", help="the session validation instead")
     parser.add_argument("--session-token-scale", type=float, default=0.25)
