@@ -22,7 +22,6 @@ light and moderate targets of the request protocol, makespan p50 within 10% and 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -73,17 +72,11 @@ def scaled_trace(out: Path, token_scale: float, time_scale: float) -> Path:
     return path
 
 
-def pinning(pin: bool) -> tuple[list[str], dict[str, str]]:
-    """With `pin` (--pin, the default), the engine's compute threads on the first allowed core and the
-    harness (and every other thread of the replay) on the rest: `taskset` for the replay,
-    VLLM_CPU_OMP_THREADS_BIND for the engine.
-    Unpinned, on 2 cores, a replay's median decode step was 1.25-1.4 ms or 1.75-2.45 ms from one replay to
-    the next (the harness landing on the engine's core or not); pinned, 1.39-1.48 ms in 4 of 4."""
-    cores = sorted(os.sched_getaffinity(0))
-    if not pin or len(cores) < 2:
-        return [], dict(os.environ)
-    rest = ",".join(str(core) for core in cores[1:])
-    return ["taskset", "-c", rest], {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(cores[0])}
+def pinning(pin: bool) -> list[str]:
+    """The replay's flag for where its threads run: `bench`'s default keeps the harness off the cores the
+    CPU engine computes on (`--pin-harness`); --no-pin runs replays as they ran before that existed
+    (on 2 cores, a replay's median decode step was then 1.25-1.4 or 1.75-2.45 ms, whatever the load)."""
+    return [] if pin else ["--no-pin-harness"]
 
 
 def replay_sessions(trace: Path, out: Path, run_id: str, sessions: int, reuse: bool, pin: bool) -> Path:
@@ -95,9 +88,9 @@ def replay_sessions(trace: Path, out: Path, run_id: str, sessions: int, reuse: b
     bench = Path(sys.executable).with_name("bench")
     command = [str(bench) if bench.is_file() else "bench", "replay", str(trace), "--sessions", str(sessions)]
     command += ["--out", str(out), "--run-id", run_id, "--no-progress"]
-    prefix, env = pinning(pin)
-    print("$", " ".join(prefix + command), file=sys.stderr)
-    subprocess.run(prefix + command, check=True, stdout=subprocess.DEVNULL, env=env)
+    command += pinning(pin)
+    print("$", " ".join(command), file=sys.stderr)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run_dir
 
 

@@ -14,9 +14,9 @@ One round:
    and how the engine's speed moved between the replays);
 2. a replay at each load, predicted as `bench stress --validate RUN --calibration CAL --replicas K`.
 
-Every replay runs pinned (--pin, the default; `sim_session_validation.pinning`): the engine's compute
-threads on the first core, the harness on the others. Unpinned on 2 cores the engine ran each replay at
-one of two speeds (median decode step 1.25-1.4 or 1.75-2.45 ms), whatever the load.
+Every replay keeps its harness off the engine's cores (`bench`'s default `--pin-harness`; --no-pin
+passes `--no-pin-harness`): unpinned on 2 cores the engine ran each replay at one of two speeds (median
+decode step 1.25-1.4 or 1.75-2.45 ms), whatever the load.
 
 Then the targets, over the rounds (each measured figure against the median of the rounds' measurements
 at that load, and each prediction against its own round's replay for the band):
@@ -84,9 +84,9 @@ def replay(out: Path, run_id: str, scale: float, args: argparse.Namespace) -> Pa
         run_id,
         "--no-progress",
     ]
-    prefix, env = pinning(args.pin)
-    print("$", " ".join(prefix + command), file=sys.stderr)
-    subprocess.run(prefix + command, check=True, stdout=subprocess.DEVNULL, env=env)
+    command += pinning(args.pin)
+    print("$", " ".join(command), file=sys.stderr)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return run_dir
 
 
@@ -199,7 +199,7 @@ def main() -> None:
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="engine and harness on separate cores",
+        help="replays keep the harness off the engine's cores",
     )
     parser.add_argument("--seed", type=int, default=0, help="--sessions: replica k's seed is seed + k")
     parser.add_argument("--sessions", action="store_true", help="the session validation instead")

@@ -74,7 +74,8 @@ def engine(
 ) -> Iterator[VllmLocalEngine]:
     """The session's one real engine, started before the first test that needs it."""
     log = tmp_path_factory.mktemp("engine") / "engine.log"
-    vllm_engine = get_vllm_engine(EngineConfig(), tiny_model, log)
+    # pin_harness off: moving this process off the engine's core would leave every later test one core
+    vllm_engine = get_vllm_engine(EngineConfig(pin_harness=False), tiny_model, log)
     engine_loop.run(vllm_engine.start())
     yield vllm_engine
     engine_loop.run(vllm_engine.shutdown())

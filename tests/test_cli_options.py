@@ -125,6 +125,7 @@ COMMAND_FLAGS = {
         --cuda-graph-sizes --cuda-graphs --eager --engine --engine-arg --executor --fail-fast --fixtures-dir
         --flow --flows-dir --grace-s --keep-prefix-cache --kv-cache-gib --leak-threshold-mb --max-model-len
         --max-servers --max-tokens --model --model-preset --no-cuda-graphs --no-progress --num-flows --out
+        --pin-harness --no-pin-harness
         --progress --rate --ray-address --reset-prefix-cache --resume --routing --run-id --sample-interval
         --save-text --seed --server-port --step-timeout-s --warmup --workers -c -n
         --no-server-metrics --server-metrics --server-metrics-interval --with-server-metrics""",

@@ -90,6 +90,7 @@ PERSISTED_SHAPE = {
     "engine.block_size", "engine.kv_cache_gib", "engine.gpu_memory_utilization", "engine.enforce_eager",
     "engine.cuda_graphs",
     "engine.cudagraph_capture_sizes", "engine.max_num_seqs", "engine.enable_prefix_caching", "engine.seed",
+    "engine.pin_harness",
     "engine.extra_engine_args", "engine.base_url", "engine.routing", "engine.api", "engine.api_key_env",
     "engine.connect_timeout_s", "engine.read_timeout_s", "engine.server_port", "engine.max_servers",
     "engine.server_start_timeout_s",

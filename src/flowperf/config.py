@@ -83,6 +83,11 @@ class EngineConfig(BaseModel):
     max_num_seqs: int | None = Field(default=None, ge=1)
     enable_prefix_caching: bool = True
     seed: int = 0
+    pin_harness: bool = Field(
+        default=True,
+        description="in-process engine: move this process's threads off the cores vLLM binds its CPU compute "
+        "threads to (nothing moves on GPU)",
+    )
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments passed through (--engine-arg KEY=VALUE)"
     )
@@ -357,8 +362,8 @@ class RunConfig(BaseModel):
 
     def shaping_config(self) -> dict[str, Any]:
         """The settings that shape what a run measures (not where results go or how it stops); a run
-        without a trace, a model preset or replicas has the shape (and fingerprint) it had before those
-        existed."""
+        without a trace, a model preset or replicas, and with the default harness placement, has the shape
+        (and fingerprint) it had before those existed."""
         shaping = self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
         if shaping["trace"] is None:
             del shaping["trace"]
@@ -368,6 +373,8 @@ class RunConfig(BaseModel):
                     del shaping["trace"][name]
         if shaping["engine"]["model_preset"] is None:
             del shaping["engine"]["model_preset"]
+        if shaping["engine"]["pin_harness"]:
+            del shaping["engine"]["pin_harness"]
         if len(self.engine.base_urls) < 2:  # routing means nothing with one server
             del shaping["engine"]["routing"]
         return shaping

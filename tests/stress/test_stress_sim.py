@@ -25,7 +25,7 @@ def times(outcome):
     return np.stack([outcome.start, outcome.first_token, outcome.finish])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(1, 80),
@@ -33,12 +33,16 @@ def times(outcome):
     batch_size=st.integers(1, 5),
     n_bins=st.integers(1, 3),
     tied=st.booleans(),
+    length=st.integers(0, 40),
 )
-def test_bins_loop_matches_reference(seed, n, n_gpus, batch_size, n_bins, tied):
+def test_bins_loop_matches_reference(seed, n, n_gpus, batch_size, n_bins, tied, length):
+    """With and without a replica's multipliers (`length` 0: none; see multipliers below)."""
     arrival, inputs, outputs = requests(seed, n, tied)
     bin_of = np.random.default_rng(seed + 1).integers(0, n_bins, n)
-    outcome = simulate(arrival, inputs, outputs, SimConfig(n_gpus, batch_size, False, ODD_SERVICE), bin_of)
-    expected = reference_bins(arrival, inputs, outputs, bin_of, n_gpus, batch_size, ODD_SERVICE)
+    scale = multipliers(seed + 2, length) if length else None
+    config = SimConfig(n_gpus, batch_size, False, ODD_SERVICE)
+    outcome = simulate(arrival, inputs, outputs, config, bin_of, scale=scale)
+    expected = reference_bins(arrival, inputs, outputs, bin_of, n_gpus, batch_size, ODD_SERVICE, scale)
     np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
 
 
@@ -145,25 +149,6 @@ def multipliers(seed: int, length: int) -> np.ndarray:
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(1, 80),
-    n_gpus=st.integers(1, 4),
-    batch_size=st.integers(1, 5),
-    n_bins=st.integers(1, 3),
-    length=st.integers(1, 40),
-)
-def test_bins_loop_with_a_scale_matches_reference(seed, n, n_gpus, batch_size, n_bins, length):
-    arrival, inputs, outputs = requests(seed, n)
-    bin_of = np.random.default_rng(seed + 1).integers(0, n_bins, n)
-    scale = multipliers(seed + 2, length)
-    config = SimConfig(n_gpus, batch_size, False, ODD_SERVICE)
-    outcome = simulate(arrival, inputs, outputs, config, bin_of, scale=scale)
-    expected = reference_bins(arrival, inputs, outputs, bin_of, n_gpus, batch_size, ODD_SERVICE, scale)
-    np.testing.assert_allclose(times(outcome), np.stack(expected), rtol=1e-9, atol=1e-9)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    n=st.integers(1, 80),
     slots=st.integers(1, 6),
     tied=st.booleans(),
     length=st.integers(1, 40),
@@ -196,16 +181,21 @@ def test_a_scale_of_ones_gives_the_unscaled_results_bit_for_bit(continuous, leng
 SCALE = np.array([2.0, 3.0, 5.0, 7.0, 11.0])
 
 
+def two_requests_on_one_gpu(continuous: bool):
+    """Requests of 100 and 50 prompt tokens (4 and 3 output tokens) at 0 and 100 s on one GPU with SCALE:
+    the outcome, each one's unscaled prefill and the unscaled decode iteration of one request."""
+    service = ODD_SERVICE
+    arrival = np.array([0.0, 100.0])
+    config = SimConfig(1, 2, continuous, service)
+    outcome = simulate(arrival, np.array([100, 50]), np.array([4, 3]), config, scale=SCALE)
+    prefill = [service.prefill_base_s + service.prefill_per_token_s * t for t in (100, 50)]
+    return outcome, prefill, service.decode_base_s + service.decode_per_request_s
+
+
 def test_static_batching_prices_the_prefill_and_each_decode_iteration_with_its_own_multiplier():
     """One GPU: the first batch's prefill is iteration 0 and its 3 decode iterations 1-3; the next batch
     (after the GPU went idle) goes on from iteration 4, and the multipliers wrap around after 5."""
-    service = ODD_SERVICE
-    arrival = np.array([0.0, 100.0])
-    outcome = simulate(
-        arrival, np.array([100, 50]), np.array([4, 3]), SimConfig(1, 2, False, service), scale=SCALE
-    )
-    prefill = [service.prefill_base_s + service.prefill_per_token_s * t for t in (100, 50)]
-    tau = service.decode_base_s + service.decode_per_request_s
+    outcome, prefill, tau = two_requests_on_one_gpu(continuous=False)
     assert outcome.first_token[0] == pytest.approx(prefill[0] * 2.0)
     assert outcome.finish[0] == pytest.approx(prefill[0] * 2.0 + tau * (3.0 + 5.0 + 7.0))
     assert outcome.first_token[1] == pytest.approx(100.0 + prefill[1] * 11.0)
@@ -215,13 +205,7 @@ def test_static_batching_prices_the_prefill_and_each_decode_iteration_with_its_o
 def test_continuous_batching_prices_each_decode_iteration_and_a_prefill_at_its_boundary():
     """One GPU: request 0's prefill at boundary 0 and its 3 decode iterations 0-2; request 1 arrives while
     the GPU is idle at boundary 3, its prefill priced with multiplier 3, its 2 iterations with 3 and 4."""
-    service = ODD_SERVICE
-    arrival = np.array([0.0, 100.0])
-    outcome = simulate(
-        arrival, np.array([100, 50]), np.array([4, 3]), SimConfig(1, 2, True, service), scale=SCALE
-    )
-    prefill = [service.prefill_base_s + service.prefill_per_token_s * t for t in (100, 50)]
-    tau = service.decode_base_s + service.decode_per_request_s
+    outcome, prefill, tau = two_requests_on_one_gpu(continuous=True)
     assert outcome.finish[0] == pytest.approx(prefill[0] * 2.0 + tau * (2.0 + 3.0 + 5.0))
     assert outcome.first_token[1] == pytest.approx(100.0 + prefill[1] * 7.0)
     assert outcome.finish[1] == pytest.approx(100.0 + prefill[1] * 7.0 + tau * (7.0 + 11.0))

@@ -192,6 +192,13 @@ ENGINE = (
         help="Eager execution or torch.compile.",
         unset="eager on CPU, compiled on GPU",
     ),
+    option(
+        "engine.pin_harness",
+        "--pin-harness/--no-pin-harness",
+        panel=ENGINE_PANEL,
+        help="In-process engine on CPU: keep the harness's threads off the cores vLLM computes on (one "
+        "engine speed from run to run).",
+    ),
     option("engine.max_model_len", "--max-model-len", panel=ENGINE_PANEL, help="Context length."),
     option(
         "engine.block_size",
@@ -450,6 +457,14 @@ def only(group: tuple[ConfigOption, ...], *flags: str) -> tuple[ConfigOption, ..
     if missing:
         raise KeyError(f"no such option in the group: {', '.join(sorted(missing))}")
     return chosen
+
+
+def without(group: tuple[ConfigOption, ...], *flags: str) -> tuple[ConfigOption, ...]:
+    """A group less the named options, for a command to which they do not apply."""
+    unknown = set(flags) - {entry.flag for entry in group}
+    if unknown:
+        raise KeyError(f"no such option in the group: {', '.join(sorted(unknown))}")
+    return tuple(entry for entry in group if entry.flag not in flags)
 
 
 def default_text(entry: ConfigOption) -> str | None:

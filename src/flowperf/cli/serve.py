@@ -24,6 +24,7 @@ from flowperf.cli.options import (
     ConfigFileOption,
     ConfigFlags,
     with_options,
+    without,
 )
 from flowperf.engines.base import EngineError
 from flowperf.errors import EXIT_ENGINE_FAILED
@@ -31,7 +32,7 @@ from flowperf.outputs.tables import TableSpec, print_table
 from flowperf.run.timing import TimingLog
 
 
-@with_options(MODEL, ENGINE)
+@with_options(MODEL, without(ENGINE, "--pin-harness"))  # a server: not in process
 def serve_start(
     config_file: ConfigFileOption = None,
     *,

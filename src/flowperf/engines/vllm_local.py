@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowperf.config import CPU_DEFAULT_KV_CACHE_GIB, GIB, EngineConfig
+from flowperf.engines.affinity import Placement, keep_harness_off_engine
 from flowperf.engines.base import EngineError, EngineInfo, GenerationParams, Prompt, StepResult, TokenPrompt
 from flowperf.engines.iteration_log import IterationLog, stat_logger_factory
 from flowperf.engines.spawning import children_deaf_to_sigint, output_redirected_to
@@ -157,6 +158,7 @@ class VllmLocalEngine:
         self._version = "unknown"
         self._iterations = IterationLog()
         self.init_ms: float | None = None
+        self._placement: Placement | None = None
 
     @property
     def started(self) -> bool:
@@ -188,6 +190,8 @@ class VllmLocalEngine:
                 where = f" (engine log: {self.log_path})" if self.log_path else ""
                 raise EngineError(f"the vLLM engine failed to start: {error}{where}") from error
         _init_count += 1
+        if self.settings.pin_harness and not on_gpu:
+            self._placement = keep_harness_off_engine()
         logging.getLogger("vllm").setLevel(logging.ERROR)
         self._version = vllm.__version__
         self._device = current_platform.device_type
@@ -322,6 +326,8 @@ class VllmLocalEngine:
                 "cudagraph_capture_sizes": list(config.compilation_config.cudagraph_capture_sizes or []),
                 "max_num_seqs": config.scheduler_config.max_num_seqs,
             }
+            if self._placement is not None:
+                details["harness_placement"] = self._placement.describe()
         return EngineInfo(
             engine="vllm",
             engine_version=self._version,

@@ -111,6 +111,7 @@ def header_rows(run: RunData, summary: RunSummary) -> list[tuple[str, str]]:
         ),
         ("CUDA graphs", f"{engine.get('cuda_graph_mode', '-')} ({engine.get('cuda_graph_note', '')})"),
         ("KV cache", kv_cache_text(engine.get("details") or {})),
+        ("CPU placement", (engine.get("details") or {}).get("harness_placement") or "-"),
         ("load", load),
         ("created", str(run.config.get("created_at", "-"))),
         ("git commit", str(run.config.get("git_commit") or "-")),

@@ -1,0 +1,70 @@
+"""The harness kept off the cores the CPU engine computes on (engines/affinity.py): found from the
+engine's own threads, every thread of the measuring process moved, nothing moved when nothing is bound."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowperf.engines.affinity import keep_harness_off_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 allowed cores")
+
+MOVED = """
+import os, subprocess, sys, threading, time
+from flowperf.engines.affinity import keep_harness_off_engine
+bind = "import os, time; os.sched_setaffinity(0, {%d}); time.sleep(30)"
+bound = subprocess.Popen([sys.executable, "-c", bind])
+time.sleep(1.0)
+waiting = threading.Event()
+before = threading.Thread(target=waiting.wait)
+before.start()
+placement = keep_harness_off_engine()
+after = threading.Thread(target=waiting.wait)
+after.start()
+tasks = [int(t) for t in os.listdir("/proc/self/task")]
+print(placement.describe())
+print(sorted(set().union(*(os.sched_getaffinity(t) for t in tasks))), len(tasks))
+waiting.set()
+bound.kill()
+"""
+
+
+@TWO_CORES
+def test_a_child_bound_to_a_core_moves_every_thread_of_this_process_off_it() -> None:
+    core = min(os.sched_getaffinity(0))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-c", MOVED % core], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    described, threads = result.stdout.splitlines()
+    rest = sorted(os.sched_getaffinity(0) - {core})
+    assert described == f"engine compute threads on cores [{core}]; harness threads moved to cores {rest}"
+    assert threads == f"{rest} 3"  # main, a thread from before the move and one started after it
+
+
+def test_nothing_moves_when_no_engine_thread_is_bound() -> None:
+    placement = keep_harness_off_engine()  # this test process starts no child bound to a core
+    assert placement.harness_cores == () and "binds no thread" in placement.reason
+
+
+@pytest.mark.engine
+@TWO_CORES
+def test_the_real_cpu_engine_binds_its_compute_threads_and_the_harness_leaves_those_cores(engine) -> None:
+    allowed = os.sched_getaffinity(0)
+    tasks = [int(tid) for tid in os.listdir("/proc/self/task")]
+    try:
+        placement = keep_harness_off_engine()
+        assert placement.engine_cores and set(placement.engine_cores) < allowed
+        assert set(placement.harness_cores) == allowed - set(placement.engine_cores)
+        for tid in os.listdir("/proc/self/task"):
+            assert not os.sched_getaffinity(int(tid)) & set(placement.engine_cores)
+    finally:
+        for tid in [*tasks, *(int(t) for t in os.listdir("/proc/self/task"))]:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, allowed)
