@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flowperf.engines.affinity import keep_harness_off_engine
@@ -53,18 +54,32 @@ def test_nothing_moves_when_no_engine_thread_is_bound() -> None:
     assert placement.harness_cores == () and "binds no thread" in placement.reason
 
 
+def all_threads() -> dict[int, set[int]]:
+    """Every thread of this process and its children, with its affinity now."""
+    pids = [os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))]
+    found = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                found[int(tid)] = os.sched_getaffinity(int(tid))
+    return found
+
+
 @pytest.mark.engine
 @TWO_CORES
 def test_the_real_cpu_engine_binds_its_compute_threads_and_the_harness_leaves_those_cores(engine) -> None:
-    allowed = os.sched_getaffinity(0)
-    tasks = [int(tid) for tid in os.listdir("/proc/self/task")]
+    before = all_threads()  # put back afterwards: the session's engine serves later tests
     try:
         placement = keep_harness_off_engine()
-        assert placement.engine_cores and set(placement.engine_cores) < allowed
-        assert set(placement.harness_cores) == allowed - set(placement.engine_cores)
+        compute = set(placement.engine_cores)
+        assert compute and compute < before[os.getpid()]
+        assert set(placement.harness_cores) == before[os.getpid()] - compute
         for tid in os.listdir("/proc/self/task"):
-            assert not os.sched_getaffinity(int(tid)) & set(placement.engine_cores)
+            assert not os.sched_getaffinity(int(tid)) & compute
+        moved = {tid: bound for tid, bound in all_threads().items() if tid in before}
+        assert all(len(bound) == 1 or not bound & compute for bound in moved.values())
+        assert any(len(bound) == 1 for bound in moved.values())  # the compute threads kept their cores
     finally:
-        for tid in [*tasks, *(int(t) for t in os.listdir("/proc/self/task"))]:
+        for tid, bound in before.items():
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(tid, allowed)
+                os.sched_setaffinity(tid, bound)
