@@ -12,12 +12,15 @@ import pytest
 from engine_reference import reference_token_times
 
 from flowperf.errors import UserError
+from flowperf.rundir.records import StepRecord
 from flowperf.stress.calibrate import (
     COEFFICIENTS,
     PREFILL_FROM_ENGINE,
     PREFILL_FROM_HARNESS,
     calibrate,
+    harness_overhead_s,
     nonnegative_least_squares,
+    overhead_per_request_s,
     run_batched_tokens,
 )
 from flowperf.stress.engine import EngineConfig
@@ -258,3 +261,21 @@ def test_calibrate_repeated_pools_the_runs(tmp_path, bench_stress):
     assert "2 runs, their levels spread" in result.output
     analysis = json.loads((out / "stress_analysis.json").read_text())
     assert analysis["calibration"]["steps_used"] == 800 and analysis["calibration"]["noise"]["runs"] == 2
+
+
+def test_the_harness_overhead_per_request_in_flight_is_the_slope_of_the_per_count_medians():
+    """Steps whose TTFT overhead is 1 ms alone plus 0.8 ms per other request in flight (with outliers
+    the medians ignore) give back 0.8 ms; a run that never had two in flight gives 0."""
+    rng = np.random.default_rng(3)
+    steps = []
+    for i in range(400):
+        inflight = int(rng.integers(1, 12))
+        added = 1.0 + 0.8 * (inflight - 1) + (50.0 if rng.random() < 0.1 else rng.normal(0, 0.2))
+        record = IDENTITY | {"flow_index": i, "inflight_at_start": inflight, "status": "ok", "step_ms": 90.0}
+        record |= {"prompt_tokens": 9, "output_tokens": 3, "engine_ttft_ms": 10.0, "ttft_ms": 10.0 + added}
+        steps.append(StepRecord.model_validate(record))
+    alone = harness_overhead_s(steps)
+    assert alone == pytest.approx(0.001, abs=2e-4)
+    assert overhead_per_request_s(steps, alone) == pytest.approx(0.0008, rel=0.05)
+    singles = [step.model_copy(update={"inflight_at_start": 1}) for step in steps]
+    assert overhead_per_request_s(singles, harness_overhead_s(singles)) == 0.0

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowperf.errors import UserError
@@ -83,3 +84,21 @@ def test_validate_a_real_replay_end_to_end(tmp_path, bench_stress):
     assert shown.exit_code == 0, shown.output
     document = json.loads(shown.output)
     assert [f["name"] for f in document["figures"]] == [f.name for f in result.figures]
+
+
+def test_each_request_in_flight_adds_the_per_request_overhead_on_the_way_back():
+    """Five requests arriving within a millisecond, all in flight together: request i finds i others, so
+    with 1 s per other request its TTFT and end to end are about i seconds longer (the engine's part is
+    milliseconds): the median request, i = 2, about 2 s."""
+    from flowperf.stress.engine import EngineConfig
+    from flowperf.stress.validate import Overheads, Served, simulated_figures
+
+    served = Served(np.arange(5) * 1e-4, np.full(5, 32), np.full(5, 20), None, None, "test")
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, kv_cache_tokens=10_000, block_size=16)
+    service = ServiceModel(prefill_base_s=0.002, prefill_per_token_s=1e-5, decode_base_s=0.001)
+    alone = simulated_figures(served, engine, service, Overheads(0.002))
+    crowded = simulated_figures(served, engine, service, Overheads(0.002, None, 1.0))
+    assert alone["ttft_p50_s"] < 0.05 and alone["e2e_p50_s"] < 0.1
+    assert crowded["ttft_p50_s"] == pytest.approx(2.0 + alone["ttft_p50_s"], abs=0.05)
+    assert crowded["e2e_p50_s"] == pytest.approx(2.0 + alone["e2e_p50_s"], abs=0.05)
+    assert crowded["throughput_rps"] == pytest.approx(5 / (4.0 + 5 / alone["throughput_rps"]), rel=0.05)

@@ -140,6 +140,7 @@ class Calibration:
     e2e_overhead_s: float | None = (
         None  # step_ms - engine_last_token_ms, as harness_overhead_s; None: unrecorded
     )
+    overhead_per_request_s: float = 0.0  # what each other request in flight adds to the harness overhead
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
@@ -152,6 +153,7 @@ class Calibration:
             "steps_skipped": self.steps_skipped,
             "noise": None if self.noise is None else self.noise.as_dict(),
             "e2e_overhead_s": self.e2e_overhead_s,
+            "overhead_per_request_s": self.overhead_per_request_s,
         }
 
 
@@ -494,6 +496,26 @@ def harness_overhead_s(ok: list[StepRecord]) -> float:
     return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
+def overhead_per_request_s(ok: list[StepRecord], alone_s: float) -> float:
+    """How much the harness's TTFT overhead (ttft_ms - engine_ttft_ms) grows with each other request in
+    flight when the step started: the slope through the alone overhead of the per-count medians, each
+    count weighted by its steps. The measuring process also runs vLLM's front end, and the more streams
+    it serves the longer a token waits in it (on 2 cores: about 1.2 ms alone, 3 ms with 2-3 in flight,
+    10 ms with 9-13; docs/stress.md). 0 without engine timings or concurrency."""
+    timed = [step for step in ok if step.engine_ttft_ms is not None and step.ttft_ms is not None]
+    by_count: dict[int, list[float]] = {}
+    for step in timed:
+        if step.inflight_at_start > 1:
+            added = ((step.ttft_ms or 0.0) - (step.engine_ttft_ms or 0.0)) / 1000.0 - alone_s
+            by_count.setdefault(step.inflight_at_start - 1, []).append(added)
+    if not by_count:
+        return 0.0
+    others = np.array(list(by_count), float)
+    weights = np.array([len(values) for values in by_count.values()], float)
+    medians = np.array([percentile(np.asarray(values), 50) for values in by_count.values()])
+    return max(float((weights * others * medians).sum() / (weights * others**2).sum()), 0.0)
+
+
 def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
     """What the harness adds to the engine's end to end (step_ms - engine_last_token_ms: the request's way
     in and its last token's way out), median over requests that found nothing else in flight; None when
@@ -582,4 +604,5 @@ def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
         decode_source=runs[0].decode_source,
         noise=fit_noise(fit.multipliers, run_of) if fit.multipliers is not None else None,
         e2e_overhead_s=e2e_overhead_s(ok),
+        overhead_per_request_s=overhead_per_request_s(ok, harness_overhead_s(ok)),
     )

@@ -39,8 +39,8 @@ def model_of(config: StressConfig) -> tuple[ServiceModel, NoiseModel | None]:
     if config.calibration is not None:
         from flowperf.stress.validate import load_model
 
-        service, _, noise, _ = load_model(config.calibration)
-        return service, noise
+        model = load_model(config.calibration)
+        return model.service, model.noise
     return ServiceModel(), None
 
 

@@ -89,19 +89,38 @@ class Served:
 def load_calibration(source: Path) -> tuple[ServiceModel, float]:
     """(service model, harness overhead in s) from a run directory (fitted now), or a JSON file holding
     a `service` model directly or under `calibration` (as `stress_analysis.json` does)."""
-    service, overhead, _, _ = load_model(source)
-    return service, overhead
+    model = load_model(source)
+    return model.service, model.overheads.ttft_s
 
 
-def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None, float | None]:
-    """`load_calibration`, the calibration's noise model (None when it kept none) and its measured
-    end-to-end overhead (None when the run did not record `engine_last_token_ms`)."""
+@dataclass(frozen=True)
+class Overheads:
+    """What the harness adds to the engine's times: to its TTFT (`ttft_s`, half on the way in), to its
+    last token (`e2e_s`; None: the same), and per other request in flight (`per_request_s`), on the way
+    back."""
+
+    ttft_s: float
+    e2e_s: float | None = None
+    per_request_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CalibratedModel:
+    service: ServiceModel
+    overheads: Overheads
+    noise: NoiseModel | None
+
+
+def load_model(source: Path) -> CalibratedModel:
+    """The calibration's service model, harness overheads and noise model (None when it kept none), from
+    a run directory (fitted now) or a JSON file as `load_calibration` reads it."""
     source = Path(source)
     if source.is_dir():
         from flowperf.stress.calibrate import calibrate
 
         fitted = calibrate(source)
-        return fitted.service, fitted.harness_overhead_s, fitted.noise, fitted.e2e_overhead_s
+        overheads = Overheads(fitted.harness_overhead_s, fitted.e2e_overhead_s, fitted.overhead_per_request_s)
+        return CalibratedModel(fitted.service, overheads, fitted.noise)
     if not source.is_file():
         raise UserError(f"--calibration: {source}: no such file or run directory")
     try:
@@ -111,12 +130,12 @@ def load_model(source: Path) -> tuple[ServiceModel, float, NoiseModel | None, fl
         service = ServiceModel.model_validate(document.get("service"))
         noise = NoiseModel.from_dict(document["noise"]) if document.get("noise") else None
         e2e = document.get("e2e_overhead_s")
-        return (
-            service,
+        overheads = Overheads(
             float(document.get("harness_overhead_s") or 0.0),
-            noise,
             None if e2e is None else float(e2e),
+            float(document.get("overhead_per_request_s") or 0.0),
         )
+        return CalibratedModel(service, overheads, noise)
     except (ValueError, AttributeError, TypeError, KeyError) as error:
         raise UserError(
             f"--calibration: {source}: no service model in it ({error})".splitlines()[0]
@@ -194,7 +213,8 @@ def validate(
     run = load_run(run_dir, "--validate")
     steps = served_steps(run)
     engine = engine_of(run, max_num_batched_tokens)
-    service, overhead, noise, e2e_overhead = load_model(calibration)
+    model = load_model(calibration)
+    service, overheads, noise = model.service, model.overheads, model.noise
     served = served_requests(run, steps)
     measured_ttft, measured_e2e = steps["ttft_ms"].to_numpy() / 1000.0, steps["step_ms"].to_numpy() / 1000.0
     measured = {
@@ -205,9 +225,9 @@ def validate(
         "throughput_rps": len(steps) / float((served.arrival_s + measured_e2e).max()),
         "preemptions": None,  # the run records none of vLLM's preemptions
     }
-    predicted = simulated_figures(served, engine, service, (overhead, e2e_overhead))
+    predicted = simulated_figures(served, engine, service, overheads)
     spread = [
-        simulated_figures(served, engine, service, (overhead, e2e_overhead), replica_scale(noise, seed + k))
+        simulated_figures(served, engine, service, overheads, replica_scale(noise, seed + k))
         for k in range(replicas if noise is not None else 0)
     ]
     figures = []
@@ -223,7 +243,7 @@ def validate(
         requests_from=served.source,
         engine=asdict(engine),
         service=service.model_dump(),
-        harness_overhead_s=overhead,
+        harness_overhead_s=overheads.ttft_s,
         ttft_source=TTFT_SOURCE,
         figures=figures,
         replicas=len(spread),
@@ -234,22 +254,27 @@ def simulated_figures(
     served: Served,
     engine: EngineConfig,
     service: ServiceModel,
-    overheads: tuple[float, float | None],
+    overheads: Overheads,
     scale: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The figures of one simulation of the served requests, latencies as the harness would measure them.
-    `overheads` are what the harness adds to the engine's TTFT and (None: the same) to its last token."""
-    overhead, e2e_overhead = overheads
-    e2e_overhead = overhead if e2e_overhead is None else e2e_overhead
+    """The figures of one simulation of the served requests, latencies as the harness would measure them:
+    the way in (half the TTFT overhead) before the engine, the way back after it, longer by
+    `per_request_s` for each other request in flight when the request arrived (counted in the simulation,
+    to its last token's way back)."""
+    overhead = overheads.ttft_s
+    e2e_overhead = overhead if overheads.e2e_s is None else overheads.e2e_s
     arrival = served.arrival_s + overhead / 2  # the way into the engine
     outcome = simulate_engine(
         arrival, served.prompt_tokens, served.output_tokens, 1, engine, service,
         prefixes=served.prefixes, cached_tokens=served.cached_tokens, scale=scale,
     )  # fmt: skip
-    first = outcome.first_token + overhead / 2  # the first token's way back
     finish = (
         outcome.finish + e2e_overhead - overhead / 2
     )  # the last token's way back, measured where recorded
+    others = np.arange(arrival.size) - np.searchsorted(np.sort(finish), served.arrival_s, side="right")
+    crowd = overheads.per_request_s * np.maximum(others, 0)
+    first = outcome.first_token + overhead / 2 + crowd  # the first token's way back
+    finish = finish + crowd
     ttft, e2e = first - served.arrival_s, finish - served.arrival_s
     return {
         "ttft_p50_s": percentile(ttft, 50),
