@@ -89,6 +89,7 @@ ResumeOption = Annotated[
 CalibrateOption = Annotated[
     list[Path] | None,
     typer.Option(
+        metavar="RUN_DIR",
         help="Fit the iteration-time model from this run directory (`bench run`/`replay`) first; repeat "
         "to pool several runs, whose bands then include how the machine's speed moved between them."
     ),
