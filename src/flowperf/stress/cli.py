@@ -91,7 +91,7 @@ CalibrateOption = Annotated[
     typer.Option(
         metavar="RUN_DIR",
         help="Fit the iteration-time model from this run directory (`bench run`/`replay`) first; repeat "
-        "to pool several runs, whose bands then include how the machine's speed moved between them."
+        "to pool several runs, whose bands then include how the machine's speed moved between them.",
     ),
 ]
 MaxBatchedTokensOption = Annotated[
