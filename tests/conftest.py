@@ -17,6 +17,8 @@ import pytest
 
 import tiers
 from flowperf.config import EngineConfig
+from flowperf.engines import vllm_local
+from flowperf.engines.affinity import Placement
 from flowperf.engines.tiny import build_tiny_model
 from flowperf.engines.vllm_local import VllmLocalEngine, get_vllm_engine
 
@@ -56,6 +58,16 @@ def flowperf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["FLOWPERF_HOME"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def harness_keeps_every_core() -> Iterator[None]:
+    """The tests share one process, and whichever test starts the in-process engine first would move it,
+    and every later test, onto the cores the engine leaves free (engines/affinity.py, tested on its own
+    in test_affinity.py): here the engine starts without moving anything."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vllm_local, "keep_harness_off_engine", lambda: Placement((), (), "not moved in tests"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(flowperf_home: Path) -> Path:
     return build_tiny_model(FIXTURES_DIR).path
@@ -74,8 +86,7 @@ def engine(
 ) -> Iterator[VllmLocalEngine]:
     """The session's one real engine, started before the first test that needs it."""
     log = tmp_path_factory.mktemp("engine") / "engine.log"
-    # pin_harness off: moving this process off the engine's core would leave every later test one core
-    vllm_engine = get_vllm_engine(EngineConfig(pin_harness=False), tiny_model, log)
+    vllm_engine = get_vllm_engine(EngineConfig(), tiny_model, log)
     engine_loop.run(vllm_engine.start())
     yield vllm_engine
     engine_loop.run(vllm_engine.shutdown())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,8 @@ def test_cli_run_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     ]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["engine"]["init_count"] == 1
+    if len(os.sched_getaffinity(0)) > 1:  # the harness moved off the cores the engine computes on
+        assert config["engine"]["details"]["harness_placement"].startswith("engine compute threads on cores")
     assert config["versions"]["vllm"] and config["versions"]["torch"]
     assert config["model"] == {"path": str(tiny_model), "name": str(tiny_model), "tiny": True}
     summary = RunSummary.model_validate_json((run_dir / "summary.json").read_text())

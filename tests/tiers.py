@@ -17,6 +17,7 @@ SLOW = (
 
 SUBPROCESS = (
     "tests/test_affinity.py::test_a_child_bound_to_a_core_moves_every_thread_of_this_process_off_it",
+    "tests/test_affinity.py::test_nothing_moves_when_no_engine_thread_is_bound",
     "tests/test_session_replay.py::test_bad_session_replays_stop_with_one_line_and_write_nothing",
     "tests/test_session_replay.py::test_a_request_trace_refuses_session_flags",
     "tests/test_session_importers.py::test_bad_input_through_the_cli",
