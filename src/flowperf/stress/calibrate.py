@@ -594,15 +594,16 @@ def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
     )
     ok = [step for run in runs for step in run.ok]
     run_of = np.repeat(np.arange(len(runs)), [run.iterations.seconds.size for run in runs])
+    alone_s = harness_overhead_s(ok)
     return Calibration(
         service,
         fit,
-        harness_overhead_s(ok),
+        alone_s,
         len(ok),
         sum(len(run.others) for run in runs),
         prefill_source=runs[0].prefill_source,
         decode_source=runs[0].decode_source,
         noise=fit_noise(fit.multipliers, run_of) if fit.multipliers is not None else None,
         e2e_overhead_s=e2e_overhead_s(ok),
-        overhead_per_request_s=overhead_per_request_s(ok, harness_overhead_s(ok)),
+        overhead_per_request_s=overhead_per_request_s(ok, alone_s),
     )

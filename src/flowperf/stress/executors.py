@@ -16,16 +16,15 @@ from typing import Literal
 
 import numpy as np
 
-from flowperf.stress.bins import cached_bins
 from flowperf.stress.engine import EngineConfig, simulate_engine
 from flowperf.stress.metrics import outcome_metrics
-from flowperf.stress.one_test import simulate_test, workload_prefixes
+from flowperf.stress.one_test import inputs_of, simulate_test
 from flowperf.stress.replicas import ReplicaPlan, band_columns, results_fingerprint
 from flowperf.stress.service import ServiceModel
 from flowperf.stress.sim import SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestResult, TestSpec
 from flowperf.stress.traces import Trace
-from flowperf.stress.workload import adopt_trace, cached_workload, source_trace
+from flowperf.stress.workload import adopt_trace, source_trace
 from flowperf.workers.ray_cluster import connected
 
 RunMany = Callable[[Sequence[TestSpec]], Iterator[TestResult]]
@@ -35,11 +34,8 @@ def run_test(test_config: SimTestConfig, test: TestSpec, plan: ReplicaPlan | Non
     """Build (or reuse) the workload and bins, simulate, and summarise one test; with a replica `plan`,
     also simulate its perturbed replicas and add the key figures' median and 5-95% band."""
     began = time.perf_counter()
-    spec = test_config.workload(test.num_requests)
-    workload = cached_workload(spec)
     scheduler = test.scheduler
-    bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
-    prefixes = workload_prefixes(workload) if scheduler.kind == "vllm" else None
+    workload, bins, prefixes = inputs_of(test_config, test)
     sim_began = time.perf_counter()
     outcome = simulate_test(test_config, test, workload, bins, prefixes)
     sim_s = time.perf_counter() - sim_began

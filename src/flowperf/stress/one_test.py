@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowperf.stress.bins import Bins
+from flowperf.stress.bins import Bins, cached_bins
 from flowperf.stress.engine import Prefixes, simulate_engine
 from flowperf.stress.sim import Outcome, SimConfig, simulate
 from flowperf.stress.spec import SimTestConfig, TestSpec
-from flowperf.stress.workload import Workload
+from flowperf.stress.workload import Workload, cached_workload
+
+
+def inputs_of(test_config: SimTestConfig, test: TestSpec) -> tuple[Workload, Bins | None, Prefixes | None]:
+    """What the test's loop takes besides its settings, built once and cached: the workload, its bins
+    (multi-bin batching with K > 1) and its prefix blocks (the engine model, numbered densely once, so a
+    test and its replicas share them)."""
+    spec = test_config.workload(test.num_requests)
+    workload = cached_workload(spec)
+    scheduler = test.scheduler
+    bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
+    prefixes = workload_prefixes(workload) if scheduler.kind == "vllm" else None
+    return workload, bins, None if prefixes is None else prefixes.densified()
 
 
 def simulate_test(

@@ -17,12 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from flowperf.stress.bins import cached_bins
 from flowperf.stress.metrics import outcome_metrics
 from flowperf.stress.noise import NoiseModel, band, replica_scale
-from flowperf.stress.one_test import simulate_test, workload_prefixes
+from flowperf.stress.one_test import inputs_of, simulate_test
 from flowperf.stress.spec import SUITE_BANDED, SimTestConfig, TestSpec
-from flowperf.stress.workload import cached_workload
 
 BANDED = (
     "sla_attainment",
@@ -63,12 +61,7 @@ def replica_bands(
     test_config: SimTestConfig, test: TestSpec, noise: NoiseModel, replicas: int, seed: int
 ) -> dict[str, Any]:
     """The test's figures over `replicas` perturbed replicas: {figure: {median, p5, p95}}."""
-    spec = test_config.workload(test.num_requests)
-    workload = cached_workload(spec)
-    scheduler = test.scheduler
-    bins = cached_bins(spec, scheduler.k) if scheduler.kind == "bins" and scheduler.k else None
-    prefixes = workload_prefixes(workload) if scheduler.kind == "vllm" else None
-    prefixes = None if prefixes is None else prefixes.densified()  # numbered once, shared by every replica
+    workload, bins, prefixes = inputs_of(test_config, test)
     figures = []
     for k in range(replicas):
         outcome = simulate_test(test_config, test, workload, bins, prefixes, replica_scale(noise, seed + k))
