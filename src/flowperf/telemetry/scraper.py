@@ -32,18 +32,13 @@ READ_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 class Source:
-    """Where one server's metrics page is read from; `read()` returns its text or raises."""
+    """Where one server's metrics are read from; `page()` returns them as a Page or raises."""
 
     name: str
     endpoint: int | None
 
-    def read(self, timeout_s: float) -> str:
-        raise NotImplementedError
-
     def page(self, timeout_s: float, vllm: bool | None, reader: PageReader) -> Page:
-        """The page now, read by this server's `reader`; once the source is known to be vLLM (`vllm`),
-        only the lines of the series flowperf reads are parsed."""
-        return reader.read(self.read(timeout_s), keep_only_vllm=bool(vllm))
+        raise NotImplementedError
 
 
 @dataclass
@@ -64,19 +59,28 @@ class HttpSource(Source):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_connection": None}  # sent to the scraper process before any read
 
+    def page(self, timeout_s: float, vllm: bool | None, reader: PageReader) -> Page:
+        """The page now, read by this server's `reader`; once the source is known to be vLLM (`vllm`),
+        only the lines of the series flowperf reads are parsed."""
+        return reader.read(self.read(timeout_s), keep_only_vllm=bool(vllm))
+
     def read(self, timeout_s: float) -> str:
-        for attempt in (1, 2):
-            reused = self._connection is not None
+        try:
+            return self._get_reconnecting(timeout_s)
+        except urllib.error.HTTPError:  # an answer, kept as it is (it is an OSError too)
+            raise
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            raise urllib.error.URLError(error) from error
+
+    def _get_reconnecting(self, timeout_s: float) -> str:
+        """A read over the kept connection, once more over a new one if the server had closed it."""
+        if self._connection is not None:
             try:
                 return self._get(timeout_s)
-            except urllib.error.HTTPError:
-                raise
-            except (OSError, http.client.HTTPException) as error:
+            except (ConnectionResetError, BrokenPipeError):  # http.client's RemoteDisconnected included
                 self.close()
-                stale = reused and isinstance(error, (ConnectionResetError, BrokenPipeError))
-                if attempt == 2 or not stale:
-                    raise urllib.error.URLError(error) from error
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        return self._get(timeout_s)
 
     def _get(self, timeout_s: float) -> str:
         url = urllib.parse.urlsplit(self.name)
@@ -108,11 +112,6 @@ class RegistrySource(Source):
 
     name: str = IN_PROCESS
     endpoint: int | None = 0
-
-    def read(self, timeout_s: float) -> str:
-        from prometheus_client import REGISTRY, generate_latest
-
-        return generate_latest(REGISTRY).decode("utf-8")
 
     def page(self, timeout_s: float, vllm: bool | None, reader: PageReader) -> Page:
         """The registry's families as collected, never rendered to text and parsed back."""
