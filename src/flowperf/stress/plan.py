@@ -49,14 +49,19 @@ def step3(n_gpus: int, max_requests: int) -> list[TestSpec]:
     ]
 
 
-def best_scheduler(results: Sequence[TestResult]) -> str:
-    """Best of step 1 at its largest request count, where queues have reached their steady state: highest
-    SLA attainment, then lowest p99 TTFT, then the order of STEP1_SCHEDULERS."""
+def step1_finalists(results: Sequence[TestResult]) -> list[TestResult]:
+    """Step 1's tests at its largest request count, where queues have reached their steady state: the
+    ones its choice is made among."""
     largest = max(result.num_requests for result in results)
+    return [result for result in results if result.num_requests == largest]
+
+
+def best_scheduler(results: Sequence[TestResult]) -> str:
+    """Best of step 1's finalists: highest SLA attainment, then lowest p99 TTFT, then the order of
+    STEP1_SCHEDULERS."""
     order = [scheduler.name for scheduler in STEP1_SCHEDULERS]
-    finalists = [result for result in results if result.num_requests == largest]
     return min(
-        finalists,
+        step1_finalists(results),
         key=lambda result: (-result.sla_attainment, result.ttft_p99_s, order.index(result.scheduler)),
     ).scheduler
 

@@ -179,7 +179,7 @@ def _run_steps(
 def _band_verdicts(analysis: dict[str, Any], ran: dict[str, list[TestResult]], sla_target: float) -> None:
     """Add to each step's analysis whether its choice holds within the replicas' bands (when it has them)."""
     step1, step2, step3 = ran["step1"], ran["step2"], ran["step3"]
-    largest = [result for result in step1 if result.num_requests == max(r.num_requests for r in step1)]
+    largest = plan.step1_finalists(step1) if step1 else []
     if band_choices.has_bands(largest):
         best = analysis["step1"]["best_scheduler"]
         chosen = next(result for result in largest if result.scheduler == best)
