@@ -20,6 +20,7 @@ from flowperf.stress.calibrate import (
     calibrate,
     harness_overhead_s,
     nonnegative_least_squares,
+    overhead_max_others,
     overhead_per_request_s,
     run_batched_tokens,
 )
@@ -279,3 +280,20 @@ def test_the_harness_overhead_per_request_in_flight_is_the_slope_of_the_per_coun
     assert overhead_per_request_s(steps, alone) == pytest.approx(0.0008, rel=0.05)
     singles = [step.model_copy(update={"inflight_at_start": 1}) for step in steps]
     assert overhead_per_request_s(singles, harness_overhead_s(singles)) == 0.0
+
+
+def test_the_calibration_keeps_the_most_others_in_flight_it_measured_the_overhead_at(tmp_path):
+    """Validation holds the overhead's growth there: the calibration records the most others in flight
+    among its timed steps, its file carries it, and a file written before it existed reads as no limit."""
+    from flowperf.stress.validate import load_model, overheads_of
+
+    records = synthetic_run(tmp_path / "run")
+    fitted = calibrate(tmp_path / "run")
+    most = max(record["inflight_at_start"] for record in records) - 1
+    assert most > 1 and fitted.overhead_max_others == most
+    assert overheads_of(fitted.as_dict()).max_others == most
+    assert load_model(tmp_path / "run").overheads.max_others == most
+    older = {key: value for key, value in fitted.as_dict().items() if key != "overhead_max_others"}
+    assert overheads_of(older).max_others == np.inf
+    untimed = [StepRecord.model_validate(r | {"engine_ttft_ms": None}) for r in records]
+    assert overhead_max_others(untimed) is None

@@ -139,3 +139,29 @@ def test_the_band_covers_a_new_runs_level_in_about_90_percent_of_trials():
             covered, narrow = (covered + inside, narrow) if hits == "covered" else (covered, narrow + inside)
     assert 0.82 <= covered / trials <= 0.97, covered
     assert narrow / trials < 0.4, narrow
+
+
+def test_runs_that_differ_only_by_chance_do_not_widen_the_band_twice():
+    """Short runs of a machine whose speed never moves still have levels that differ by their sampling
+    error, which each replica's own path already carries: the band of a sixth run's mean log multiplier
+    covers it in about 90% of trials. Drawing the raw spread of the levels again (level_se 0) counts
+    that error twice: the band is then about 1.4 times as wide and covers nearly always."""
+    trials, covered, double_covered, widths = 100, 0, 0, []
+    for trial in range(trials):
+        values, run_of = runs_with_levels(5000 + trial, 6, 300, 0.0)
+        calibration, new_run = run_of < 5, run_of == 5
+        noise = fit_noise(values[calibration], run_of[calibration])
+        truth = float(np.log(values[new_run]).mean())
+        for model in (noise, replace(noise, level_se=0.0)):
+            levels = [np.log(replica_scale(model, 10_000 * trial + k, 300)).mean() for k in range(200)]
+            spread = band(levels)
+            inside = bool(spread["p5"] <= truth <= spread["p95"])
+            widths.append(spread["p95"] - spread["p5"])
+            if model is noise:
+                covered += inside
+            else:
+                double_covered += inside
+    assert 0.82 <= covered / trials <= 0.97, covered
+    assert double_covered / trials > 0.97, double_covered
+    corrected, doubled = np.median(widths[0::2]), np.median(widths[1::2])
+    assert doubled > 1.25 * corrected, (corrected, doubled)

@@ -102,3 +102,6 @@ def test_each_request_in_flight_adds_the_per_request_overhead_on_the_way_back():
     assert crowded["ttft_p50_s"] == pytest.approx(2.0 + alone["ttft_p50_s"], abs=0.05)
     assert crowded["e2e_p50_s"] == pytest.approx(2.0 + alone["e2e_p50_s"], abs=0.05)
     assert crowded["throughput_rps"] == pytest.approx(5 / (4.0 + 5 / alone["throughput_rps"]), rel=0.05)
+    held = simulated_figures(served, engine, service, Overheads(0.002, None, 1.0, max_others=1))
+    assert held["ttft_p50_s"] == pytest.approx(1.0 + alone["ttft_p50_s"], abs=0.05)  # 2 others, held at 1
+    assert held["ttft_p95_s"] == pytest.approx(1.0 + alone["ttft_p95_s"], abs=0.05)  # 4 others, held at 1

@@ -141,6 +141,7 @@ class Calibration:
         None  # step_ms - engine_last_token_ms, as harness_overhead_s; None: unrecorded
     )
     overhead_per_request_s: float = 0.0  # what each other request in flight adds to the harness overhead
+    overhead_max_others: int | None = None  # the most others in flight that slope was measured at
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
@@ -154,6 +155,7 @@ class Calibration:
             "noise": None if self.noise is None else self.noise.as_dict(),
             "e2e_overhead_s": self.e2e_overhead_s,
             "overhead_per_request_s": self.overhead_per_request_s,
+            "overhead_max_others": self.overhead_max_others,
         }
 
 
@@ -516,6 +518,15 @@ def overhead_per_request_s(ok: list[StepRecord], alone_s: float) -> float:
     return max(float((weights * others * medians).sum() / (weights * others**2).sum()), 0.0)
 
 
+def overhead_max_others(ok: list[StepRecord]) -> int | None:
+    """The most other requests in flight at which the calibration measured the harness overhead: beyond
+    it validation holds the overhead flat instead of extending the slope (near saturation the measured
+    overhead levels off at 8-22 ms with 26-80 others in flight, where the slope said 18-30 ms). None
+    without engine timings."""
+    counts = [step.inflight_at_start - 1 for step in ok if step.engine_ttft_ms is not None]
+    return max(counts) if counts else None
+
+
 def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
     """What the harness adds to the engine's end to end (step_ms - engine_last_token_ms: the request's way
     in and its last token's way out), median over requests that found nothing else in flight; None when
@@ -606,4 +617,5 @@ def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
         noise=fit_noise(fit.multipliers, run_of) if fit.multipliers is not None else None,
         e2e_overhead_s=e2e_overhead_s(ok),
         overhead_per_request_s=overhead_per_request_s(ok, alone_s),
+        overhead_max_others=overhead_max_others(ok),
     )

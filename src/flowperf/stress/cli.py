@@ -303,7 +303,11 @@ def _print_calibration(calibration: Calibration) -> None:
     console.print(f"prefills from {calibration.prefill_source}; decodes from {calibration.decode_source}")
     noise = calibration.noise
     if noise is not None:
-        levels = f"; {noise.runs} runs, their levels spread {noise.between:.3f}" if noise.runs > 1 else ""
+        levels = (
+            f"; {noise.runs} runs, their levels spread {noise.between:.3f} ({noise.level_se:.3f} by chance)"
+            if noise.runs > 1
+            else ""
+        )
         console.print(f"iteration multipliers (log): phi {noise.phi:.2f}, sigma {noise.sigma:.3f}{levels}")
 
 

@@ -10,6 +10,10 @@ A calibration from several runs also measures how much the level itself moves fr
 cores a whole replay may run 2-3 times slower than the one before): each run's deviations are taken from
 its own level, and a replica draws its level as a new run's would be, from Student's t over the runs'
 levels (the predictive distribution of one more draw from a normal whose spread is estimated from K).
+A run's level is the mean of a few hundred noisy multipliers, so the runs' levels differ by that
+sampling error even on a machine whose speed never moved; a replica's own AR(1) path already carries it,
+so only the spread beyond it (between^2 - se^2, the one-way random-effects estimate) is drawn again:
+counted twice, it made the band near saturation twice as wide as the engine's own spread.
 
 A replica is one simulation whose iteration i costs the model's price times `scale[i % scale.size]`; K
 seeded replicas give each figure as a median and a 5-95% band. All pure functions of arrays and a seed.
@@ -40,6 +44,7 @@ class NoiseModel:
     start: np.ndarray
     between: float = 0.0  # standard deviation of the runs' own levels (logs); 0 from one run
     runs: int = 1
+    level_se: float = 0.0  # sampling error of one run's level from its own multipliers (AR(1))
 
     @property
     def sigma(self) -> float:
@@ -55,10 +60,12 @@ class NoiseModel:
 
     def draw_level(self, rng: np.random.Generator) -> float:
         """One replica's level: from one run, mu within its standard error; from K runs, a new run's
-        level, mu + between * sqrt(1 + 1/K) * t(K - 1)."""
+        level, mu + sqrt(tau^2 + between^2 / K) * t(K - 1), tau^2 = between^2 - level_se^2 (at least 0)
+        the runs' own spread beyond their sampling error, between^2 / K how well mu is known."""
         if self.runs < 2:
             return self.mu + float(rng.normal(0.0, self.mu_se))
-        spread = self.between * np.sqrt(1.0 + 1.0 / self.runs)
+        beyond_sampling = max(self.between**2 - self.level_se**2, 0.0)
+        spread = np.sqrt(beyond_sampling + self.between**2 / self.runs)
         return self.mu + float(spread * rng.standard_t(self.runs - 1))
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,6 +77,7 @@ class NoiseModel:
             "start": [round(float(v), 6) for v in self.start],
             "between": self.between,
             "runs": self.runs,
+            "level_se": self.level_se,
         }
 
     @classmethod
@@ -81,6 +89,7 @@ class NoiseModel:
             np.asarray(document["start"], float),
             float(document.get("between", 0.0)),
             int(document.get("runs", 1)),
+            float(document.get("level_se", 0.0)),
         )
 
 
@@ -104,8 +113,22 @@ def fit_noise(multipliers: np.ndarray, run_of: np.ndarray | None = None) -> Nois
     innovations = after - phi * before
     between = float(np.std(levels, ddof=1)) if labels.size > 1 else 0.0
     return NoiseModel(
-        float(levels.mean()), phi, innovations - innovations.mean(), z, between, int(labels.size)
+        float(levels.mean()),
+        phi,
+        innovations - innovations.mean(),
+        z,
+        between,
+        int(labels.size),
+        level_sampling_error(z, index, phi),
     )
+
+
+def level_sampling_error(z: np.ndarray, run_index: np.ndarray, phi: float) -> float:
+    """How far a run's mean log multiplier strays from its true level by chance: the AR(1) variance of
+    a mean of n, sigma^2 (1 + phi) / (1 - phi) / n, averaged over the runs (root mean square)."""
+    sizes = np.bincount(run_index).astype(float)
+    variance = float(np.var(z)) * (1.0 + phi) / (1.0 - phi) / sizes
+    return float(np.sqrt(variance.mean()))
 
 
 def replica_scale(noise: NoiseModel | None, seed: int, length: int = REPLICA_LENGTH) -> np.ndarray:

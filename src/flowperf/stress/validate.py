@@ -96,12 +96,13 @@ def load_calibration(source: Path) -> tuple[ServiceModel, float]:
 @dataclass(frozen=True)
 class Overheads:
     """What the harness adds to the engine's times: to its TTFT (`ttft_s`, half on the way in), to its
-    last token (`e2e_s`; None: the same), and per other request in flight (`per_request_s`), on the way
-    back."""
+    last token (`e2e_s`; None: the same), and per other request in flight (`per_request_s`, up to
+    `max_others` of them: the calibration saw no more), on the way back."""
 
     ttft_s: float
     e2e_s: float | None = None
     per_request_s: float = 0.0
+    max_others: float = np.inf
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,7 @@ def load_model(source: Path) -> CalibratedModel:
         from flowperf.stress.calibrate import calibrate
 
         fitted = calibrate(source)
-        overheads = Overheads(fitted.harness_overhead_s, fitted.e2e_overhead_s, fitted.overhead_per_request_s)
-        return CalibratedModel(fitted.service, overheads, fitted.noise)
+        return CalibratedModel(fitted.service, overheads_of(fitted.as_dict()), fitted.noise)
     if not source.is_file():
         raise UserError(f"--calibration: {source}: no such file or run directory")
     try:
@@ -129,17 +129,23 @@ def load_model(source: Path) -> CalibratedModel:
             document = document.get("calibration") or {}
         service = ServiceModel.model_validate(document.get("service"))
         noise = NoiseModel.from_dict(document["noise"]) if document.get("noise") else None
-        e2e = document.get("e2e_overhead_s")
-        overheads = Overheads(
-            float(document.get("harness_overhead_s") or 0.0),
-            None if e2e is None else float(e2e),
-            float(document.get("overhead_per_request_s") or 0.0),
-        )
-        return CalibratedModel(service, overheads, noise)
+        return CalibratedModel(service, overheads_of(document), noise)
     except (ValueError, AttributeError, TypeError, KeyError) as error:
         raise UserError(
             f"--calibration: {source}: no service model in it ({error})".splitlines()[0]
         ) from None
+
+
+def overheads_of(document: dict[str, Any]) -> Overheads:
+    """The harness overheads of a calibration as `Calibration.as_dict` writes it (older files lack the
+    later fields: no growth with requests in flight, or growth without a limit)."""
+    e2e, most = document.get("e2e_overhead_s"), document.get("overhead_max_others")
+    return Overheads(
+        float(document.get("harness_overhead_s") or 0.0),
+        None if e2e is None else float(e2e),
+        float(document.get("overhead_per_request_s") or 0.0),
+        np.inf if most is None else float(most),
+    )
 
 
 def engine_of(run: RunData, max_num_batched_tokens: int) -> EngineConfig:
@@ -259,8 +265,8 @@ def simulated_figures(
 ) -> dict[str, float]:
     """The figures of one simulation of the served requests, latencies as the harness would measure them:
     the way in (half the TTFT overhead) before the engine, the way back after it, longer by
-    `per_request_s` for each other request in flight when the request arrived (counted in the simulation,
-    to its last token's way back)."""
+    `per_request_s` for each other request in flight when the request arrived, up to `max_others` (counted
+    in the simulation, to its last token's way back)."""
     overhead = overheads.ttft_s
     e2e_overhead = overhead if overheads.e2e_s is None else overheads.e2e_s
     arrival = served.arrival_s + overhead / 2  # the way into the engine
@@ -272,7 +278,7 @@ def simulated_figures(
         outcome.finish + e2e_overhead - overhead / 2
     )  # the last token's way back, measured where recorded
     others = np.arange(arrival.size) - np.searchsorted(np.sort(finish), served.arrival_s, side="right")
-    crowd = overheads.per_request_s * np.maximum(others, 0)
+    crowd = overheads.per_request_s * np.clip(others, 0, overheads.max_others)
     first = outcome.first_token + overhead / 2 + crowd  # the first token's way back
     finish = finish + crowd
     ttft, e2e = first - served.arrival_s, finish - served.arrival_s
