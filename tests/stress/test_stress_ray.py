@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from test_stress_suite import figures, run_api
+from test_stress_suite import figures, noisy, run_api, run_with_replicas
 
 from flowperf.errors import UserError
 
@@ -47,6 +47,18 @@ def test_ray_tasks_give_the_serial_results(tmp_path, local_ray):
         tmp_path / "serial" / "stress_results.csv"
     )
     assert ray.is_initialized()  # a cluster the suite did not start is left running
+
+
+@pytest.mark.slow
+def test_ray_tasks_give_the_serial_bands(tmp_path, local_ray):
+    """The replica plan travels with each task: a Ray worker's bands are the serial ones, digit for digit."""
+    noise = noisy()
+    run_with_replicas(tmp_path / "serial", noise, step1_only=True)
+    report, _ = run_with_replicas(tmp_path / "ray", noise, step1_only=True, executor="ray")
+    assert len(report.results) == 10 and all(result.replicas == 4 for result in report.results)
+    banded = figures(tmp_path / "ray" / "stress_results.csv")
+    assert all(float(row["e2e_p50_s_p5"]) < float(row["e2e_p50_s_p95"]) for row in banded)
+    assert banded == figures(tmp_path / "serial" / "stress_results.csv")
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def run_with_replicas(out, noise, replicas=4, **flags):
     config = parse_flags(out=out, max_requests=2000, max_gpus=4, rate=3.0, workers=1, **flags)
     test_config = config.test_config(ServiceModel())
     plan = ReplicaPlan(noise, replicas, config.seed)
-    with open_executor(test_config, "local", 1, plan=plan) as run_many:
+    with open_executor(test_config, config.executor, 1, config.ray_address, plan) as run_many:
         return run_suite(config, test_config, run_many, lambda *_: None, replicas=plan), test_config
 
 
