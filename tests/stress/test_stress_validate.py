@@ -13,7 +13,7 @@ import pytest
 from flowperf.errors import UserError
 from flowperf.stress.calibrate import calibrate
 from flowperf.stress.service import ServiceModel
-from flowperf.stress.validate import figure, load_calibration, validate
+from flowperf.stress.validate import figure, load_calibration, load_model, overheads_of, validate
 from helpers import run_bench
 
 
@@ -84,6 +84,30 @@ def test_validate_a_real_replay_end_to_end(tmp_path, bench_stress):
     assert shown.exit_code == 0, shown.output
     document = json.loads(shown.output)
     assert [f["name"] for f in document["figures"]] == [f.name for f in result.figures]
+
+
+@pytest.mark.engine
+def test_the_crowd_overhead_is_fitted_on_a_real_replay_through_the_model(tmp_path):
+    """A replay fast enough that requests overlap (up to 9 others in flight): the calibration replays it
+    through its own fitted model, records the most others in flight it measured the crowd at, and its
+    file carries that to validation (one from before the field reads as no limit). The slope itself is
+    near 0 on this engine once the simulation's own wait is taken out (docs/stress.md)."""
+    trace = write_trace(tmp_path / "conversations.jsonl")
+    done = run_bench(
+        "replay", str(trace), "--token-scale", "0.125", "--time-scale", "40", "--out", str(tmp_path / "runs"),
+        "--run-id", "replay", "--no-progress", timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "replay"
+    fitted = calibrate(run_dir)
+    steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    assert fitted.overhead_max_others == max(step["inflight_at_start"] for step in steps) - 1 > 1
+    assert 0.0 <= fitted.overhead_per_request_s < 0.001
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps(fitted.as_dict()))
+    assert load_model(calibration).overheads.max_others == fitted.overhead_max_others
+    older = {key: value for key, value in fitted.as_dict().items() if key != "overhead_max_others"}
+    assert overheads_of(older).max_others == np.inf
 
 
 def test_each_request_in_flight_adds_the_per_request_overhead_on_the_way_back():

@@ -140,8 +140,8 @@ class Calibration:
     e2e_overhead_s: float | None = (
         None  # step_ms - engine_last_token_ms, as harness_overhead_s; None: unrecorded
     )
-    overhead_per_request_s: float = 0.0  # what each other request in flight adds to the harness overhead
-    overhead_max_others: int | None = None  # the most others in flight that slope was measured at
+    overhead_per_request_s: float = 0.0  # what each other request in flight adds (CrowdOverhead)
+    overhead_max_others: int | None = None  # the most others in flight that was measured at
 
     def as_dict(self) -> dict[str, Any]:
         sources = {"prefill_source": self.prefill_source, "decode_source": self.decode_source}
@@ -498,33 +498,48 @@ def harness_overhead_s(ok: list[StepRecord]) -> float:
     return max(percentile(np.asarray(added), 50), 0.0) / 1000.0
 
 
-def overhead_per_request_s(ok: list[StepRecord], alone_s: float) -> float:
-    """How much the harness's TTFT overhead (ttft_ms - engine_ttft_ms) grows with each other request in
-    flight when the step started: the slope through the alone overhead of the per-count medians, each
-    count weighted by its steps. The measuring process also runs vLLM's front end, and the more streams
-    it serves the longer a token waits in it (on 2 cores: about 1.2 ms alone, 3 ms with 2-3 in flight,
-    10 ms with 9-13; docs/stress.md). 0 without engine timings or concurrency."""
-    timed = [step for step in ok if step.engine_ttft_ms is not None and step.ttft_ms is not None]
+@dataclass(frozen=True)
+class CrowdOverhead:
+    """What each other request in flight adds to the harness's TTFT beyond the simulation, and the most
+    others in flight it was measured at (validation holds it there)."""
+
+    per_request_s: float = 0.0
+    max_others: int | None = None
+
+
+def crowd_overhead(
+    run_dirs: Sequence[Path], service: ServiceModel, alone_s: float, e2e_s: float | None
+) -> CrowdOverhead:
+    """How much the harness's TTFT grows with each other request in flight beyond what the simulator
+    already explains: the slope through 0 of the per-count medians of measured minus simulated TTFT
+    (the runs replayed through the fitted model with the alone overheads), each count weighted by its
+    steps.
+
+    Measured against the simulation, not as ttft_ms - engine_ttft_ms: vLLM stamps a request's queued_ts
+    when its engine core takes it in, between steps, so that difference also holds the wait for the step
+    in progress, which the simulation has already; counted again it was most of the 0.6-0.7 ms per
+    request the first version fitted (docs/stress.md). Runs the simulator cannot replay (not from the
+    in-process engine) add nothing; none: 0 and no limit."""
+    from flowperf.stress.validate import Overheads, run_unexplained_ttft_s  # it reads runs with this module
+
     by_count: dict[int, list[float]] = {}
-    for step in timed:
-        if step.inflight_at_start > 1:
-            added = ((step.ttft_ms or 0.0) - (step.engine_ttft_ms or 0.0)) / 1000.0 - alone_s
-            by_count.setdefault(step.inflight_at_start - 1, []).append(added)
+    for run_dir in run_dirs:
+        found = run_unexplained_ttft_s(run_dir, service, Overheads(alone_s, e2e_s))
+        for unexplained, others in zip(*(found or ((), ())), strict=True):
+            if others > 0 and np.isfinite(unexplained):
+                by_count.setdefault(int(others), []).append(float(unexplained))
     if not by_count:
-        return 0.0
-    others = np.array(list(by_count), float)
+        return CrowdOverhead()
+    return CrowdOverhead(slope_of_medians(by_count), max(by_count))
+
+
+def slope_of_medians(by_count: dict[int, list[float]]) -> float:
+    """The least-squares slope through 0 of each count's median, weighted by its samples; at least 0 (a
+    harness that got faster with company is noise)."""
+    counts = np.array(list(by_count), float)
     weights = np.array([len(values) for values in by_count.values()], float)
     medians = np.array([percentile(np.asarray(values), 50) for values in by_count.values()])
-    return max(float((weights * others * medians).sum() / (weights * others**2).sum()), 0.0)
-
-
-def overhead_max_others(ok: list[StepRecord]) -> int | None:
-    """The most other requests in flight at which the calibration measured the harness overhead: beyond
-    it validation holds the overhead flat instead of extending the slope (near saturation the measured
-    overhead levels off at 8-22 ms with 26-80 others in flight, where the slope said 18-30 ms). None
-    without engine timings."""
-    counts = [step.inflight_at_start - 1 for step in ok if step.engine_ttft_ms is not None]
-    return max(counts) if counts else None
+    return max(float((weights * counts * medians).sum() / (weights * counts**2).sum()), 0.0)
 
 
 def e2e_overhead_s(ok: list[StepRecord]) -> float | None:
@@ -605,7 +620,8 @@ def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
     )
     ok = [step for run in runs for step in run.ok]
     run_of = np.repeat(np.arange(len(runs)), [run.iterations.seconds.size for run in runs])
-    alone_s = harness_overhead_s(ok)
+    alone_s, e2e_s = harness_overhead_s(ok), e2e_overhead_s(ok)
+    crowd = crowd_overhead(paths, service, alone_s, e2e_s)
     return Calibration(
         service,
         fit,
@@ -615,7 +631,7 @@ def calibrate(run_dirs: Path | Sequence[Path]) -> Calibration:
         prefill_source=runs[0].prefill_source,
         decode_source=runs[0].decode_source,
         noise=fit_noise(fit.multipliers, run_of) if fit.multipliers is not None else None,
-        e2e_overhead_s=e2e_overhead_s(ok),
-        overhead_per_request_s=overhead_per_request_s(ok, alone_s),
-        overhead_max_others=overhead_max_others(ok),
+        e2e_overhead_s=e2e_s,
+        overhead_per_request_s=crowd.per_request_s,
+        overhead_max_others=crowd.max_others,
     )

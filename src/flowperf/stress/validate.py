@@ -93,6 +93,9 @@ def load_calibration(source: Path) -> tuple[ServiceModel, float]:
     return model.service, model.overheads.ttft_s
 
 
+DEFAULT_BATCHED_TOKENS = 8192  # vLLM's default token budget, for a run that recorded none
+
+
 @dataclass(frozen=True)
 class Overheads:
     """What the harness adds to the engine's times: to its TTFT (`ttft_s`, half on the way in), to its
@@ -212,7 +215,11 @@ def served_requests(run: RunData, steps: pd.DataFrame) -> Served:
 
 
 def validate(
-    run_dir: Path, calibration: Path, max_num_batched_tokens: int = 8192, replicas: int = 0, seed: int = 0
+    run_dir: Path,
+    calibration: Path,
+    max_num_batched_tokens: int = DEFAULT_BATCHED_TOKENS,
+    replicas: int = 0,
+    seed: int = 0,
 ) -> Validation:
     """Simulate the run's requests with the calibrated model (and `replicas` perturbed replicas) and
     compare the figures."""
@@ -256,17 +263,26 @@ def validate(
     )
 
 
-def simulated_figures(
+@dataclass(frozen=True)
+class HarnessTimes:
+    """Each simulated request's TTFT and end to end as the harness would measure them."""
+
+    ttft_s: np.ndarray
+    e2e_s: np.ndarray
+    preemptions: int
+
+
+def harness_times(
     served: Served,
     engine: EngineConfig,
     service: ServiceModel,
     overheads: Overheads,
     scale: np.ndarray | None = None,
-) -> dict[str, float]:
-    """The figures of one simulation of the served requests, latencies as the harness would measure them:
-    the way in (half the TTFT overhead) before the engine, the way back after it, longer by
-    `per_request_s` for each other request in flight when the request arrived, up to `max_others` (counted
-    in the simulation, to its last token's way back)."""
+) -> HarnessTimes:
+    """One simulation of the served requests, latencies as the harness would measure them: the way in
+    (half the TTFT overhead) before the engine, the way back after it, longer by `per_request_s` for each
+    other request in flight when the request arrived, up to `max_others` (counted in the simulation, to
+    its last token's way back)."""
     overhead = overheads.ttft_s
     e2e_overhead = overhead if overheads.e2e_s is None else overheads.e2e_s
     arrival = served.arrival_s + overhead / 2  # the way into the engine
@@ -280,16 +296,44 @@ def simulated_figures(
     others = np.arange(arrival.size) - np.searchsorted(np.sort(finish), served.arrival_s, side="right")
     crowd = overheads.per_request_s * np.clip(others, 0, overheads.max_others)
     first = outcome.first_token + overhead / 2 + crowd  # the first token's way back
-    finish = finish + crowd
-    ttft, e2e = first - served.arrival_s, finish - served.arrival_s
+    return HarnessTimes(first - served.arrival_s, finish + crowd - served.arrival_s, int(outcome.preemptions))
+
+
+def simulated_figures(
+    served: Served,
+    engine: EngineConfig,
+    service: ServiceModel,
+    overheads: Overheads,
+    scale: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The figures of one simulation of the served requests (`harness_times`)."""
+    times = harness_times(served, engine, service, overheads, scale)
     return {
-        "ttft_p50_s": percentile(ttft, 50),
-        "ttft_p95_s": percentile(ttft, 95),
-        "e2e_p50_s": percentile(e2e, 50),
-        "e2e_p95_s": percentile(e2e, 95),
-        "throughput_rps": served.arrival_s.size / float(finish.max()),
-        "preemptions": float(outcome.preemptions),
+        "ttft_p50_s": percentile(times.ttft_s, 50),
+        "ttft_p95_s": percentile(times.ttft_s, 95),
+        "e2e_p50_s": percentile(times.e2e_s, 50),
+        "e2e_p95_s": percentile(times.e2e_s, 95),
+        "throughput_rps": served.arrival_s.size / float((served.arrival_s + times.e2e_s).max()),
+        "preemptions": float(times.preemptions),
     }
+
+
+def run_unexplained_ttft_s(
+    run_dir: Path, service: ServiceModel, overheads: Overheads
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each request's measured TTFT minus the one simulated with `overheads` (no growth with requests in
+    flight), and the other requests in flight when it started; None for a run the simulator cannot
+    replay (no engine limits recorded, several sessions, no successful steps)."""
+    try:
+        run = load_run(run_dir, "--calibrate")
+        steps = served_steps(run)
+        engine = engine_of(run, DEFAULT_BATCHED_TOKENS)
+        served = served_requests(run, steps)
+    except UserError:
+        return None
+    simulated = harness_times(served, engine, service, replace(overheads, per_request_s=0.0)).ttft_s
+    measured = steps["ttft_ms"].to_numpy(float) / 1000.0
+    return measured - simulated, steps["inflight_at_start"].to_numpy(np.int64) - 1
 
 
 def banded(item: Figure, p5: float, p95: float) -> Figure:
