@@ -37,8 +37,8 @@ from flowperf.sessions.source import scaled_lengths
 from flowperf.stats import percentile
 from flowperf.stress.calibrate import Calibration, calibrate
 from flowperf.stress.noise import band, replica_scale
+from flowperf.stress.replayed import engine_of
 from flowperf.stress.sessions import session_figures, simulate_sessions, workload_from_trace
-from flowperf.stress.validate import engine_of
 
 TARGETS = {"session_p50_s": 0.10, "cache_hit": 0.20}
 DEPTH_CAP = 10  # turn depths 10 and deeper are one group (few sessions reach them)

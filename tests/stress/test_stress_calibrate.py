@@ -18,10 +18,10 @@ from flowperf.stress.calibrate import (
     PREFILL_FROM_HARNESS,
     calibrate,
     nonnegative_least_squares,
-    run_batched_tokens,
     slope_of_medians,
 )
 from flowperf.stress.engine import EngineConfig
+from flowperf.stress.replayed import run_batched_tokens
 from flowperf.stress.service import ServiceModel
 
 TRUTH = ServiceModel(
@@ -267,7 +267,7 @@ def test_the_crowd_overhead_is_what_the_simulation_leaves_unexplained():
     medians give back 0.5 ms, and 0 without the crowd. Read as ttft - engine_ttft, with the engine's TTFT
     counted from when its core took the request in between steps (vLLM's queued_ts), the wait for the
     step in progress looks like a crowd of its own: the first version's double count."""
-    from flowperf.stress.validate import Overheads, Served, harness_times
+    from flowperf.stress.replayed import Overheads, Served, harness_times
 
     rng = np.random.default_rng(5)
     arrival = np.cumsum(rng.exponential(0.05, 400))

@@ -115,7 +115,7 @@ def test_each_request_in_flight_adds_the_per_request_overhead_on_the_way_back():
     with 1 s per other request its TTFT and end to end are about i seconds longer (the engine's part is
     milliseconds): the median request, i = 2, about 2 s."""
     from flowperf.stress.engine import EngineConfig
-    from flowperf.stress.validate import Overheads, Served, simulated_figures
+    from flowperf.stress.replayed import Overheads, Served, simulated_figures
 
     served = Served(np.arange(5) * 1e-4, np.full(5, 32), np.full(5, 20), None, None, "test")
     engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, kv_cache_tokens=10_000, block_size=16)

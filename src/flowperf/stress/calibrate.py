@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +67,7 @@ from flowperf.rundir.records import StepRecord
 from flowperf.rundir.store import ITERATIONS, STEPS
 from flowperf.stats import percentile
 from flowperf.stress.noise import NoiseModel, fit_noise
+from flowperf.stress.replayed import Overheads, run_batched_tokens, run_unexplained_ttft_s
 from flowperf.stress.service import ServiceModel
 
 FIT_FIELDS = ("prompt_tokens", "cached_prompt_tokens", "ttft_ms", "itl_ms")
@@ -79,7 +79,6 @@ LOGGED_SOURCE = (
     "the harness's perf_counter); after an idle engine, model execution plus the median time outside it"
 )
 COEFFICIENTS = ("a", "b", "c", "d", "e", "f")
-BUDGET_IN_LOG = re.compile(r"max_num_batched_tokens=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -255,23 +254,6 @@ def read_steps(run_dir: Path) -> tuple[list[StepRecord], list[StepRecord]]:
             raise UserError(f"{path}: line {number}: {missing[0]}: missing in a successful step")
         successful.append(record)
     return successful, others
-
-
-def run_batched_tokens(run_dir: Path) -> int | None:
-    """The run's `max_num_batched_tokens`: the engine argument flowperf passed, else the figure vLLM logged
-    at start-up (engine.log), else None (unknown: a bare steps.jsonl, or a remote server)."""
-    config_path = Path(run_dir) / "config.json"
-    if config_path.is_file():
-        recorded = json.loads(config_path.read_text(encoding="utf-8")).get("config") or {}
-        extra = (recorded.get("engine") or {}).get("extra_engine_args") or {}
-        if extra.get("max_num_batched_tokens"):
-            return int(extra["max_num_batched_tokens"])
-    log = Path(run_dir) / "engine.log"
-    if log.is_file():
-        found = BUDGET_IN_LOG.search(log.read_text(encoding="utf-8", errors="replace"))
-        if found:
-            return int(found.group(1))
-    return None
 
 
 @dataclass(frozen=True)
@@ -520,8 +502,6 @@ def crowd_overhead(
     in progress, which the simulation has already; counted again it was most of the 0.6-0.7 ms per
     request the first version fitted (docs/stress.md). Runs the simulator cannot replay (not from the
     in-process engine) add nothing; none: 0 and no limit."""
-    from flowperf.stress.validate import Overheads, run_unexplained_ttft_s  # it reads runs with this module
-
     by_count: dict[int, list[float]] = {}
     for run_dir in run_dirs:
         found = run_unexplained_ttft_s(run_dir, service, Overheads(alone_s, e2e_s))
