@@ -57,6 +57,16 @@ def write_trace(path: Path, requests: int = 24) -> Path:
     return path
 
 
+def replay_on_the_engine(trace: Path, tmp_path: Path, time_scale: float) -> Path:
+    """`bench replay` of the trace on the in-process engine; its run directory."""
+    done = run_bench(
+        "replay", str(trace), "--token-scale", "0.125", "--time-scale", str(time_scale),
+        "--out", str(tmp_path / "runs"), "--run-id", "replay", "--no-progress", timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp_path / "runs" / "replay"
+
+
 @pytest.mark.engine
 def test_validate_a_real_replay_end_to_end(tmp_path, bench_stress):
     """A 24-request replay on the in-process engine, validated against a model calibrated on itself:
@@ -64,12 +74,7 @@ def test_validate_a_real_replay_end_to_end(tmp_path, bench_stress):
     the latencies are of the right size (self-calibrated, so within 50%: this checks the path, not the
     accuracy, which benchmarks/sim_validation.py measures across loads)."""
     trace = write_trace(tmp_path / "conversations.jsonl")
-    done = run_bench(
-        "replay", str(trace), "--token-scale", "0.125", "--time-scale", "2", "--out", str(tmp_path / "runs"),
-        "--run-id", "replay", "--no-progress", timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "replay"
+    run_dir = replay_on_the_engine(trace, tmp_path, time_scale=2)
     calibration = tmp_path / "calibration.json"
     calibration.write_text(json.dumps(calibrate(run_dir).as_dict()))
     result = validate(run_dir, calibration)
@@ -92,13 +97,7 @@ def test_the_crowd_overhead_is_fitted_on_a_real_replay_through_the_model(tmp_pat
     through its own fitted model, records the most others in flight it measured the crowd at, and its
     file carries that to validation (one from before the field reads as no limit). The slope itself is
     near 0 on this engine once the simulation's own wait is taken out (docs/stress.md)."""
-    trace = write_trace(tmp_path / "conversations.jsonl")
-    done = run_bench(
-        "replay", str(trace), "--token-scale", "0.125", "--time-scale", "40", "--out", str(tmp_path / "runs"),
-        "--run-id", "replay", "--no-progress", timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    run_dir = tmp_path / "runs" / "replay"
+    run_dir = replay_on_the_engine(write_trace(tmp_path / "conversations.jsonl"), tmp_path, time_scale=40)
     fitted = calibrate(run_dir)
     steps = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     assert fitted.overhead_max_others == max(step["inflight_at_start"] for step in steps) - 1 > 1
