@@ -132,6 +132,23 @@ def served_requests(run: RunData, steps: pd.DataFrame) -> Served:
 
 
 @dataclass(frozen=True)
+class Replay:
+    """A run read for the simulator: its successful steps in submission order, the engine limits it ran
+    under and the requests it served."""
+
+    steps: pd.DataFrame
+    engine: EngineConfig
+    served: Served
+
+
+def read_replay(run_dir: Path, flag: str, max_num_batched_tokens: int = DEFAULT_BATCHED_TOKENS) -> Replay:
+    """The run directory as the simulator replays it; a UserError (naming `flag`) if it cannot be."""
+    run = load_run(run_dir, flag)
+    steps = served_steps(run)
+    return Replay(steps, engine_of(run, max_num_batched_tokens), served_requests(run, steps))
+
+
+@dataclass(frozen=True)
 class HarnessTimes:
     """Each simulated request's TTFT and end to end as the harness would measure them."""
 
@@ -193,12 +210,11 @@ def run_unexplained_ttft_s(
     flight), and the other requests in flight when it started; None for a run the simulator cannot
     replay (no engine limits recorded, several sessions, no successful steps)."""
     try:
-        run = load_run(run_dir, "--calibrate")
-        steps = served_steps(run)
-        engine = engine_of(run, DEFAULT_BATCHED_TOKENS)
-        served = served_requests(run, steps)
+        replay = read_replay(run_dir, "--calibrate")
     except UserError:
         return None
-    simulated = harness_times(served, engine, service, replace(overheads, per_request_s=0.0)).ttft_s
-    measured = steps["ttft_ms"].to_numpy(float) / 1000.0
-    return measured - simulated, steps["inflight_at_start"].to_numpy(np.int64) - 1
+    simulated = harness_times(
+        replay.served, replay.engine, service, replace(overheads, per_request_s=0.0)
+    ).ttft_s
+    measured = replay.steps["ttft_ms"].to_numpy(float) / 1000.0
+    return measured - simulated, replay.steps["inflight_at_start"].to_numpy(np.int64) - 1

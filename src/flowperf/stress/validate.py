@@ -30,15 +30,12 @@ from typing import Any
 import numpy as np
 
 from flowperf.errors import UserError
-from flowperf.rundir.rundata import load_run
 from flowperf.stats import percentile
 from flowperf.stress.noise import NoiseModel, band, replica_scale
 from flowperf.stress.replayed import (
     DEFAULT_BATCHED_TOKENS,
     Overheads,
-    engine_of,
-    served_requests,
-    served_steps,
+    read_replay,
     simulated_figures,
 )
 from flowperf.stress.service import ServiceModel
@@ -137,12 +134,10 @@ def validate(
 ) -> Validation:
     """Simulate the run's requests with the calibrated model (and `replicas` perturbed replicas) and
     compare the figures."""
-    run = load_run(run_dir, "--validate")
-    steps = served_steps(run)
-    engine = engine_of(run, max_num_batched_tokens)
+    replay = read_replay(run_dir, "--validate", max_num_batched_tokens)
+    steps, engine, served = replay.steps, replay.engine, replay.served
     model = load_model(calibration)
     service, overheads, noise = model.service, model.overheads, model.noise
-    served = served_requests(run, steps)
     measured_ttft, measured_e2e = steps["ttft_ms"].to_numpy() / 1000.0, steps["step_ms"].to_numpy() / 1000.0
     measured = {
         "ttft_p50_s": percentile(measured_ttft, 50),
