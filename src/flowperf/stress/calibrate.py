@@ -505,7 +505,9 @@ def crowd_overhead(
     by_count: dict[int, list[float]] = {}
     for run_dir in run_dirs:
         found = run_unexplained_ttft_s(run_dir, service, Overheads(alone_s, e2e_s))
-        for unexplained, others in zip(*(found or ((), ())), strict=True):
+        if found is None:
+            continue
+        for unexplained, others in zip(*found, strict=True):
             if others > 0 and np.isfinite(unexplained):
                 by_count.setdefault(int(others), []).append(float(unexplained))
     if not by_count:
